@@ -1,0 +1,168 @@
+//! Finding weight files in a model directory and reading their tensors (safetensors, PyTorch pickles).
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::store::burn_pack::Tensor as PackTensor;
+use burn::store::{ModuleStore, PytorchStore, SafetensorsStore};
+
+use crate::config::read_json;
+use crate::error::LoadError;
+
+/// A checkpoint tensor together with the file it came from.
+pub(crate) struct FileTensor {
+    pub tensor: PackTensor,
+    pub path: PathBuf,
+}
+
+/// The weight files of a model directory, shards in index order; a file path is returned as is.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if dir.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    for index in [
+        "model.safetensors.index.json",
+        "pytorch_model.bin.index.json",
+    ] {
+        let path = dir.join(index);
+        if path.is_file() {
+            return shards_from_index(dir, &path);
+        }
+    }
+    for single in ["model.safetensors", "pytorch_model.bin"] {
+        let path = dir.join(single);
+        if path.is_file() {
+            return Ok(vec![path]);
+        }
+    }
+    let mut others: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| LoadError::BadFile {
+            path: dir.into(),
+            reason: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("safetensors" | "pt" | "pth" | "bin")
+            )
+        })
+        .collect();
+    others.sort();
+    if others.is_empty() {
+        return Err(LoadError::NoWeights { dir: dir.into() });
+    }
+    Ok(others)
+}
+
+fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let value = read_json(index)?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| LoadError::BadFile {
+            path: index.into(),
+            reason: "no `weight_map` object".into(),
+        })?;
+    let mut shards: Vec<String> = Vec::new();
+    for (key, file) in map {
+        let file = file.as_str().ok_or_else(|| LoadError::BadFile {
+            path: index.into(),
+            reason: format!("weight_map entry `{key}` is not a file name"),
+        })?;
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+    }
+    shards.sort();
+    shards
+        .into_iter()
+        .map(|s| {
+            let p = dir.join(&s);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(LoadError::BadFile {
+                    path: p,
+                    reason: format!("shard listed in {} is missing", index.display()),
+                })
+            }
+        })
+        .collect()
+}
+
+/// Reads every tensor of `path` (lazily for safetensors), keyed by its name in the file.
+pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, LoadError> {
+    let bad = |reason: String| LoadError::BadFile {
+        path: path.into(),
+        reason,
+    };
+    let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
+    let tensors = if is_safetensors {
+        check_safetensors(path).map_err(bad)?;
+        SafetensorsStore::from_file(path)
+            .get_all_tensors()
+            .map_err(|e| bad(e.to_string()))?
+            .clone()
+    } else {
+        PytorchStore::from_file(path)
+            .map_indices_contiguous(false)
+            .get_all_tensors()
+            .map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?
+            .clone()
+    };
+    Ok(tensors
+        .into_iter()
+        .map(|(k, tensor)| {
+            (
+                k,
+                FileTensor {
+                    tensor,
+                    path: path.into(),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Validates a safetensors header and that the file holds every byte the header promises.
+fn check_safetensors(path: &Path) -> Result<(), String> {
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| format!("truncated: {size} bytes, too short for a safetensors header"))?;
+    let n = u64::from_le_bytes(len);
+    if n > size.saturating_sub(8) || n > 100_000_000 {
+        return Err(format!(
+            "corrupt or truncated: header length {n} exceeds the file size {size}"
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| format!("truncated header: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format!("corrupt safetensors header: {e}"))?;
+    let entries = value
+        .as_object()
+        .ok_or("corrupt safetensors header: not a JSON object")?;
+    let mut end = 0u64;
+    for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let offsets = entry
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)))
+            .ok_or_else(|| {
+                format!("corrupt safetensors header: tensor `{name}` has no data_offsets")
+            })?;
+        end = end.max(offsets.1);
+    }
+    let data = size - 8 - n;
+    if end > data {
+        return Err(format!(
+            "truncated: the header describes {end} bytes of tensor data but only {data} are present"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Weight import from Hugging Face model directories: `config.json` plus `model.safetensors`, a sharded
+//! `model.safetensors.index.json`, or PyTorch `.bin`/`.pt` state dicts; f32/f16/bf16 cast to the device's
+//! float dtype; every known key layout (assets.md §6).
+//!
+//! A load either returns a complete model or an error naming the key, file and shapes involved.
+mod files;
+pub mod layout;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{
+    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot,
+    PyTorchToBurnAdapter,
+};
+use burn::tensor::{DType, Device};
+
+use files::read_tensors;
+pub use files::weight_files;
+pub use layout::{Layout, normalize};
+
+use crate::config::{LlavaConfig, parse, read_json};
+use crate::error::LoadError;
+use crate::llama::{LlamaConfig, LlamaForCausalLM};
+use crate::llava::LlavaForConditionalGeneration;
+use crate::vision::{ClipVisionConfig, ClipVisionModel, Dinov2Config, Dinov2Model, VisionConfig};
+
+/// How strictly a checkpoint must match the model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Fail on checkpoint tensors the model does not use (they are only reported otherwise).
+    pub strict: bool,
+}
+
+/// What a successful load read.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Files read, in order.
+    pub files: Vec<PathBuf>,
+    /// Parameters loaded.
+    pub loaded: usize,
+    /// Checkpoint tensors the model does not use.
+    pub unexpected: Vec<String>,
+    /// Known buffers and foreign parts skipped on purpose.
+    pub skipped: Vec<String>,
+}
+
+/// Loads checkpoint tensors into `model`, normalising keys with `layout`. Returns the model only if every
+/// parameter was loaded with the right shape.
+pub fn load_into<M: Module + ModuleSnapshot>(
+    mut model: M,
+    files: &[PathBuf],
+    layout: Layout,
+    opts: &LoadOptions,
+    device: &Device,
+) -> Result<(M, LoadReport), LoadError> {
+    let mut report = LoadReport {
+        files: files.to_vec(),
+        ..Default::default()
+    };
+    let mut tensors = BTreeMap::new();
+    let mut origin: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
+    for path in files {
+        for (key, ft) in read_tensors(path)? {
+            let Some(name) = normalize(layout, &key) else {
+                report.skipped.push(key);
+                continue;
+            };
+            let mut tensor = ft.tensor;
+            tensor.name = name.clone();
+            origin.insert(name.clone(), (key, ft.path));
+            tensors.insert(name, tensor);
+        }
+    }
+    // Expected names and shapes in PyTorch layout (norm `weight`/`bias`, Linear `[out, in]`).
+    let expected: BTreeMap<String, Vec<usize>> = model
+        .collect(
+            None,
+            Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>),
+            true,
+        )
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.to_vec()))
+        .collect();
+    let tied_head = |name: &str| name.ends_with("lm_head.weight") && !expected.contains_key(name);
+    let mut missing = Vec::new();
+    for (name, shape) in &expected {
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(t) if t.shape.to_vec() != *shape => {
+                let (key, path) = origin[name].clone();
+                return Err(LoadError::ShapeMismatch {
+                    key,
+                    path,
+                    expected: shape.clone(),
+                    found: t.shape.to_vec(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(LoadError::MissingKeys { keys: missing });
+    }
+    for name in tensors.keys().filter(|n| !expected.contains_key(*n)) {
+        let original = origin[name].0.clone();
+        if tied_head(name) {
+            report.skipped.push(original)
+        } else {
+            report.unexpected.push(original)
+        }
+    }
+    if opts.strict && !report.unexpected.is_empty() {
+        return Err(LoadError::UnexpectedKeys {
+            keys: report.unexpected,
+        });
+    }
+    let used: Vec<_> = tensors
+        .into_iter()
+        .filter(|(n, _)| expected.contains_key(n))
+        .map(|(_, t)| t)
+        .collect();
+    let dtype: DType = device.settings().float_dtype.into();
+    let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype));
+    let result = model.apply(used, None, Some(Box::new(adapter)), true);
+    if let Some(err) = result.errors.first() {
+        let (key, reason) = match err {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => (
+                path.clone(),
+                format!("shape {found:?}, model expects {expected:?}"),
+            ),
+            ApplyError::DTypeMismatch {
+                path,
+                expected,
+                found,
+            } => (
+                path.clone(),
+                format!("dtype {found:?}, model expects {expected:?}"),
+            ),
+            ApplyError::AdapterError { path, message }
+            | ApplyError::LoadError { path, message } => (path.clone(), message.clone()),
+        };
+        let key = origin
+            .get(&key)
+            .map_or(key, |(k, p)| format!("{k} ({})", p.display()));
+        return Err(LoadError::Tensor { key, reason });
+    }
+    let not_applied: BTreeSet<_> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+    if !not_applied.is_empty() {
+        return Err(LoadError::MissingKeys {
+            keys: not_applied.into_iter().collect(),
+        });
+    }
+    report.loaded = result.applied.len();
+    Ok((model, report))
+}
+
+/// Loads a LLaVA model directory (any key layout, single file or shards).
+pub fn load_llava(
+    dir: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(LlavaForConditionalGeneration, LlavaConfig, LoadReport), LoadError> {
+    let config = LlavaConfig::from_dir(dir)?;
+    let layout = match config.vision {
+        VisionConfig::Clip(_) => Layout::LlavaClip,
+        VisionConfig::Dinov2(_) => Layout::LlavaDinov2,
+    };
+    let (model, report) = load_into(
+        config.init(device)?,
+        &weight_files(dir)?,
+        layout,
+        opts,
+        device,
+    )?;
+    Ok((model, config, report))
+}
+
+/// Loads a standalone `CLIPVisionModel` directory.
+pub fn load_clip_vision(
+    dir: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(ClipVisionModel, ClipVisionConfig, LoadReport), LoadError> {
+    let path = dir.join("config.json");
+    let VisionConfig::Clip(config) = VisionConfig::from_value(&read_json(&path)?)? else {
+        return Err(LoadError::BadFile {
+            path,
+            reason: "not a CLIP vision config".into(),
+        });
+    };
+    let (model, report) = load_into(
+        config.init(device)?,
+        &weight_files(dir)?,
+        Layout::ClipVision,
+        opts,
+        device,
+    )?;
+    Ok((model, config, report))
+}
+
+/// Loads a standalone `Dinov2Model` directory.
+pub fn load_dinov2(
+    dir: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(Dinov2Model, Dinov2Config, LoadReport), LoadError> {
+    let path = dir.join("config.json");
+    let config: Dinov2Config = parse(&read_json(&path)?, &path, "DINOv2 config")?;
+    let (model, report) = load_into(
+        config.init(device)?,
+        &weight_files(dir)?,
+        Layout::Dinov2,
+        opts,
+        device,
+    )?;
+    Ok((model, config, report))
+}
+
+/// Loads a standalone `LlamaForCausalLM` directory.
+pub fn load_llama(
+    dir: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(LlamaForCausalLM, LlamaConfig, LoadReport), LoadError> {
+    let path = dir.join("config.json");
+    let config: LlamaConfig = parse(&read_json(&path)?, &path, "LLaMA config")?;
+    let (model, report) = load_into(
+        config.init(device)?,
+        &weight_files(dir)?,
+        Layout::Llama,
+        opts,
+        device,
+    )?;
+    Ok((model, config, report))
+}

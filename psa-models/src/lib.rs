@@ -1,0 +1,20 @@
+//! LLaVA-1.5 on Burn 0.22: CLIP and DINOv2 vision towers, the LLaVA projector and merge, a LLaMA decoder with
+//! KV cache, generation, image and text processors, and weight import from Hugging Face checkpoints.
+//!
+//! Every model is written against [`burn::tensor::Device`], so one build runs on every backend compiled in.
+pub mod activation;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod import;
+pub mod llama;
+pub mod llava;
+pub mod pipeline;
+pub mod processor;
+pub mod vision;
+
+pub use config::{LlavaConfig, SelectStrategy};
+pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError};
+pub use generate::{FinishReason, Generation, GenerationConfig, generate};
+pub use llama::{KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
+pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};

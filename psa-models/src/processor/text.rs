@@ -1,0 +1,118 @@
+//! Tokenisation on the `tokenizers` crate (`tokenizer.json`), `<image>` expansion and batch padding.
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::TextError;
+use crate::llama::PaddingMask;
+
+/// Where padding goes in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaddingSide {
+    /// Pad before the tokens (usual for generation).
+    Left,
+    /// Pad after the tokens (usual for training).
+    Right,
+}
+
+/// A tokenizer plus the image placeholder conventions of LLaVA.
+#[derive(Debug, Clone)]
+pub struct TextProcessor {
+    tokenizer: Tokenizer,
+    image_token_id: u32,
+}
+
+impl TextProcessor {
+    /// Loads `tokenizer.json`; `image_token` (e.g. `<image>`) must be in its vocabulary.
+    pub fn from_file(path: &Path, image_token: &str) -> Result<Self, TextError> {
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| TextError::Load {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        Self::new(tokenizer, image_token)
+    }
+
+    /// Wraps a loaded tokenizer.
+    pub fn new(tokenizer: Tokenizer, image_token: &str) -> Result<Self, TextError> {
+        let image_token_id = tokenizer
+            .token_to_id(image_token)
+            .ok_or_else(|| TextError::MissingToken(image_token.into()))?;
+        Ok(Self {
+            tokenizer,
+            image_token_id,
+        })
+    }
+
+    /// The underlying tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Id of the image placeholder.
+    pub fn image_token_id(&self) -> u32 {
+        self.image_token_id
+    }
+
+    /// Id of a token string, if present.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Encodes text; `add_special_tokens` applies the post-processor (BOS for LLaMA tokenizers).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TextError> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes a prompt; with `image_tokens = Some(n)` each `<image>` becomes `n` placeholder ids.
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        image_tokens: Option<usize>,
+    ) -> Result<Vec<u32>, TextError> {
+        let ids = self.encode(prompt, true)?;
+        Ok(match image_tokens {
+            None => ids,
+            Some(n) => ids
+                .into_iter()
+                .flat_map(|id| {
+                    std::iter::repeat_n(id, if id == self.image_token_id { n } else { 1 })
+                })
+                .collect(),
+        })
+    }
+
+    /// Decodes ids to text.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TextError> {
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))
+    }
+
+    /// Pads encoded rows to one length with `pad_id`.
+    pub fn pad(rows: &[Vec<u32>], pad_id: u32, side: PaddingSide) -> (Vec<Vec<u32>>, PaddingMask) {
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut mask = Vec::with_capacity(rows.len());
+        for r in rows {
+            let fill = len - r.len();
+            let (mut i, mut m) = (Vec::with_capacity(len), Vec::with_capacity(len));
+            if side == PaddingSide::Left {
+                i.extend(std::iter::repeat_n(pad_id, fill));
+                m.extend(std::iter::repeat_n(false, fill));
+            }
+            i.extend_from_slice(r);
+            m.extend(std::iter::repeat_n(true, r.len()));
+            if side == PaddingSide::Right {
+                i.extend(std::iter::repeat_n(pad_id, fill));
+                m.extend(std::iter::repeat_n(false, fill));
+            }
+            ids.push(i);
+            mask.push(m);
+        }
+        (ids, PaddingMask::new(mask))
+    }
+}

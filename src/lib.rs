@@ -1,0 +1,16 @@
+//! # psa-vlm
+//!
+//! PSA-VLM (arXiv 2411.11543) on Burn 0.22: a safety concept bottleneck on a LLaVA-1.5 vision-language model.
+//! This facade re-exports the member crates and owns the device selection shared by examples, tests and tools.
+//!
+//! - [`core`] (`psa-core`): the concept bottleneck.
+//! - [`models`] (`psa-models`): vision towers, LLaMA, LLaVA, weight import, processors, generation.
+//! - [`train`] (`psa-train`): the two-stage schedule.
+//!
+//! Models are written against [`burn::tensor::Device`]; pick one with [`device::parse_device`].
+pub mod device;
+
+pub use burn;
+pub use psa_core as core;
+pub use psa_models as models;
+pub use psa_train as train;

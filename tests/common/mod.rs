@@ -1,0 +1,147 @@
+//! Shared helpers for the integration tests: fixture paths, reference tensors, devices, tolerances.
+#![allow(dead_code)]
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use psa_vlm::burn::store::bridge;
+use psa_vlm::burn::store::{ModuleStore, SafetensorsStore};
+use psa_vlm::burn::tensor::{Device, Tensor};
+
+/// `fixtures/` in the repository.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Every backend compiled into this build.
+pub fn devices() -> Vec<(&'static str, Device)> {
+    psa_vlm::device::compiled_backends()
+        .into_iter()
+        .map(|name| {
+            (
+                name,
+                psa_vlm::device::parse_device(name).expect("compiled backend parses"),
+            )
+        })
+        .collect()
+}
+
+/// A reference tensor: values as f64 and its shape.
+#[derive(Debug, Clone)]
+pub struct Ref {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl Ref {
+    pub fn ids(&self) -> Vec<Vec<u32>> {
+        let cols = *self.shape.last().unwrap();
+        self.values
+            .chunks(cols)
+            .map(|r| r.iter().map(|&v| v as u32).collect())
+            .collect()
+    }
+}
+
+/// Every tensor of a safetensors fixture file.
+pub fn read_fixture(path: &Path) -> BTreeMap<String, Ref> {
+    let mut store = SafetensorsStore::from_file(path);
+    let tensors = store
+        .get_all_tensors()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    tensors
+        .iter()
+        .map(|(k, t)| {
+            let data = bridge::to_data(t).unwrap();
+            let shape = data.shape().to_vec();
+            let values = if data.dtype().is_float() {
+                data.convert::<f64>().try_to_vec::<f64>().unwrap()
+            } else {
+                data.convert::<i64>()
+                    .try_to_vec::<i64>()
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| v as f64)
+                    .collect()
+            };
+            (k.clone(), Ref { shape, values })
+        })
+        .collect()
+}
+
+/// Host values and shape of a tensor.
+pub fn host<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f64>) {
+    let data = t.into_data();
+    let shape = data.shape().to_vec();
+    (shape, data.convert::<f64>().try_to_vec::<f64>().unwrap())
+}
+
+/// Max |a − b| after checking shapes.
+pub fn max_diff<const D: usize>(got: Tensor<D>, want: &Ref) -> f64 {
+    let (shape, values) = host(got);
+    assert_eq!(shape, want.shape, "shape mismatch");
+    values
+        .iter()
+        .zip(&want.values)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Asserts `got` matches `want` within `tol` (max abs) and returns the difference.
+pub fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: &Ref, tol: f64) -> f64 {
+    let d = max_diff(got, want);
+    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
+    eprintln!("{what}: max abs diff {d:.3e}");
+    d
+}
+
+/// A reference tensor restricted to rows `r` of its first axis and positions `cols` of its second axis.
+pub fn sub_ref(want: &Ref, row: usize, cols: std::ops::Range<usize>) -> Ref {
+    let inner: usize = want.shape[2..].iter().product();
+    let t = want.shape[1];
+    let mut values = Vec::new();
+    for c in cols.clone() {
+        let start = (row * t + c) * inner;
+        values.extend_from_slice(&want.values[start..start + inner]);
+    }
+    let mut shape = vec![1, cols.len()];
+    shape.extend_from_slice(&want.shape[2..]);
+    Ref { shape, values }
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("psa-vlm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies every file of `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Rewrites a safetensors header in place with `edit`, which gets the data length and returns bytes to append.
+pub fn edit_safetensors_header(
+    path: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>, usize) -> Vec<u8>,
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let extra = edit(&mut header, bytes.len() - 8 - n);
+    let mut text = serde_json::to_string(&header).unwrap();
+    while text.len() < n || text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    out.extend_from_slice(&extra);
+    std::fs::write(path, out).unwrap();
+}
