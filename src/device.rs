@@ -8,14 +8,10 @@ use burn::tensor::Device;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceError {
     /// Not a known device name.
-    #[error(
-        "unknown device {0:?}; expected cpu, flex, ndarray, wgpu, vulkan, wgpu-cpu, cuda or cuda:N"
-    )]
+    #[error("unknown device {0:?}; expected cpu, flex, ndarray, wgpu, vulkan, wgpu-cpu, cuda or cuda:N")]
     Unknown(String),
     /// Known, but its backend is not compiled into this build.
-    #[error(
-        "device {device:?} needs the `{feature}` cargo feature of psa-vlm; rebuild with `--features {feature}`"
-    )]
+    #[error("device {device:?} needs the `{feature}` cargo feature of psa-vlm; rebuild with `--features {feature}`")]
     NotCompiled {
         /// The requested device.
         device: String,
@@ -27,15 +23,10 @@ pub enum DeviceError {
 /// Parses a device string such as `cpu`, `wgpu` or `cuda:1`.
 pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     let s = spec.trim().to_ascii_lowercase();
-    let missing = |feature| DeviceError::NotCompiled {
-        device: spec.to_string(),
-        feature,
-    };
+    let missing = |feature| DeviceError::NotCompiled { device: spec.to_string(), feature };
     let (name, index) = match s.split_once(':') {
         Some((n, i)) => {
-            let i: usize = i
-                .parse()
-                .map_err(|_| DeviceError::Unknown(spec.to_string()))?;
+            let i: usize = i.parse().map_err(|_| DeviceError::Unknown(spec.to_string()))?;
             (n.to_string(), Some(i))
         }
         None => (s.clone(), None),
@@ -61,11 +52,7 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
             #[cfg(feature = "wgpu")]
             {
                 use burn::tensor::DeviceKind;
-                let kind = if name == "wgpu-cpu" {
-                    DeviceKind::Cpu
-                } else {
-                    DeviceKind::DefaultDevice
-                };
+                let kind = if name == "wgpu-cpu" { DeviceKind::Cpu } else { DeviceKind::DefaultDevice };
                 return Ok(Device::wgpu(kind));
             }
             #[cfg(not(feature = "wgpu"))]
@@ -108,18 +95,9 @@ mod tests {
 
     #[test]
     fn parses_names_and_rejects_unknown_ones() {
-        assert!(matches!(
-            parse_device("warp-drive"),
-            Err(DeviceError::Unknown(_))
-        ));
-        assert!(matches!(
-            parse_device("flex:1"),
-            Err(DeviceError::Unknown(_))
-        ));
-        assert!(matches!(
-            parse_device("cuda:x"),
-            Err(DeviceError::Unknown(_))
-        ));
+        assert!(matches!(parse_device("warp-drive"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(parse_device("flex:1"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(parse_device("cuda:x"), Err(DeviceError::Unknown(_))));
         #[cfg(feature = "flex")]
         assert!(parse_device(" CPU ").is_ok());
         #[cfg(not(feature = "cuda"))]

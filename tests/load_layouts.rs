@@ -8,22 +8,16 @@ use psa_vlm::models::LoadError;
 use psa_vlm::models::import::{LoadOptions, load_llava};
 
 fn logits(dir: &std::path::Path, device: &Device) -> Tensor<3> {
-    let (model, _, report) = load_llava(dir, device, &LoadOptions { strict: true })
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let (model, _, report) =
+        load_llava(dir, device, &LoadOptions { strict: true }).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     let fx = read_fixture(&fixtures().join("tiny_llava/fixture.safetensors"));
     let p = &fx["inputs.pixel_values"];
     let pixels = Tensor::<4>::from_data(
-        TensorData::new(
-            p.values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            [1, 3, 56, 56],
-        ),
+        TensorData::new(p.values.iter().map(|&v| v as f32).collect::<Vec<_>>(), [1, 3, 56, 56]),
         device,
     );
-    model
-        .forward(&fx["inputs.input_ids"].ids(), None, Some(pixels))
-        .unwrap()
-        .0
+    model.forward(&fx["inputs.input_ids"].ids(), None, Some(pixels)).unwrap().0
 }
 
 #[test]
@@ -32,13 +26,7 @@ fn every_layout_dtype_and_shard_split_loads_identically() {
     let base = fixtures().join("tiny_llava");
     let reference = logits(&base.join("hub_f32"), &device);
     for layout in ["model", "hub_f16_sharded", "pytorch_bin"] {
-        let (_, diff) = host(
-            reference
-                .clone()
-                .sub(logits(&base.join(layout), &device))
-                .abs()
-                .max(),
-        );
+        let (_, diff) = host(reference.clone().sub(logits(&base.join(layout), &device)).abs().max());
         eprintln!("{layout}: max |Δlogits| vs hub_f32 = {:e}", diff[0]);
         assert_eq!(diff[0], 0.0, "{layout} differs from hub_f32");
     }
@@ -55,16 +43,10 @@ fn missing_key_is_named() {
         Vec::new()
     });
     let err = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err();
-    assert!(
-        matches!(&err, LoadError::MissingKeys { keys } if keys == &vec![key.to_string()]),
-        "{err}"
-    );
+    assert!(matches!(&err, LoadError::MissingKeys { keys } if keys == &vec![key.to_string()]), "{err}");
     assert!(err.to_string().contains(key), "{err}");
     let strict = load_llava(&dir, &Device::flex(), &LoadOptions { strict: false });
-    assert!(
-        strict.is_err(),
-        "a missing key fails whatever the strictness"
-    );
+    assert!(strict.is_err(), "a missing key fails whatever the strictness");
 }
 
 #[test]
@@ -96,26 +78,15 @@ fn reshaped_tensor_names_key_file_and_both_shapes() {
     });
     let err = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err();
     match &err {
-        LoadError::ShapeMismatch {
-            key: k,
-            path,
-            expected,
-            found,
-        } => {
+        LoadError::ShapeMismatch { key: k, path, expected, found } => {
             assert_eq!(k, key);
             assert!(path.ends_with("model.safetensors"));
-            assert_eq!(
-                (expected.as_slice(), found.as_slice()),
-                (&[64, 64][..], &[32, 128][..])
-            );
+            assert_eq!((expected.as_slice(), found.as_slice()), (&[64, 64][..], &[32, 128][..]));
         }
         other => panic!("expected a shape mismatch, got {other}"),
     }
     let msg = err.to_string();
-    assert!(
-        msg.contains("[32, 128]") && msg.contains("[64, 64]") && msg.contains("model.safetensors"),
-        "{msg}"
-    );
+    assert!(msg.contains("[32, 128]") && msg.contains("[64, 64]") && msg.contains("model.safetensors"), "{msg}");
 }
 
 #[test]
@@ -128,25 +99,15 @@ fn truncated_shard_names_the_file() {
     let err = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LoadError::BadFile { .. }), "{msg}");
-    assert!(
-        msg.contains("model-00002-of-00003.safetensors") && msg.contains("truncated"),
-        "{msg}"
-    );
+    assert!(msg.contains("model-00002-of-00003.safetensors") && msg.contains("truncated"), "{msg}");
 
     std::fs::write(&shard, b"not a safetensors file at all").unwrap();
-    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
     assert!(msg.contains("model-00002-of-00003.safetensors"), "{msg}");
 
     std::fs::remove_file(&shard).unwrap();
-    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("model-00002-of-00003.safetensors") && msg.contains("missing"),
-        "{msg}"
-    );
+    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains("model-00002-of-00003.safetensors") && msg.contains("missing"), "{msg}");
 }
 
 #[test]
@@ -156,9 +117,7 @@ fn corrupt_pytorch_checkpoint_names_the_file() {
     let bin = dir.join("pytorch_model.bin");
     let bytes = std::fs::read(&bin).unwrap();
     std::fs::write(&bin, &bytes[..bytes.len() / 2]).unwrap();
-    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
+    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
     assert!(msg.contains("pytorch_model.bin"), "{msg}");
 }
 
@@ -167,15 +126,68 @@ fn unsupported_rope_scaling_is_a_clear_error() {
     let dir = scratch("rope");
     copy_dir(&fixtures().join("tiny_llava/hub_f32"), &dir);
     let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     cfg["text_config"]["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("rope_scaling") && msg.contains("yarn"),
-        "{msg}"
-    );
+    let msg = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(msg.contains("rope_scaling") && msg.contains("yarn"), "{msg}");
+}
+
+/// Round-to-nearest-even f32 → bf16 bits.
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+#[test]
+fn bfloat16_checkpoint_loads_every_value_exactly() {
+    use psa_vlm::burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot};
+    let src = fixtures().join("tiny_llava/hub_f32");
+    let dir = scratch("bf16");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    // Rewrite every F32 tensor as BF16.
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut entries: Vec<_> = header.iter().filter(|(k, _)| *k != "__metadata__").collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap());
+    let (mut out_header, mut out_data) = (serde_json::Map::new(), Vec::new());
+    let mut expected = std::collections::BTreeMap::new();
+    for (key, v) in entries {
+        let (s, e) = (v["data_offsets"][0].as_u64().unwrap() as usize, v["data_offsets"][1].as_u64().unwrap() as usize);
+        assert_eq!(v["dtype"], "F32");
+        let start = out_data.len();
+        let mut values = Vec::new();
+        for c in data[s..e].chunks(4) {
+            let h = bf16_bits(f32::from_le_bytes(c.try_into().unwrap()));
+            out_data.extend_from_slice(&h.to_le_bytes());
+            values.push(f32::from_bits((h as u32) << 16));
+        }
+        out_header.insert(
+            key.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": v["shape"], "data_offsets": [start, out_data.len()]}),
+        );
+        expected.insert(key.clone(), values);
+    }
+    let mut text = serde_json::to_string(&out_header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(text.as_bytes());
+    file.extend_from_slice(&out_data);
+    std::fs::write(dir.join("model.safetensors"), file).unwrap();
+
+    let (model, _, report) = load_llava(&dir, &Device::flex(), &LoadOptions { strict: true }).unwrap();
+    assert_eq!(report.loaded, expected.len());
+    let mut checked = 0;
+    for t in model.collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true) {
+        let got = psa_vlm::burn::store::bridge::to_data(&t).unwrap();
+        assert_eq!(got.dtype(), psa_vlm::burn::tensor::DType::F32, "{} is not f32", t.name);
+        let got: Vec<f32> = got.try_to_vec().unwrap();
+        assert_eq!(&got, &expected[&t.name], "{} differs from its bf16 value", t.name);
+        checked += 1;
+    }
+    assert_eq!(checked, 64);
 }

@@ -11,30 +11,18 @@ use psa_vlm::models::import::{LoadOptions, load_dinov2};
 fn dinov2_hidden_states_match_transformers() {
     for (backend, device) in devices() {
         let dir = fixtures().join("tiny_dinov2");
-        let (model, _, _) =
-            load_dinov2(&dir.join("model"), &device, &LoadOptions { strict: true }).unwrap();
+        let (model, _, _) = load_dinov2(&dir.join("model"), &device, &LoadOptions { strict: true }).unwrap();
         let fx = read_fixture(&dir.join("fixture.safetensors"));
         for case in ["down", "up"] {
             let p = &fx[&format!("{case}.pixel_values")];
             let shape: [usize; 4] = p.shape.clone().try_into().unwrap();
             let pixels = Tensor::<4>::from_data(
-                TensorData::new(
-                    p.values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                    shape,
-                ),
+                TensorData::new(p.values.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape),
                 &device,
             );
             let grid = shape[2] / 14;
-            let pos = model
-                .embeddings
-                .position_embeddings_for(grid, grid)
-                .unsqueeze::<3>();
-            assert_close(
-                &format!("{backend} {case}.pos_embed"),
-                pos,
-                &fx[&format!("{case}.pos_embed")],
-                1e-5,
-            );
+            let pos = model.embeddings.position_embeddings_for(grid, grid).unsqueeze::<3>();
+            assert_close(&format!("{backend} {case}.pos_embed"), pos, &fx[&format!("{case}.pos_embed")], 1e-5);
             let out = model.forward(pixels, None);
             for (i, h) in out.hidden_states.into_iter().enumerate() {
                 assert_close(

@@ -13,11 +13,13 @@ use psa_vlm::models::{GenerationConfig, LlavaForConditionalGeneration, generate}
 const TOL: f64 = 1e-4;
 const VARIANTS: [&str; 2] = ["tiny_llava", "tiny_llava_gqa"];
 
-fn load(variant: &str, layout: &str, device: &Device) -> LlavaForConditionalGeneration {
-    let dir = fixtures().join(variant).join(layout);
-    load_llava(&dir, device, &LoadOptions { strict: true })
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .0
+/// The MHA variant keeps its f32 hub file; the GQA variant ships only f16 shards (holding the same f16-exact
+/// values, see `tests/load_layouts.rs`).
+fn load(variant: &str, device: &Device) -> LlavaForConditionalGeneration {
+    let base = fixtures().join(variant);
+    let f32_dir = base.join("hub_f32");
+    let dir = if f32_dir.is_dir() { f32_dir } else { base.join("hub_f16_sharded") };
+    load_llava(&dir, device, &LoadOptions { strict: true }).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).0
 }
 
 fn tensor4(r: &Ref, device: &Device) -> Tensor<4> {
@@ -27,11 +29,7 @@ fn tensor4(r: &Ref, device: &Device) -> Tensor<4> {
 }
 
 fn greedy(n: usize) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens: n,
-        temperature: 0.0,
-        ..Default::default()
-    }
+    GenerationConfig { max_new_tokens: n, temperature: 0.0, ..Default::default() }
 }
 
 #[test]
@@ -40,7 +38,7 @@ fn vision_projector_merge_and_logits_match_transformers() {
         for variant in VARIANTS {
             eprintln!("== {variant} on {backend}");
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, "hub_f32", &device);
+            let model = load(variant, &device);
             let pixels = tensor4(&fx["inputs.pixel_values"], &device);
 
             let out = model.vision_tower.forward(pixels.clone(), None);
@@ -53,21 +51,9 @@ fn vision_projector_merge_and_logits_match_transformers() {
                 );
             }
             let last = out.last_hidden_state.expect("all layers ran");
-            assert_close(
-                "vision.last_hidden_state",
-                last.clone(),
-                &fx["vision.last_hidden_state"],
-                TOL,
-            );
-            let VisionTower::Clip(clip) = &model.vision_tower else {
-                panic!("tiny LLaVA uses CLIP")
-            };
-            assert_close(
-                "vision.pooler_output",
-                clip.pooler_output(last),
-                &fx["vision.pooler_output"],
-                TOL,
-            );
+            assert_close("vision.last_hidden_state", last.clone(), &fx["vision.last_hidden_state"], TOL);
+            let VisionTower::Clip(clip) = &model.vision_tower else { panic!("tiny LLaVA uses CLIP") };
+            assert_close("vision.pooler_output", clip.pooler_output(last), &fx["vision.pooler_output"], TOL);
             assert_close(
                 "vision.selected_features",
                 model.selected_features(pixels.clone()),
@@ -75,34 +61,15 @@ fn vision_projector_merge_and_logits_match_transformers() {
                 TOL,
             );
             let features = model.image_features(pixels.clone());
-            assert_close(
-                "projector.output",
-                features.clone(),
-                &fx["projector.output"],
-                TOL,
-            );
+            assert_close("projector.output", features.clone(), &fx["projector.output"], TOL);
 
             let ids = fx["inputs.input_ids"].ids();
             let merged = model.merge(&ids, None, Some(features)).unwrap();
-            assert_close(
-                "lm.inputs_embeds",
-                merged.inputs_embeds.clone(),
-                &fx["lm.inputs_embeds"],
-                TOL,
-            );
-            let dec =
-                model
-                    .language_model
-                    .model
-                    .forward(merged.inputs_embeds, &merged.mask, None, true);
+            assert_close("lm.inputs_embeds", merged.inputs_embeds.clone(), &fx["lm.inputs_embeds"], TOL);
+            let dec = model.language_model.model.forward(merged.inputs_embeds, &merged.mask, None, true);
             assert_eq!(dec.hidden_states.len(), 3);
             for (i, h) in dec.hidden_states.into_iter().enumerate() {
-                assert_close(
-                    &format!("lm.hidden_states.{i}"),
-                    h,
-                    &fx[&format!("lm.hidden_states.{i}")],
-                    TOL,
-                );
+                assert_close(&format!("lm.hidden_states.{i}"), h, &fx[&format!("lm.hidden_states.{i}")], TOL);
             }
             let (logits, _) = model.forward(&ids, None, Some(pixels)).unwrap();
             assert_close("lm.logits", logits, &fx["lm.logits"], TOL);
@@ -119,34 +86,21 @@ fn single_image_token_is_expanded_like_the_reference() {
     for (_, device) in devices() {
         for variant in VARIANTS {
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, "hub_f32", &device);
+            let model = load(variant, &device);
             let pixels = tensor4(&fx["inputs.pixel_values"], &device);
             let image = model.image_token_index();
             let mut collapsed = fx["inputs.input_ids"].ids();
             collapsed[0].dedup_by(|a, b| *a == image && *b == image);
             assert_eq!(collapsed[0].len(), 27 - 15);
-            let (logits, mask) = model
-                .forward(&collapsed, None, Some(pixels.clone()))
-                .unwrap();
+            let (logits, mask) = model.forward(&collapsed, None, Some(pixels.clone())).unwrap();
             assert_eq!(mask.len(), 27);
-            assert_close(
-                &format!("{variant} collapsed <image> logits"),
-                logits,
-                &fx["lm.logits"],
-                TOL,
-            );
+            assert_close(&format!("{variant} collapsed <image> logits"), logits, &fx["lm.logits"], TOL);
 
             let mut wrong = fx["inputs.input_ids"].ids();
             wrong[0].remove(8);
-            let err = model
-                .forward(&wrong, None, Some(pixels.clone()))
-                .unwrap_err()
-                .to_string();
+            let err = model.forward(&wrong, None, Some(pixels.clone())).unwrap_err().to_string();
             assert!(err.contains("a run of 15 image tokens"), "{err}");
-            let err = model
-                .forward(&fx["text_only.input_ids"].ids(), None, Some(pixels))
-                .unwrap_err()
-                .to_string();
+            let err = model.forward(&fx["text_only.input_ids"].ids(), None, Some(pixels)).unwrap_err().to_string();
             assert!(err.contains("placeholders for 0 image(s) but 1"), "{err}");
         }
     }
@@ -157,36 +111,17 @@ fn greedy_generation_with_kv_cache_matches_transformers() {
     for (backend, device) in devices() {
         for variant in VARIANTS {
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, "hub_f32", &device);
+            let model = load(variant, &device);
             let pixels = tensor4(&fx["inputs.pixel_values"], &device);
             let features = model.image_features(pixels);
-            let merged = model
-                .merge(&fx["inputs.input_ids"].ids(), None, Some(features))
-                .unwrap();
-            let out = generate(
-                &model.language_model,
-                merged.inputs_embeds,
-                merged.mask,
-                &greedy(8),
-                128,
-            )
-            .unwrap();
-            assert_eq!(
-                out.tokens,
-                fx["generate.new_tokens"].ids(),
-                "{variant} on {backend}: multimodal greedy tokens"
-            );
+            let merged = model.merge(&fx["inputs.input_ids"].ids(), None, Some(features)).unwrap();
+            let out = generate(&model.language_model, merged.inputs_embeds, merged.mask, &greedy(8), 128).unwrap();
+            assert_eq!(out.tokens, fx["generate.new_tokens"].ids(), "{variant} on {backend}: multimodal greedy tokens");
 
             let text = fx["text_only.input_ids"].ids();
             let embeds = model.language_model.model.embed(&text, &device);
-            let out = generate(
-                &model.language_model,
-                embeds,
-                PaddingMask::full(1, text[0].len()),
-                &greedy(8),
-                128,
-            )
-            .unwrap();
+            let out =
+                generate(&model.language_model, embeds, PaddingMask::full(1, text[0].len()), &greedy(8), 128).unwrap();
             assert_eq!(
                 out.tokens,
                 fx["generate.text_only.new_tokens"].ids(),
@@ -201,15 +136,12 @@ fn padded_batches_match_unpadded_rows() {
     for (backend, device) in devices() {
         for variant in VARIANTS {
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, "hub_f32", &device);
+            let model = load(variant, &device);
             for side in ["left", "right"] {
                 let ids = fx[&format!("batch.{side}.input_ids")].ids();
                 let mask_ref = &fx[&format!("batch.{side}.attention_mask")];
-                let rows: Vec<Vec<i64>> = mask_ref
-                    .values
-                    .chunks(mask_ref.shape[1])
-                    .map(|r| r.iter().map(|&v| v as i64).collect())
-                    .collect();
+                let rows: Vec<Vec<i64>> =
+                    mask_ref.values.chunks(mask_ref.shape[1]).map(|r| r.iter().map(|&v| v as i64).collect()).collect();
                 let mask = PaddingMask::from_attention_mask(&rows);
                 let logits = model.language_model.forward(&ids, Some(&mask), &device);
                 let want = &fx[&format!("batch.{side}.logits")];
@@ -229,24 +161,13 @@ fn padded_batches_match_unpadded_rows() {
             }
             let ids = fx["batch.left.input_ids"].ids();
             let m = &fx["batch.left.attention_mask"];
-            let rows: Vec<Vec<i64>> = m
-                .values
-                .chunks(m.shape[1])
-                .map(|r| r.iter().map(|&v| v as i64).collect())
-                .collect();
+            let rows: Vec<Vec<i64>> =
+                m.values.chunks(m.shape[1]).map(|r| r.iter().map(|&v| v as i64).collect()).collect();
             let mask = PaddingMask::from_attention_mask(&rows);
             let embeds = model.language_model.model.embed(&ids, &device);
             let out = generate(&model.language_model, embeds, mask, &greedy(8), 128).unwrap();
-            assert_eq!(
-                out.tokens,
-                fx["batch.single.new_tokens"].ids(),
-                "{variant}/{backend}: batched = one at a time"
-            );
-            assert_eq!(
-                out.tokens,
-                fx["batch.left.new_tokens"].ids(),
-                "{variant}/{backend}: batched = transformers"
-            );
+            assert_eq!(out.tokens, fx["batch.single.new_tokens"].ids(), "{variant}/{backend}: batched = one at a time");
+            assert_eq!(out.tokens, fx["batch.left.new_tokens"].ids(), "{variant}/{backend}: batched = transformers");
         }
     }
 }

@@ -5,9 +5,7 @@ mod common;
 use common::*;
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::models::ImageError;
-use psa_vlm::models::processor::{
-    ImageProcessorConfig, Message, Template, TextProcessor, load_image,
-};
+use psa_vlm::models::processor::{ImageProcessorConfig, Message, Template, TextProcessor, load_image};
 
 #[test]
 fn clip_preprocessing_matches_transformers_on_a_real_photo() {
@@ -15,10 +13,7 @@ fn clip_preprocessing_matches_transformers_on_a_real_photo() {
     let refs = read_fixture(&dir.join("clip_reference.safetensors"));
     let image = load_image(&dir.join("franz-kafka.jpg")).unwrap();
     let device = Device::flex();
-    let llava_hf = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json"))
-        .unwrap()
-        .build()
-        .unwrap();
+    let llava_hf = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap().build().unwrap();
     let d336 = assert_close(
         "clip336",
         llava_hf.preprocess(&[image.clone()], &device).unwrap(),
@@ -27,11 +22,7 @@ fn clip_preprocessing_matches_transformers_on_a_real_photo() {
     );
     let d224 = assert_close(
         "clip224",
-        ImageProcessorConfig::clip(224)
-            .build()
-            .unwrap()
-            .preprocess(&[image.clone()], &device)
-            .unwrap(),
+        ImageProcessorConfig::clip(224).build().unwrap().preprocess(&[image.clone()], &device).unwrap(),
         &refs["clip224.pixel_values"],
         0.04,
     );
@@ -44,19 +35,29 @@ fn clip_preprocessing_matches_transformers_on_a_real_photo() {
         &refs["pad336.pixel_values"],
         0.04,
     );
-    eprintln!(
-        "image preprocessing max diffs: clip336 {d336:.4}, clip224 {d224:.4}, pad336 {dpad:.4}"
-    );
+    eprintln!("image preprocessing max diffs: clip336 {d336:.4}, clip224 {d224:.4}, pad336 {dpad:.4}");
+}
+
+#[test]
+fn resize_matches_pillow_exactly_on_identical_pixels() {
+    let dir = fixtures().join("images");
+    let refs = read_fixture(&dir.join("clip_reference.safetensors"));
+    let crop = load_image(&dir.join("kafka-crop.png")).unwrap();
+    let device = Device::flex();
+    let down = ImageProcessorConfig::clip(64).build().unwrap().preprocess(&[crop.clone()], &device).unwrap();
+    let mut up = ImageProcessorConfig::clip(160);
+    up.size = serde_json::json!({"shortest_edge": 240});
+    let up = up.build().unwrap().preprocess(&[crop], &device).unwrap();
+    // Identical u8 pixels after the resize leave only f32 rounding in rescale/normalise.
+    assert_close("crop.down64 (150x200 → 64)", down, &refs["crop.down64.pixel_values"], 1e-5);
+    assert_close("crop.up160 (150x200 → 240, crop 160)", up, &refs["crop.up160.pixel_values"], 1e-5);
 }
 
 #[test]
 fn missing_or_corrupt_images_are_errors_naming_the_file() {
     let missing = fixtures().join("images/no-such-photo.jpg");
     let err = load_image(&missing).unwrap_err();
-    assert!(
-        matches!(err, ImageError::Decode { .. }) && err.to_string().contains("no-such-photo.jpg"),
-        "{err}"
-    );
+    assert!(matches!(err, ImageError::Decode { .. }) && err.to_string().contains("no-such-photo.jpg"), "{err}");
     let dir = scratch("badimage");
     let bad = dir.join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
@@ -76,29 +77,17 @@ fn tokenizer_ids_match_python_exactly() {
     assert!(cases.len() >= 6);
     for case in cases {
         let input = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(text.encode(input, true).unwrap(), want, "ids of {input:?}");
-        assert_eq!(
-            text.decode(&want, true).unwrap(),
-            case["decoded"].as_str().unwrap(),
-            "decode of {input:?}"
-        );
+        assert_eq!(text.decode(&want, true).unwrap(), case["decoded"].as_str().unwrap(), "decode of {input:?}");
     }
 }
 
 #[test]
 fn prompts_expand_the_image_placeholder_on_request() {
-    let text =
-        TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>")
-            .unwrap();
-    let prompt = Template::by_name("llava_v1")
-        .unwrap()
-        .render(&[Message::user("<image>\nDescribe the picture.")], true);
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let prompt =
+        Template::by_name("llava_v1").unwrap().render(&[Message::user("<image>\nDescribe the picture.")], true);
     let single = text.encode_prompt(&prompt, None).unwrap();
     let expanded = text.encode_prompt(&prompt, Some(16)).unwrap();
     assert_eq!(single.iter().filter(|&&t| t == 999).count(), 1);

@@ -1,1 +1,22 @@
-//! PSA-VLM safety concept bottleneck (taxonomy, safety projector, tokens, head, loss, policy); see issue #3.
+//! The PSA-VLM safety concept bottleneck (arXiv 2411.11543): taxonomy, safety projector (C-Abstractor), the two
+//! safety-token sets, the safety head, the concept loss and machine-readable assessments.
+//!
+//! Every width comes from [`SafetyConfig`]; modules are written against [`burn::tensor::Device`].
+pub mod assessment;
+pub mod config;
+pub mod error;
+pub mod head;
+pub mod init;
+pub mod loss;
+pub mod modules;
+pub mod projector;
+pub mod taxonomy;
+
+pub use assessment::SafetyAssessment;
+pub use config::{QueryMode, SafetyConfig};
+pub use error::CoreError;
+pub use head::{ConceptLogits, PackedMultiheadAttention, SafetyHead};
+pub use loss::{ConceptLoss, concept_loss, cross_entropy};
+pub use modules::{SafeMmProjector, SafetyModules};
+pub use projector::CAbstractor;
+pub use taxonomy::Taxonomy;

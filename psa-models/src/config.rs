@@ -79,15 +79,8 @@ fn yes() -> bool {
 
 /// Reads and parses a JSON file.
 pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.into(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.into(),
-        what: "JSON file",
-        source,
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), what: "JSON file", source })
 }
 
 /// Parses a typed config from a JSON value, naming the file on failure.
@@ -96,11 +89,7 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &'static str,
 ) -> Result<T, ConfigError> {
-    serde_json::from_value(value.clone()).map_err(|source| ConfigError::Parse {
-        path: path.into(),
-        what,
-        source,
-    })
+    serde_json::from_value(value.clone()).map_err(|source| ConfigError::Parse { path: path.into(), what, source })
 }
 
 impl LlavaConfig {
@@ -123,21 +112,15 @@ impl LlavaConfig {
         let raw: RawLlava = parse(value, path, "LLaVA config")?;
         let vision = VisionConfig::from_value(&raw.vision_config)?;
         let mut text: LlamaConfig = parse(&raw.text_config, path, "LLaVA text_config")?;
-        if let Some(tie) = raw
-            .tie_word_embeddings
-            .filter(|_| raw.text_config.get("tie_word_embeddings").is_none())
-        {
+        if let Some(tie) = raw.tie_word_embeddings.filter(|_| raw.text_config.get("tie_word_embeddings").is_none()) {
             text.tie_word_embeddings = tie;
         }
         text.validate()?;
-        let vision_feature_layer =
-            raw.vision_feature_layer
-                .as_i64()
-                .ok_or_else(|| ConfigError::Unsupported {
-                    key: "vision_feature_layer",
-                    value: raw.vision_feature_layer.to_string(),
-                    hint: "a single layer index is supported",
-                })?;
+        let vision_feature_layer = raw.vision_feature_layer.as_i64().ok_or_else(|| ConfigError::Unsupported {
+            key: "vision_feature_layer",
+            value: raw.vision_feature_layer.to_string(),
+            hint: "a single layer index is supported",
+        })?;
         let select_strategy = match raw.vision_feature_select_strategy.as_str() {
             "default" => SelectStrategy::Default,
             "full" => SelectStrategy::Full,
@@ -172,11 +155,8 @@ impl LlavaConfig {
     /// The hidden-state index `vision_feature_layer` resolves to (0 = embeddings).
     pub fn feature_layer_index(&self) -> Result<usize, ConfigError> {
         let count = self.vision.num_layers() as i64 + 1;
-        let idx = if self.vision_feature_layer < 0 {
-            count + self.vision_feature_layer
-        } else {
-            self.vision_feature_layer
-        };
+        let idx =
+            if self.vision_feature_layer < 0 { count + self.vision_feature_layer } else { self.vision_feature_layer };
         if !(0..count).contains(&idx) {
             return Err(ConfigError::Invalid(format!(
                 "vision_feature_layer {} is out of range for {} hidden states",

@@ -98,12 +98,7 @@ pub enum LoadError {
 
 fn preview(keys: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut s = keys
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = keys.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if keys.len() > SHOWN {
         s.push_str(&format!(", … ({} more)", keys.len() - SHOWN));
     }
@@ -148,7 +143,7 @@ pub enum TextError {
     #[error("token {0:?} is not in the tokenizer's vocabulary")]
     MissingToken(String),
     /// An unknown template name.
-    #[error("unknown conversation template {0:?}; known: llava_v1, llava_llama_2, chatml")]
+    #[error("unknown conversation template {0:?}; known: llava_v1, llava_hf, llava_llama_2, chatml")]
     UnknownTemplate(String),
 }
 

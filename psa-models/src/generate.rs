@@ -75,49 +75,24 @@ pub fn generate(
 ) -> Result<Generation, ModelError> {
     let [b, t, d] = inputs_embeds.dims();
     if mask.batch() != b || mask.len() != t {
-        return Err(ModelError::Input(format!(
-            "mask is {}×{}, embeddings {b}×{t}",
-            mask.batch(),
-            mask.len()
-        )));
+        return Err(ModelError::Input(format!("mask is {}×{}, embeddings {b}×{t}", mask.batch(), mask.len())));
     }
-    let longest = mask
-        .rows()
-        .iter()
-        .map(|r| r.iter().filter(|&&m| m).count())
-        .max()
-        .unwrap_or(0);
+    let longest = mask.rows().iter().map(|r| r.iter().filter(|&&m| m).count()).max().unwrap_or(0);
     if longest + cfg.max_new_tokens > max_positions {
-        return Err(ModelError::TooLong {
-            actual: longest + cfg.max_new_tokens,
-            max: max_positions,
-        });
+        return Err(ModelError::TooLong { actual: longest + cfg.max_new_tokens, max: max_positions });
     }
     let device = inputs_embeds.device();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut cache = KvCache::new(lm.num_layers());
-    let hidden = lm
-        .model
-        .forward(inputs_embeds, &mask, Some(&mut cache), false)
-        .last_hidden_state;
-    let last: Vec<Tensor<3>> = mask
-        .last_real()
-        .iter()
-        .enumerate()
-        .map(|(r, &p)| hidden.clone().slice([r..r + 1, p..p + 1, 0..d]))
-        .collect();
+    let hidden = lm.model.forward(inputs_embeds, &mask, Some(&mut cache), false).last_hidden_state;
+    let last: Vec<Tensor<3>> =
+        mask.last_real().iter().enumerate().map(|(r, &p)| hidden.clone().slice([r..r + 1, p..p + 1, 0..d])).collect();
     let mut logits = lm.logits(Tensor::cat(last, 0));
-    let mut out = Generation {
-        tokens: vec![Vec::new(); b],
-        finish: vec![FinishReason::Length; b],
-    };
+    let mut out = Generation { tokens: vec![Vec::new(); b], finish: vec![FinishReason::Length; b] };
     let mut done = vec![false; b];
     for step in 0..cfg.max_new_tokens {
-        let host: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+        let host: Vec<f32> =
+            logits.into_data().convert::<f32>().try_to_vec().map_err(|e| ModelError::Input(format!("{e:?}")))?;
         let vocab = host.len() / b;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
@@ -137,14 +112,8 @@ pub fn generate(
             break;
         }
         mask.extend(1);
-        let embeds = lm.model.embed(
-            &next.iter().map(|&id| vec![id]).collect::<Vec<_>>(),
-            &device,
-        );
-        let h = lm
-            .model
-            .forward(embeds, &mask, Some(&mut cache), false)
-            .last_hidden_state;
+        let embeds = lm.model.embed(&next.iter().map(|&id| vec![id]).collect::<Vec<_>>(), &device);
+        let h = lm.model.forward(embeds, &mask, Some(&mut cache), false).last_hidden_state;
         logits = lm.logits(h);
     }
     Ok(out)
@@ -155,11 +124,7 @@ pub fn sample(logits: &[f32], cfg: &GenerationConfig, rng: &mut StdRng) -> u32 {
     if cfg.temperature <= 0.0 || cfg.top_k == Some(1) {
         return argmax(logits);
     }
-    let mut cand: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l / cfg.temperature))
-        .collect();
+    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / cfg.temperature)).collect();
     cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if let Some(k) = cfg.top_k.filter(|&k| k > 0 && k < cand.len()) {
         let kth = cand[k - 1].1;
@@ -208,12 +173,7 @@ mod tests {
     use super::*;
 
     fn cfg(temperature: f32, top_k: Option<usize>, top_p: Option<f32>) -> GenerationConfig {
-        GenerationConfig {
-            temperature,
-            top_k,
-            top_p,
-            ..Default::default()
-        }
+        GenerationConfig { temperature, top_k, top_p, ..Default::default() }
     }
 
     #[test]
@@ -237,9 +197,7 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..20)
-                .map(|_| sample(&logits, &cfg(1.0, None, None), &mut rng))
-                .collect::<Vec<_>>()
+            (0..20).map(|_| sample(&logits, &cfg(1.0, None, None), &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

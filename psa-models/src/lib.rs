@@ -9,8 +9,10 @@ pub mod generate;
 pub mod import;
 pub mod llama;
 pub mod llava;
+pub mod loss;
 pub mod pipeline;
 pub mod processor;
+pub mod psa;
 pub mod vision;
 
 pub use config::{LlavaConfig, SelectStrategy};
@@ -18,3 +20,4 @@ pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError};
 pub use generate::{FinishReason, Generation, GenerationConfig, generate};
 pub use llama::{KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
+pub use psa::{ConceptLabels, PsaConfig, PsaOutput, PsaVlm};

@@ -23,20 +23,10 @@ pub struct MultiModalProjector {
 
 impl MultiModalProjector {
     /// Builds the projector with random weights.
-    pub fn new(
-        d_vision: usize,
-        d_text: usize,
-        act: Activation,
-        bias: bool,
-        device: &Device,
-    ) -> Self {
+    pub fn new(d_vision: usize, d_text: usize, act: Activation, bias: bool, device: &Device) -> Self {
         Self {
-            linear_1: LinearConfig::new(d_vision, d_text)
-                .with_bias(bias)
-                .init(device),
-            linear_2: LinearConfig::new(d_text, d_text)
-                .with_bias(bias)
-                .init(device),
+            linear_1: LinearConfig::new(d_vision, d_text).with_bias(bias).init(device),
+            linear_2: LinearConfig::new(d_text, d_text).with_bias(bias).init(device),
             act,
         }
     }
@@ -44,8 +34,7 @@ impl MultiModalProjector {
     /// # Shapes
     /// - `features`: `[batch, tokens, d_vision]` → `[batch, tokens, d_text]`
     pub fn forward(&self, features: Tensor<3>) -> Tensor<3> {
-        self.linear_2
-            .forward(self.act.forward(self.linear_1.forward(features)))
+        self.linear_2.forward(self.act.forward(self.linear_1.forward(features)))
     }
 }
 
@@ -72,6 +61,19 @@ pub struct MergedInputs {
     pub mask: PaddingMask,
     /// For each row, the merged positions where image features start, with the image index.
     pub image_spans: Vec<Vec<(usize, usize)>>,
+    /// For each merged position, the index of the input token it came from (`None` for image rows and fill).
+    pub source: Vec<Vec<Option<usize>>>,
+}
+
+impl MergedInputs {
+    /// Carries per-token labels over to the merged sequence; image rows and fill get `ignore` (−100).
+    pub fn merge_labels(&self, labels: &[Vec<i64>], ignore: i64) -> Vec<Vec<i64>> {
+        self.source
+            .iter()
+            .zip(labels)
+            .map(|(src, lab)| src.iter().map(|s| s.map_or(ignore, |i| lab[i])).collect())
+            .collect()
+    }
 }
 
 impl LlavaConfig {
@@ -105,9 +107,7 @@ impl LlavaForConditionalGeneration {
     /// # Shapes
     /// - `pixel_values`: `[images, 3, h, w]` → `[images, tokens, d_vision]`
     pub fn selected_features(&self, pixel_values: Tensor<4>) -> Tensor<3> {
-        let mut out = self
-            .vision_tower
-            .forward(pixel_values, Some(self.feature_layer));
+        let mut out = self.vision_tower.forward(pixel_values, Some(self.feature_layer));
         let h = out.hidden_states.swap_remove(self.feature_layer);
         if self.keep_cls {
             return h;
@@ -118,8 +118,7 @@ impl LlavaForConditionalGeneration {
 
     /// Projected image features, `[images, tokens, d_text]`.
     pub fn image_features(&self, pixel_values: Tensor<4>) -> Tensor<3> {
-        self.multi_modal_projector
-            .forward(self.selected_features(pixel_values))
+        self.multi_modal_projector.forward(self.selected_features(pixel_values))
     }
 
     /// Splices image features into the token embeddings.
@@ -132,14 +131,8 @@ impl LlavaForConditionalGeneration {
         mask: Option<&PaddingMask>,
         image_features: Option<Tensor<3>>,
     ) -> Result<MergedInputs, ModelError> {
-        let device = self.devices_first();
-        merge_image_features(
-            input_ids,
-            mask,
-            image_features,
-            self.image_token_index,
-            |ids| self.language_model.model.embed(ids, &device),
-        )
+        let text = self.language_model.model.embed(&self.sanitize(input_ids), &self.devices_first());
+        merge_image_features(input_ids, mask, image_features, self.image_token_index, text)
     }
 
     /// Full forward: logits `[batch, merged_seq, vocab]` and the merged padding mask.
@@ -149,49 +142,41 @@ impl LlavaForConditionalGeneration {
         mask: Option<&PaddingMask>,
         pixel_values: Option<Tensor<4>>,
     ) -> Result<(Tensor<3>, PaddingMask), ModelError> {
-        let merged = self.merge(
-            input_ids,
-            mask,
-            pixel_values.map(|p| self.image_features(p)),
-        )?;
-        let out =
-            self.language_model
-                .model
-                .forward(merged.inputs_embeds, &merged.mask, None, false);
-        Ok((
-            self.language_model.logits(out.last_hidden_state),
-            merged.mask,
-        ))
+        let merged = self.merge(input_ids, mask, pixel_values.map(|p| self.image_features(p)))?;
+        let out = self.language_model.model.forward(merged.inputs_embeds, &merged.mask, None, false);
+        Ok((self.language_model.logits(out.last_hidden_state), merged.mask))
     }
 
-    fn devices_first(&self) -> Device {
+    /// Input ids with every `<image>` id replaced by 0, so that ids outside the vocabulary embed safely.
+    pub fn sanitize(&self, input_ids: &[Vec<u32>]) -> Vec<Vec<u32>> {
+        let image = self.image_token_index;
+        input_ids.iter().map(|r| r.iter().map(|&id| if id == image { 0 } else { id }).collect()).collect()
+    }
+
+    /// The device the weights live on.
+    pub fn devices_first(&self) -> Device {
         self.language_model.model.embed_tokens.weight.device()
     }
 }
 
-/// The merge behind [`LlavaForConditionalGeneration::merge`], with the embedding function supplied.
+/// The merge behind [`LlavaForConditionalGeneration::merge`]: `text` holds the embeddings of `input_ids`
+/// (whatever sits at the placeholder positions is replaced).
 pub fn merge_image_features(
     input_ids: &[Vec<u32>],
     mask: Option<&PaddingMask>,
     image_features: Option<Tensor<3>>,
     image_token: u32,
-    embed: impl Fn(&[Vec<u32>]) -> Tensor<3>,
+    text: Tensor<3>,
 ) -> Result<MergedInputs, ModelError> {
     let b = input_ids.len();
     let t = input_ids.first().map_or(0, Vec::len);
     if b == 0 || input_ids.iter().any(|r| r.len() != t) {
-        return Err(ModelError::Input(
-            "input_ids must be a non-empty batch of equal-length rows".into(),
-        ));
+        return Err(ModelError::Input("input_ids must be a non-empty batch of equal-length rows".into()));
     }
     let full = PaddingMask::full(b, t);
     let mask = mask.unwrap_or(&full);
     if mask.batch() != b || mask.len() != t {
-        return Err(ModelError::Input(format!(
-            "attention mask is {}×{}, input_ids {b}×{t}",
-            mask.batch(),
-            mask.len()
-        )));
+        return Err(ModelError::Input(format!("attention mask is {}×{}, input_ids {b}×{t}", mask.batch(), mask.len())));
     }
     let (n_images, n_tok) = image_features.as_ref().map_or((0, 0), |f| {
         let [n, k, _] = f.dims();
@@ -238,51 +223,45 @@ pub fn merge_image_features(
             "the prompt has image placeholders for {next_image} image(s) but {n_images} image(s) were given"
         )));
     }
-    let sanitized: Vec<Vec<u32>> = input_ids
-        .iter()
-        .map(|r| {
-            r.iter()
-                .map(|&id| if id == image_token { 0 } else { id })
-                .collect()
-        })
-        .collect();
-    let text = embed(&sanitized);
-    let [_, _, d] = text.dims();
+    let [tb, tt, d] = text.dims();
+    if (tb, tt) != (b, t) {
+        return Err(ModelError::Input(format!("text embeddings are {tb}×{tt}, input_ids {b}×{t}")));
+    }
     let device = text.device();
     let mut rows = Vec::with_capacity(b);
     let mut mask_rows = Vec::with_capacity(b);
     let mut spans = Vec::with_capacity(b);
+    let mut sources = Vec::with_capacity(b);
     for (r, plan) in plans.iter().enumerate() {
         let mut parts = Vec::new();
         let mut m = Vec::new();
         let mut row_spans = Vec::new();
+        let mut src = Vec::new();
         for piece in plan {
             match *piece {
                 Piece::Text(s, e) => {
                     parts.push(text.clone().slice([r..r + 1, s..e, 0..d]));
                     m.extend_from_slice(&mask.rows()[r][s..e]);
+                    src.extend((s..e).map(Some));
                 }
                 Piece::Image(k) => {
-                    let f = image_features
-                        .as_ref()
-                        .expect("planned images imply features");
+                    let f = image_features.as_ref().expect("planned images imply features");
                     row_spans.push((m.len(), k));
                     parts.push(f.clone().slice([k..k + 1, 0..n_tok, 0..d]));
                     m.extend(std::iter::repeat_n(true, n_tok));
+                    src.extend(std::iter::repeat_n(None, n_tok));
                 }
             }
         }
         rows.push(Tensor::cat(parts, 1));
         mask_rows.push(m);
         spans.push(row_spans);
+        sources.push(src);
     }
     let len = mask_rows.iter().map(Vec::len).max().unwrap_or(0);
-    let left = mask.rows().iter().any(|r| r.first() == Some(&false))
-        && !mask.rows().iter().any(|r| r.last() == Some(&false));
-    for ((row, m), sp) in rows
-        .iter_mut()
-        .zip(mask_rows.iter_mut())
-        .zip(spans.iter_mut())
+    let left =
+        mask.rows().iter().any(|r| r.first() == Some(&false)) && !mask.rows().iter().any(|r| r.last() == Some(&false));
+    for (((row, m), sp), src) in rows.iter_mut().zip(mask_rows.iter_mut()).zip(spans.iter_mut()).zip(sources.iter_mut())
     {
         let missing = len - m.len();
         if missing == 0 {
@@ -292,16 +271,19 @@ pub fn merge_image_features(
         if left {
             *row = Tensor::cat(vec![pad, row.clone()], 1);
             m.splice(0..0, std::iter::repeat_n(false, missing));
+            src.splice(0..0, std::iter::repeat_n(None, missing));
             sp.iter_mut().for_each(|(p, _)| *p += missing);
         } else {
             *row = Tensor::cat(vec![row.clone(), pad], 1);
             m.extend(std::iter::repeat_n(false, missing));
+            src.extend(std::iter::repeat_n(None, missing));
         }
     }
     Ok(MergedInputs {
         inputs_embeds: Tensor::cat(rows, 0),
         mask: PaddingMask::new(mask_rows),
         image_spans: spans,
+        source: sources,
     })
 }
 

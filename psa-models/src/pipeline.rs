@@ -90,28 +90,14 @@ impl LlavaPipeline {
             }
         };
         let images = cfg.build().map_err(LoadError::from)?;
-        Ok(Self {
-            model,
-            config,
-            report,
-            text,
-            images,
-            template,
-            device: device.clone(),
-        })
+        Ok(Self { model, config, report, text, images, template, device: device.clone() })
     }
 
     /// Generation defaults from the config: EOS from `text_config`, padding from `pad_token_id`.
     pub fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
         GenerationConfig {
             max_new_tokens,
-            eos_token_ids: self
-                .config
-                .text
-                .eos_token_id
-                .as_ref()
-                .map(|e| e.to_vec())
-                .unwrap_or_default(),
+            eos_token_ids: self.config.text.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default(),
             pad_token_id: self.config.pad_token_id.unwrap_or(0),
             ..Default::default()
         }
@@ -127,33 +113,17 @@ impl LlavaPipeline {
         let prompt = self.template.image_prompt(question);
         let ids = self.text.encode_prompt(&prompt, None)?;
         let start = Instant::now();
-        let pixels = self
-            .images
-            .preprocess(std::slice::from_ref(image), &self.device)?;
+        let pixels = self.images.preprocess(std::slice::from_ref(image), &self.device)?;
         let features = self.model.image_features(pixels);
         let merged = self.model.merge(&[ids], None, Some(features))?;
         let vision_ms = start.elapsed().as_secs_f64() * 1e3;
         let prompt_tokens = merged.mask.len();
         let start = Instant::now();
         let max_pos = self.config.text.max_position_embeddings;
-        let out = generate(
-            &self.model.language_model,
-            merged.inputs_embeds,
-            merged.mask,
-            cfg,
-            max_pos,
-        )?;
+        let out = generate(&self.model.language_model, merged.inputs_embeds, merged.mask, cfg, max_pos)?;
         let generate_ms = start.elapsed().as_secs_f64() * 1e3;
         let tokens = out.tokens.into_iter().next().unwrap_or_default();
         let text = self.text.decode(&tokens, true)?;
-        Ok(Answer {
-            prompt,
-            text,
-            tokens,
-            prompt_tokens,
-            finish: out.finish[0],
-            vision_ms,
-            generate_ms,
-        })
+        Ok(Answer { prompt, text, tokens, prompt_tokens, finish: out.finish[0], vision_ms, generate_ms })
     }
 }

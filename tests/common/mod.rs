@@ -16,12 +16,7 @@ pub fn fixtures() -> PathBuf {
 pub fn devices() -> Vec<(&'static str, Device)> {
     psa_vlm::device::compiled_backends()
         .into_iter()
-        .map(|name| {
-            (
-                name,
-                psa_vlm::device::parse_device(name).expect("compiled backend parses"),
-            )
-        })
+        .map(|name| (name, psa_vlm::device::parse_device(name).expect("compiled backend parses")))
         .collect()
 }
 
@@ -35,19 +30,14 @@ pub struct Ref {
 impl Ref {
     pub fn ids(&self) -> Vec<Vec<u32>> {
         let cols = *self.shape.last().unwrap();
-        self.values
-            .chunks(cols)
-            .map(|r| r.iter().map(|&v| v as u32).collect())
-            .collect()
+        self.values.chunks(cols).map(|r| r.iter().map(|&v| v as u32).collect()).collect()
     }
 }
 
 /// Every tensor of a safetensors fixture file.
 pub fn read_fixture(path: &Path) -> BTreeMap<String, Ref> {
     let mut store = SafetensorsStore::from_file(path);
-    let tensors = store
-        .get_all_tensors()
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tensors = store.get_all_tensors().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     tensors
         .iter()
         .map(|(k, t)| {
@@ -56,12 +46,7 @@ pub fn read_fixture(path: &Path) -> BTreeMap<String, Ref> {
             let values = if data.dtype().is_float() {
                 data.convert::<f64>().try_to_vec::<f64>().unwrap()
             } else {
-                data.convert::<i64>()
-                    .try_to_vec::<i64>()
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| v as f64)
-                    .collect()
+                data.convert::<i64>().try_to_vec::<i64>().unwrap().into_iter().map(|v| v as f64).collect()
             };
             (k.clone(), Ref { shape, values })
         })
@@ -79,11 +64,7 @@ pub fn host<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f64>) {
 pub fn max_diff<const D: usize>(got: Tensor<D>, want: &Ref) -> f64 {
     let (shape, values) = host(got);
     assert_eq!(shape, want.shape, "shape mismatch");
-    values
-        .iter()
-        .zip(&want.values)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
+    values.iter().zip(&want.values).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
 }
 
 /// Asserts `got` matches `want` within `tol` (max abs) and returns the difference.
@@ -132,8 +113,7 @@ pub fn edit_safetensors_header(
 ) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let extra = edit(&mut header, bytes.len() - 8 - n);
     let mut text = serde_json::to_string(&header).unwrap();
     while text.len() < n || text.len() % 8 != 0 {

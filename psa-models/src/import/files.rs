@@ -21,10 +21,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     if dir.is_file() {
         return Ok(vec![dir.to_path_buf()]);
     }
-    for index in [
-        "model.safetensors.index.json",
-        "pytorch_model.bin.index.json",
-    ] {
+    for index in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
         let path = dir.join(index);
         if path.is_file() {
             return shards_from_index(dir, &path);
@@ -37,17 +34,9 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         }
     }
     let mut others: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| LoadError::BadFile {
-            path: dir.into(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| LoadError::BadFile { path: dir.into(), reason: e.to_string() })?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("safetensors" | "pt" | "pth" | "bin")
-            )
-        })
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("safetensors" | "pt" | "pth" | "bin")))
         .collect();
     others.sort();
     if others.is_empty() {
@@ -61,10 +50,7 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| LoadError::BadFile {
-            path: index.into(),
-            reason: "no `weight_map` object".into(),
-        })?;
+        .ok_or_else(|| LoadError::BadFile { path: index.into(), reason: "no `weight_map` object".into() })?;
     let mut shards: Vec<String> = Vec::new();
     for (key, file) in map {
         let file = file.as_str().ok_or_else(|| LoadError::BadFile {
@@ -83,10 +69,7 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(LoadError::BadFile {
-                    path: p,
-                    reason: format!("shard listed in {} is missing", index.display()),
-                })
+                Err(LoadError::BadFile { path: p, reason: format!("shard listed in {} is missing", index.display()) })
             }
         })
         .collect()
@@ -94,17 +77,11 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError
 
 /// Reads every tensor of `path` (lazily for safetensors), keyed by its name in the file.
 pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, LoadError> {
-    let bad = |reason: String| LoadError::BadFile {
-        path: path.into(),
-        reason,
-    };
+    let bad = |reason: String| LoadError::BadFile { path: path.into(), reason };
     let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
     let tensors = if is_safetensors {
         check_safetensors(path).map_err(bad)?;
-        SafetensorsStore::from_file(path)
-            .get_all_tensors()
-            .map_err(|e| bad(e.to_string()))?
-            .clone()
+        SafetensorsStore::from_file(path).get_all_tensors().map_err(|e| bad(e.to_string()))?.clone()
     } else {
         PytorchStore::from_file(path)
             .map_indices_contiguous(false)
@@ -112,18 +89,7 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, 
             .map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?
             .clone()
     };
-    Ok(tensors
-        .into_iter()
-        .map(|(k, tensor)| {
-            (
-                k,
-                FileTensor {
-                    tensor,
-                    path: path.into(),
-                },
-            )
-        })
-        .collect())
+    Ok(tensors.into_iter().map(|(k, tensor)| (k, FileTensor { tensor, path: path.into() })).collect())
 }
 
 /// Validates a safetensors header and that the file holds every byte the header promises.
@@ -131,38 +97,28 @@ fn check_safetensors(path: &Path) -> Result<(), String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|_| format!("truncated: {size} bytes, too short for a safetensors header"))?;
+    file.read_exact(&mut len).map_err(|_| format!("truncated: {size} bytes, too short for a safetensors header"))?;
     let n = u64::from_le_bytes(len);
     if n > size.saturating_sub(8) || n > 100_000_000 {
-        return Err(format!(
-            "corrupt or truncated: header length {n} exceeds the file size {size}"
-        ));
+        return Err(format!("corrupt or truncated: header length {n} exceeds the file size {size}"));
     }
     let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| format!("truncated header: {e}"))?;
+    file.read_exact(&mut header).map_err(|e| format!("truncated header: {e}"))?;
     let value: serde_json::Value =
         serde_json::from_slice(&header).map_err(|e| format!("corrupt safetensors header: {e}"))?;
-    let entries = value
-        .as_object()
-        .ok_or("corrupt safetensors header: not a JSON object")?;
+    let entries = value.as_object().ok_or("corrupt safetensors header: not a JSON object")?;
     let mut end = 0u64;
     for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
         let offsets = entry
             .get("data_offsets")
             .and_then(|o| o.as_array())
             .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)))
-            .ok_or_else(|| {
-                format!("corrupt safetensors header: tensor `{name}` has no data_offsets")
-            })?;
+            .ok_or_else(|| format!("corrupt safetensors header: tensor `{name}` has no data_offsets"))?;
         end = end.max(offsets.1);
     }
     let data = size - 8 - n;
     if end > data {
-        return Err(format!(
-            "truncated: the header describes {end} bytes of tensor data but only {data} are present"
-        ));
+        return Err(format!("truncated: the header describes {end} bytes of tensor data but only {data} are present"));
     }
     Ok(())
 }

@@ -5,20 +5,21 @@
 //! A load either returns a complete model or an error naming the key, file and shapes involved.
 mod files;
 pub mod layout;
+mod psa;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{
-    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot,
-    PyTorchToBurnAdapter,
+    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
 };
 use burn::tensor::{DType, Device};
 
 use files::read_tensors;
 pub use files::weight_files;
 pub use layout::{Layout, normalize};
+pub use psa::{load_psa, load_psa_with_safety, save_safety_modules, write_f32_safetensors};
 
 use crate::config::{LlavaConfig, parse, read_json};
 use crate::error::LoadError;
@@ -55,10 +56,7 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     opts: &LoadOptions,
     device: &Device,
 ) -> Result<(M, LoadReport), LoadError> {
-    let mut report = LoadReport {
-        files: files.to_vec(),
-        ..Default::default()
-    };
+    let mut report = LoadReport { files: files.to_vec(), ..Default::default() };
     let mut tensors = BTreeMap::new();
     let mut origin: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
     for path in files {
@@ -75,11 +73,7 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     }
     // Expected names and shapes in PyTorch layout (norm `weight`/`bias`, Linear `[out, in]`).
     let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(
-            None,
-            Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>),
-            true,
-        )
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
         .into_iter()
         .map(|t| (t.name.clone(), t.shape.to_vec()))
         .collect();
@@ -90,70 +84,44 @@ pub fn load_into<M: Module + ModuleSnapshot>(
             None => missing.push(name.clone()),
             Some(t) if t.shape.to_vec() != *shape => {
                 let (key, path) = origin[name].clone();
-                return Err(LoadError::ShapeMismatch {
-                    key,
-                    path,
-                    expected: shape.clone(),
-                    found: t.shape.to_vec(),
-                });
+                return Err(LoadError::ShapeMismatch { key, path, expected: shape.clone(), found: t.shape.to_vec() });
             }
             Some(_) => {}
         }
     }
     if !missing.is_empty() {
-        return Err(LoadError::MissingKeys { keys: missing });
+        return Err(LoadError::MissingKeys { keys: missing.iter().map(|p| layout::denormalize(layout, p)).collect() });
     }
     for name in tensors.keys().filter(|n| !expected.contains_key(*n)) {
         let original = origin[name].0.clone();
-        if tied_head(name) {
-            report.skipped.push(original)
-        } else {
-            report.unexpected.push(original)
-        }
+        if tied_head(name) { report.skipped.push(original) } else { report.unexpected.push(original) }
     }
     if opts.strict && !report.unexpected.is_empty() {
-        return Err(LoadError::UnexpectedKeys {
-            keys: report.unexpected,
-        });
+        return Err(LoadError::UnexpectedKeys { keys: report.unexpected });
     }
-    let used: Vec<_> = tensors
-        .into_iter()
-        .filter(|(n, _)| expected.contains_key(n))
-        .map(|(_, t)| t)
-        .collect();
+    let used: Vec<_> = tensors.into_iter().filter(|(n, _)| expected.contains_key(n)).map(|(_, t)| t).collect();
     let dtype: DType = device.settings().float_dtype.into();
     let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype));
     let result = model.apply(used, None, Some(Box::new(adapter)), true);
     if let Some(err) = result.errors.first() {
         let (key, reason) = match err {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => (
-                path.clone(),
-                format!("shape {found:?}, model expects {expected:?}"),
-            ),
-            ApplyError::DTypeMismatch {
-                path,
-                expected,
-                found,
-            } => (
-                path.clone(),
-                format!("dtype {found:?}, model expects {expected:?}"),
-            ),
-            ApplyError::AdapterError { path, message }
-            | ApplyError::LoadError { path, message } => (path.clone(), message.clone()),
+            ApplyError::ShapeMismatch { path, expected, found } => {
+                (path.clone(), format!("shape {found:?}, model expects {expected:?}"))
+            }
+            ApplyError::DTypeMismatch { path, expected, found } => {
+                (path.clone(), format!("dtype {found:?}, model expects {expected:?}"))
+            }
+            ApplyError::AdapterError { path, message } | ApplyError::LoadError { path, message } => {
+                (path.clone(), message.clone())
+            }
         };
-        let key = origin
-            .get(&key)
-            .map_or(key, |(k, p)| format!("{k} ({})", p.display()));
+        let key = origin.get(&key).map_or(key, |(k, p)| format!("{k} ({})", p.display()));
         return Err(LoadError::Tensor { key, reason });
     }
     let not_applied: BTreeSet<_> = result.missing.iter().map(|(p, _)| p.clone()).collect();
     if !not_applied.is_empty() {
         return Err(LoadError::MissingKeys {
-            keys: not_applied.into_iter().collect(),
+            keys: not_applied.iter().map(|p| layout::denormalize(layout, p)).collect(),
         });
     }
     report.loaded = result.applied.len();
@@ -171,13 +139,7 @@ pub fn load_llava(
         VisionConfig::Clip(_) => Layout::LlavaClip,
         VisionConfig::Dinov2(_) => Layout::LlavaDinov2,
     };
-    let (model, report) = load_into(
-        config.init(device)?,
-        &weight_files(dir)?,
-        layout,
-        opts,
-        device,
-    )?;
+    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, layout, opts, device)?;
     Ok((model, config, report))
 }
 
@@ -189,18 +151,9 @@ pub fn load_clip_vision(
 ) -> Result<(ClipVisionModel, ClipVisionConfig, LoadReport), LoadError> {
     let path = dir.join("config.json");
     let VisionConfig::Clip(config) = VisionConfig::from_value(&read_json(&path)?)? else {
-        return Err(LoadError::BadFile {
-            path,
-            reason: "not a CLIP vision config".into(),
-        });
+        return Err(LoadError::BadFile { path, reason: "not a CLIP vision config".into() });
     };
-    let (model, report) = load_into(
-        config.init(device)?,
-        &weight_files(dir)?,
-        Layout::ClipVision,
-        opts,
-        device,
-    )?;
+    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, Layout::ClipVision, opts, device)?;
     Ok((model, config, report))
 }
 
@@ -212,13 +165,7 @@ pub fn load_dinov2(
 ) -> Result<(Dinov2Model, Dinov2Config, LoadReport), LoadError> {
     let path = dir.join("config.json");
     let config: Dinov2Config = parse(&read_json(&path)?, &path, "DINOv2 config")?;
-    let (model, report) = load_into(
-        config.init(device)?,
-        &weight_files(dir)?,
-        Layout::Dinov2,
-        opts,
-        device,
-    )?;
+    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, Layout::Dinov2, opts, device)?;
     Ok((model, config, report))
 }
 
@@ -230,12 +177,6 @@ pub fn load_llama(
 ) -> Result<(LlamaForCausalLM, LlamaConfig, LoadReport), LoadError> {
     let path = dir.join("config.json");
     let config: LlamaConfig = parse(&read_json(&path)?, &path, "LLaMA config")?;
-    let (model, report) = load_into(
-        config.init(device)?,
-        &weight_files(dir)?,
-        Layout::Llama,
-        opts,
-        device,
-    )?;
+    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, Layout::Llama, opts, device)?;
     Ok((model, config, report))
 }

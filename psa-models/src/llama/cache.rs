@@ -10,17 +10,12 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-        }
+        Self { layers: vec![None; num_layers] }
     }
 
     /// Cached positions (0 when empty).
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(Option::as_ref)
-            .map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().and_then(Option::as_ref).map_or(0, |(k, _)| k.dims()[2])
     }
 
     /// Whether nothing is cached.
@@ -34,12 +29,7 @@ impl KvCache {
     }
 
     /// Appends new keys and values for `layer` and returns the full ones.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: Tensor<4>,
-        v: Tensor<4>,
-    ) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.layers[layer].take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),

@@ -124,8 +124,7 @@ impl LlamaConfig {
 
     /// Per-head width.
     pub fn head_size(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// The RoPE base, from `rope_parameters` or `rope_theta` (10 000 when neither is given).
@@ -140,18 +139,11 @@ impl LlamaConfig {
 
     /// Checks that the configuration describes a model this crate computes exactly.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [
-            ("rope_scaling", &self.rope_scaling),
-            ("rope_parameters", &self.rope_parameters),
-        ] {
+        for (key, value) in [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)] {
             let Some(v) = value.as_ref().filter(|v| !v.is_null()) else {
                 continue;
             };
-            let kind = v
-                .get("rope_type")
-                .or_else(|| v.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("default");
+            let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
             if kind != "default" {
                 return Err(ConfigError::Unsupported {
                     key,
@@ -174,16 +166,10 @@ impl LlamaConfig {
             )));
         }
         if self.head_dim.is_none() && self.hidden_size % h != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "hidden_size {} not divisible by {h} heads",
-                self.hidden_size
-            )));
+            return Err(ConfigError::Invalid(format!("hidden_size {} not divisible by {h} heads", self.hidden_size)));
         }
         if self.head_size() % 2 != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "RoPE needs an even head_dim, got {}",
-                self.head_size()
-            )));
+            return Err(ConfigError::Invalid(format!("RoPE needs an even head_dim, got {}", self.head_size())));
         }
         Ok(())
     }

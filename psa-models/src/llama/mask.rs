@@ -11,27 +11,18 @@ impl PaddingMask {
     /// A mask from per-row flags; every row must have the same length.
     pub fn new(rows: Vec<Vec<bool>>) -> Self {
         let len = rows.first().map_or(0, Vec::len);
-        assert!(
-            rows.iter().all(|r| r.len() == len),
-            "padding mask rows differ in length"
-        );
+        assert!(rows.iter().all(|r| r.len() == len), "padding mask rows differ in length");
         Self { rows }
     }
 
     /// A mask from a 0/1 attention mask.
     pub fn from_attention_mask(mask: &[Vec<i64>]) -> Self {
-        Self::new(
-            mask.iter()
-                .map(|r| r.iter().map(|&m| m != 0).collect())
-                .collect(),
-        )
+        Self::new(mask.iter().map(|r| r.iter().map(|&m| m != 0).collect()).collect())
     }
 
     /// No padding.
     pub fn full(batch: usize, len: usize) -> Self {
-        Self {
-            rows: vec![vec![true; len]; batch],
-        }
+        Self { rows: vec![vec![true; len]; batch] }
     }
 
     /// Rows in the batch.
@@ -63,10 +54,7 @@ impl PaddingMask {
 
     /// Index of the last real position of each row.
     pub fn last_real(&self) -> Vec<usize> {
-        self.rows
-            .iter()
-            .map(|r| r.iter().rposition(|&m| m).unwrap_or(0))
-            .collect()
+        self.rows.iter().map(|r| r.iter().rposition(|&m| m).unwrap_or(0)).collect()
     }
 
     /// Position ids of the last `query_len` positions: `cumsum(mask) − 1`, padding at 0.
@@ -108,14 +96,8 @@ mod tests {
 
     #[test]
     fn positions_follow_cumsum_for_left_and_right_padding() {
-        let m = PaddingMask::new(vec![
-            vec![false, false, true, true, true],
-            vec![true, true, true, false, false],
-        ]);
-        assert_eq!(
-            m.position_ids(5),
-            vec![vec![0, 0, 0, 1, 2], vec![0, 1, 2, 0, 0]]
-        );
+        let m = PaddingMask::new(vec![vec![false, false, true, true, true], vec![true, true, true, false, false]]);
+        assert_eq!(m.position_ids(5), vec![vec![0, 0, 0, 1, 2], vec![0, 1, 2, 0, 0]]);
         assert_eq!(m.position_ids(2), vec![vec![1, 2], vec![0, 0]]);
         assert_eq!(m.last_real(), vec![4, 2]);
     }

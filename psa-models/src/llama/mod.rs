@@ -24,11 +24,7 @@ impl LlamaConfig {
         let (d, hd) = (self.hidden_size, self.head_size());
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
         let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
-        let norm = || {
-            RmsNormConfig::new(d)
-                .with_epsilon(self.rms_norm_eps)
-                .init(device)
-        };
+        let norm = || RmsNormConfig::new(d).with_epsilon(self.rms_norm_eps).init(device);
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
                 self_attn: LlamaAttention {
@@ -144,16 +140,8 @@ impl LlamaAttention {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(
-            heads(self.q_proj.forward(x.clone()), h),
-            rope.0.clone(),
-            rope.1.clone(),
-        );
-        let k = rope::apply(
-            heads(self.k_proj.forward(x.clone()), kv),
-            rope.0.clone(),
-            rope.1.clone(),
-        );
+        let q = rope::apply(heads(self.q_proj.forward(x.clone()), h), rope.0.clone(), rope.1.clone());
+        let k = rope::apply(heads(self.k_proj.forward(x.clone()), kv), rope.0.clone(), rope.1.clone());
         let v = heads(self.v_proj.forward(x), kv);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
@@ -161,8 +149,7 @@ impl LlamaAttention {
         };
         let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
         let out = attention(q, k, v, Some(mask), None, Default::default());
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 
@@ -172,9 +159,7 @@ fn repeat_kv(x: Tensor<4>, n: usize) -> Tensor<4> {
         return x;
     }
     let [b, kv, s, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, n, s, hd])
-        .reshape([b, kv * n, s, hd])
+    x.unsqueeze_dim::<5>(2).expand([b, kv, n, s, hd]).reshape([b, kv * n, s, hd])
 }
 
 impl LlamaDecoderLayer {
@@ -185,15 +170,11 @@ impl LlamaDecoderLayer {
         mask: Tensor<4, Bool>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
-        let h = self
-            .self_attn
-            .forward(self.input_layernorm.forward(x.clone()), rope, mask, cache);
+        let h = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, cache);
         let x = x + h;
         let y = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        x + m
-            .down_proj
-            .forward(activation::silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y))
+        x + m.down_proj.forward(activation::silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y))
     }
 }
 
@@ -205,10 +186,7 @@ impl LlamaModel {
     pub fn embed(&self, ids: &[Vec<u32>], device: &Device) -> Tensor<3> {
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
         let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
-        self.embed_tokens.forward(Tensor::<2, Int>::from_data(
-            TensorData::new(flat, [b, t]),
-            device,
-        ))
+        self.embed_tokens.forward(Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), device))
     }
 
     /// Runs the decoder on embeddings whose padding (past positions included) is `mask`.
@@ -226,22 +204,10 @@ impl LlamaModel {
     ) -> DecoderOutput {
         let [b, t, _] = inputs_embeds.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        assert_eq!(
-            mask.batch(),
-            b,
-            "padding mask has {} rows for a batch of {b}",
-            mask.batch()
-        );
-        assert_eq!(
-            mask.len(),
-            past + t,
-            "padding mask covers {} positions, expected {}",
-            mask.len(),
-            past + t
-        );
+        assert_eq!(mask.batch(), b, "padding mask has {} rows for a batch of {b}", mask.batch());
+        assert_eq!(mask.len(), past + t, "padding mask covers {} positions, expected {}", mask.len(), past + t);
         let device = inputs_embeds.device();
-        let (cos, sin) =
-            Rope::new(self.head_dim, self.rope_theta).tables(&mask.position_ids(t), &device);
+        let (cos, sin) = Rope::new(self.head_dim, self.rope_theta).tables(&mask.position_ids(t), &device);
         let attn_mask = mask.attention_mask(t, &device);
         let mut x = inputs_embeds;
         let mut hidden_states = Vec::new();
@@ -256,10 +222,7 @@ impl LlamaModel {
         if output_hidden_states {
             hidden_states.push(x.clone());
         }
-        DecoderOutput {
-            last_hidden_state: x,
-            hidden_states,
-        }
+        DecoderOutput { last_hidden_state: x, hidden_states }
     }
 }
 
@@ -268,24 +231,12 @@ impl LlamaForCausalLM {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(
-                self.model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .transpose()
-                    .unsqueeze::<3>(),
-            ),
+            None => hidden.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
         }
     }
 
     /// Token ids → logits, with an optional padding mask (no padding when `None`).
-    pub fn forward(
-        &self,
-        ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        device: &Device,
-    ) -> Tensor<3> {
+    pub fn forward(&self, ids: &[Vec<u32>], mask: Option<&PaddingMask>, device: &Device) -> Tensor<3> {
         let embeds = self.model.embed(ids, device);
         let full;
         let mask = match mask {
@@ -296,11 +247,7 @@ impl LlamaForCausalLM {
                 &full
             }
         };
-        self.logits(
-            self.model
-                .forward(embeds, mask, None, false)
-                .last_hidden_state,
-        )
+        self.logits(self.model.forward(embeds, mask, None, false).last_hidden_state)
     }
 
     /// Number of decoder layers.

@@ -13,9 +13,7 @@ pub struct Rope {
 impl Rope {
     /// Inverse frequencies `1 / base^(2i/head_dim)`.
     pub fn new(head_dim: usize, base: f64) -> Self {
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let inv_freq = (0..head_dim / 2).map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         Self { inv_freq }
     }
 
@@ -37,10 +35,7 @@ impl Rope {
             }
         }
         let shape = [b, 1, t, half * 2];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
     }
 }
 
@@ -63,16 +58,10 @@ mod tests {
         let device = Device::flex();
         let rope = Rope::new(4, 10_000.0);
         let (cos, sin) = rope.tables(&[vec![3]], &device);
-        let x = Tensor::<4>::from_data(
-            TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0], [1, 1, 1, 4]),
-            &device,
-        );
+        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0], [1, 1, 1, 4]), &device);
         let y: Vec<f32> = apply(x, cos, sin).into_data().try_to_vec().unwrap();
         // Dimension 0 rotates with dimension 2 (rotate_half), by angle 3·1.
-        assert!(
-            (y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6,
-            "{y:?}"
-        );
+        assert!((y[0] - 3f32.cos()).abs() < 1e-6 && (y[2] - 3f32.sin()).abs() < 1e-6, "{y:?}");
         assert!(y[1].abs() < 1e-7 && y[3].abs() < 1e-7, "{y:?}");
     }
 }

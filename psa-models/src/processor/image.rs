@@ -112,42 +112,26 @@ impl ImageProcessorConfig {
 
     /// Validates the config and resolves sizes.
     pub fn build(&self) -> Result<ImageProcessor, ConfigError> {
-        let resize = if self.do_resize {
-            Some(parse_size(&self.size, "size")?)
-        } else {
-            None
-        };
+        let resize = if self.do_resize { Some(parse_size(&self.size, "size")?) } else { None };
         let crop = match (&self.crop_size, self.do_center_crop) {
             (Some(v), true) => match parse_size(v, "crop_size")? {
                 Resize::Exact(h, w) => Some((h, w)),
                 Resize::ShortestEdge(s) => Some((s, s)),
             },
             (None, true) => {
-                return Err(ConfigError::Invalid(
-                    "do_center_crop needs crop_size".into(),
-                ));
+                return Err(ConfigError::Invalid("do_center_crop needs crop_size".into()));
             }
             (_, false) => None,
         };
-        if self.image_mean.len() != 3
-            || self.image_std.len() != 3
-            || self.image_std.iter().any(|&s| s == 0.0)
-        {
-            return Err(ConfigError::Invalid(
-                "image_mean and image_std need 3 values, std non-zero".into(),
-            ));
+        if self.image_mean.len() != 3 || self.image_std.len() != 3 || self.image_std.iter().any(|&s| s == 0.0) {
+            return Err(ConfigError::Invalid("image_mean and image_std need 3 values, std non-zero".into()));
         }
         let filter = PilFilter::from_id(self.resample).ok_or_else(|| ConfigError::Unsupported {
             key: "resample",
             value: self.resample.to_string(),
             hint: "PIL filters 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming",
         })?;
-        Ok(ImageProcessor {
-            cfg: self.clone(),
-            resize,
-            crop,
-            filter,
-        })
+        Ok(ImageProcessor { cfg: self.clone(), resize, crop, filter })
     }
 }
 
@@ -186,16 +170,9 @@ pub struct ImageProcessor {
 
 /// Opens and decodes an image file; a missing or undecodable file is an error naming it.
 pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
-    let decode = |source| ImageError::Decode {
-        path: path.into(),
-        source,
-    };
+    let decode = |source| ImageError::Decode { path: path.into(), source };
     let reader = ImageReader::open(path).map_err(|e| decode(::image::ImageError::IoError(e)))?;
-    reader
-        .with_guessed_format()
-        .map_err(|e| decode(::image::ImageError::IoError(e)))?
-        .decode()
-        .map_err(decode)
+    reader.with_guessed_format().map_err(|e| decode(::image::ImageError::IoError(e)))?.decode().map_err(decode)
 }
 
 impl ImageProcessor {
@@ -215,20 +192,12 @@ impl ImageProcessor {
             None => (height, width),
             Some(Resize::Exact(h, w)) => (h, w),
             Some(Resize::ShortestEdge(s)) => {
-                let (short, long) = if width <= height {
-                    (width, height)
-                } else {
-                    (height, width)
-                };
+                let (short, long) = if width <= height { (width, height) } else { (height, width) };
                 if short == s {
                     return (height, width);
                 }
                 let long = (s as f64 * long as f64 / short as f64) as usize;
-                if width <= height {
-                    (long, s)
-                } else {
-                    (s, long)
-                }
+                if width <= height { (long, s) } else { (s, long) }
             }
         }
     }
@@ -245,30 +214,20 @@ impl ImageProcessor {
         let (h, w) = self.resized_size(rgb.height() as usize, rgb.width() as usize);
         if (h, w) != (rgb.height() as usize, rgb.width() as usize) {
             rgb = match self.filter {
-                PilFilter::Nearest => {
-                    imageops::resize(&rgb, w as u32, h as u32, FilterType::Nearest)
-                }
+                PilFilter::Nearest => imageops::resize(&rgb, w as u32, h as u32, FilterType::Nearest),
                 f => pil_resize(&rgb, w as u32, h as u32, f),
             };
         }
         let (ch, cw) = self.crop.unwrap_or((h, w));
         let top = (h as i64 - ch as i64).div_euclid(2);
         let left = (w as i64 - cw as i64).div_euclid(2);
-        let (scale, mean, std) = (
-            self.cfg.rescale_factor as f32,
-            &self.cfg.image_mean,
-            &self.cfg.image_std,
-        );
+        let (scale, mean, std) = (self.cfg.rescale_factor as f32, &self.cfg.image_mean, &self.cfg.image_std);
         let mut out = vec![0f32; 3 * ch * cw];
         for y in 0..ch {
             for x in 0..cw {
                 let (sy, sx) = (y as i64 + top, x as i64 + left);
                 let inside = (0..h as i64).contains(&sy) && (0..w as i64).contains(&sx);
-                let px = if inside {
-                    *rgb.get_pixel(sx as u32, sy as u32)
-                } else {
-                    Rgb([0, 0, 0])
-                };
+                let px = if inside { *rgb.get_pixel(sx as u32, sy as u32) } else { Rgb([0, 0, 0]) };
                 for c in 0..3 {
                     let mut v = px[c] as f32;
                     if self.cfg.do_rescale {
@@ -291,27 +250,15 @@ impl ImageProcessor {
         }
         let side = w.max(h);
         let m = &self.cfg.image_mean;
-        let bg = Rgb([
-            (m[0] * 255.0) as u8,
-            (m[1] * 255.0) as u8,
-            (m[2] * 255.0) as u8,
-        ]);
+        let bg = Rgb([(m[0] * 255.0) as u8, (m[1] * 255.0) as u8, (m[2] * 255.0) as u8]);
         let mut canvas = RgbImage::from_pixel(side, side, bg);
-        let (x, y) = if w > h {
-            (0, (w - h) / 2)
-        } else {
-            ((h - w) / 2, 0)
-        };
+        let (x, y) = if w > h { (0, (w - h) / 2) } else { ((h - w) / 2, 0) };
         imageops::overlay(&mut canvas, &img, x as i64, y as i64);
         canvas
     }
 
     /// Preprocesses a batch of images into `[batch, 3, h, w]`; all outputs must share one size.
-    pub fn preprocess(
-        &self,
-        images: &[DynamicImage],
-        device: &Device,
-    ) -> Result<Tensor<4>, ImageError> {
+    pub fn preprocess(&self, images: &[DynamicImage], device: &Device) -> Result<Tensor<4>, ImageError> {
         let mut data = Vec::new();
         let mut size = None;
         for image in images {
@@ -326,10 +273,7 @@ impl ImageProcessor {
             data.extend(px);
         }
         let (h, w) = size.ok_or_else(|| ImageError::Invalid("no images given".into()))?;
-        Ok(Tensor::from_data(
-            TensorData::new(data, [images.len(), 3, h, w]),
-            device,
-        ))
+        Ok(Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device))
     }
 }
 

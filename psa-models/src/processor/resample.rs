@@ -47,11 +47,7 @@ impl PilFilter {
 
     fn weight(self, x: f64) -> f64 {
         let sinc = |x: f64| {
-            if x == 0.0 {
-                1.0
-            } else {
-                (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x)
-            }
+            if x == 0.0 { 1.0 } else { (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x) }
         };
         match self {
             Self::Nearest | Self::Box => {
@@ -108,24 +104,14 @@ fn coefficients(in_size: usize, out_size: usize, filter: PilFilter) -> Vec<(usiz
             let ss = 1.0 / filterscale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let mut k: Vec<f64> = (xmin..xmax)
-                .map(|x| filter.weight((x as f64 - center + 0.5) * ss))
-                .collect();
+            let mut k: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) * ss)).collect();
             let total: f64 = k.iter().sum();
             if total != 0.0 {
                 k.iter_mut().for_each(|w| *w /= total);
             }
             let one = (1u64 << PRECISION_BITS) as f64;
-            let fixed = k
-                .iter()
-                .map(|&w| {
-                    if w < 0.0 {
-                        (-0.5 + w * one) as i32
-                    } else {
-                        (0.5 + w * one) as i32
-                    }
-                })
-                .collect();
+            let fixed =
+                k.iter().map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 }).collect();
             (xmin, fixed)
         })
         .collect()
@@ -149,11 +135,7 @@ pub fn pil_resize(img: &RgbImage, width: u32, height: u32, filter: PilFilter) ->
                     let p = cur.get_pixel((xmin + i) as u32, y);
                     (0..3).for_each(|c| acc[c] += p[c] as i64 * w as i64);
                 }
-                out.put_pixel(
-                    x as u32,
-                    y,
-                    ::image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]),
-                );
+                out.put_pixel(x as u32, y, ::image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]));
             }
         }
         cur = out;
@@ -168,11 +150,7 @@ pub fn pil_resize(img: &RgbImage, width: u32, height: u32, filter: PilFilter) ->
                     let p = cur.get_pixel(x, (ymin + i) as u32);
                     (0..3).for_each(|c| acc[c] += p[c] as i64 * w as i64);
                 }
-                out.put_pixel(
-                    x,
-                    y as u32,
-                    ::image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]),
-                );
+                out.put_pixel(x, y as u32, ::image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]));
             }
         }
         cur = out;

@@ -32,25 +32,20 @@ pub struct Message {
 impl Message {
     /// A user turn.
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::User,
-            content: content.into(),
-        }
+        Self { role: Role::User, content: content.into() }
     }
 
     /// An assistant turn.
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::Assistant,
-            content: content.into(),
-        }
+        Self { role: Role::Assistant, content: content.into() }
     }
 }
 
 /// A conversation template with its system prompt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Template {
-    /// `SYSTEM USER: q ASSISTANT: a</s>USER: …` (LLaVA `conv_vicuna_v1`).
+    /// `SYSTEM USER: q ASSISTANT: a</s>USER: …` (LLaVA `conv_vicuna_v1`); an empty system gives the llava-hf
+    /// model-card format `USER: q ASSISTANT:`.
     LlavaV1 {
         /// System prompt.
         system: String,
@@ -68,15 +63,12 @@ pub enum Template {
 }
 
 impl Template {
-    /// A template by name with its default system prompt.
+    /// A template by name (`llava_v1`, `llava_hf`, `llava_llama_2`, `chatml`) with its default system prompt.
     pub fn by_name(name: &str) -> Result<Self, TextError> {
         match name {
-            "llava_v1" | "vicuna_v1" => Ok(Self::LlavaV1 {
-                system: VICUNA_SYSTEM.into(),
-            }),
-            "llava_llama_2" | "llama2_ref" => Ok(Self::LlavaLlama2 {
-                system: LLAMA2_SYSTEM.into(),
-            }),
+            "llava_v1" | "vicuna_v1" => Ok(Self::LlavaV1 { system: VICUNA_SYSTEM.into() }),
+            "llava_hf" => Ok(Self::LlavaV1 { system: String::new() }),
+            "llava_llama_2" | "llama2_ref" => Ok(Self::LlavaLlama2 { system: LLAMA2_SYSTEM.into() }),
             "chatml" => Ok(Self::ChatMl { system: None }),
             other => Err(TextError::UnknownTemplate(other.into())),
         }
@@ -88,9 +80,7 @@ impl Template {
         match self {
             Self::LlavaV1 { .. } => Self::LlavaV1 { system },
             Self::LlavaLlama2 { .. } => Self::LlavaLlama2 { system },
-            Self::ChatMl { .. } => Self::ChatMl {
-                system: Some(system),
-            },
+            Self::ChatMl { .. } => Self::ChatMl { system: Some(system) },
         }
     }
 
@@ -98,7 +88,7 @@ impl Template {
     pub fn render(&self, messages: &[Message], generation_prompt: bool) -> String {
         match self {
             Self::LlavaV1 { system } => {
-                let mut s = format!("{system} ");
+                let mut s = if system.is_empty() { String::new() } else { format!("{system} ") };
                 for m in messages {
                     match m.role {
                         Role::User => s.push_str(&format!("USER: {} ", m.content)),
@@ -164,56 +154,32 @@ mod tests {
     #[test]
     fn llava_v1_matches_the_llava_hf_prompt_format() {
         let t = Template::by_name("llava_v1").unwrap();
-        let p = t.render(
-            &[
-                Message::user("<image>\nWhat?"),
-                Message::assistant("A cat."),
-                Message::user("Sure?"),
-            ],
-            true,
-        );
-        assert_eq!(
-            p,
-            format!(
-                "{VICUNA_SYSTEM} USER: <image>\nWhat? ASSISTANT: A cat.</s>USER: Sure? ASSISTANT:"
-            )
-        );
+        let p =
+            t.render(&[Message::user("<image>\nWhat?"), Message::assistant("A cat."), Message::user("Sure?")], true);
+        assert_eq!(p, format!("{VICUNA_SYSTEM} USER: <image>\nWhat? ASSISTANT: A cat.</s>USER: Sure? ASSISTANT:"));
     }
 
     #[test]
     fn llama2_matches_the_reference_training_layout() {
         let t = Template::by_name("llava_llama_2").unwrap();
-        let p = t.render(
-            &[Message::user("<image>\nQ"), Message::assistant("A")],
-            false,
-        );
-        assert_eq!(
-            p,
-            format!("[INST] <<SYS>>\n{LLAMA2_SYSTEM}\n<</SYS>>\n\n<image>\nQ [/INST] A </s>")
-        );
-        let p2 = t.render(
-            &[
-                Message::user("Q"),
-                Message::assistant("A"),
-                Message::user("Q2"),
-            ],
-            true,
-        );
+        let p = t.render(&[Message::user("<image>\nQ"), Message::assistant("A")], false);
+        assert_eq!(p, format!("[INST] <<SYS>>\n{LLAMA2_SYSTEM}\n<</SYS>>\n\n<image>\nQ [/INST] A </s>"));
+        let p2 = t.render(&[Message::user("Q"), Message::assistant("A"), Message::user("Q2")], true);
         assert!(p2.ends_with(" A </s><s>[INST] Q2 [/INST]"), "{p2}");
     }
 
     #[test]
     fn chatml_and_image_prompt() {
-        let t = Template::by_name("chatml")
-            .unwrap()
-            .with_system("Be brief.");
+        let t = Template::by_name("chatml").unwrap().with_system("Be brief.");
         assert_eq!(
             t.image_prompt("What is this? <image>"),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<image>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n"
         );
-        assert!(matches!(
-            Template::by_name("alpaca"),
-            Err(TextError::UnknownTemplate(_))
-        ));
+        assert!(matches!(Template::by_name("alpaca"), Err(TextError::UnknownTemplate(_))));
+        let hf = Template::by_name("llava_hf").unwrap();
+        assert_eq!(
+            hf.image_prompt("What's the content of the image?"),
+            "USER: <image>\nWhat's the content of the image? ASSISTANT:"
+        );
     }
 }

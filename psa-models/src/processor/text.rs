@@ -25,22 +25,16 @@ pub struct TextProcessor {
 impl TextProcessor {
     /// Loads `tokenizer.json`; `image_token` (e.g. `<image>`) must be in its vocabulary.
     pub fn from_file(path: &Path, image_token: &str) -> Result<Self, TextError> {
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| TextError::Load {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let tokenizer =
+            Tokenizer::from_file(path).map_err(|e| TextError::Load { path: path.into(), reason: e.to_string() })?;
         Self::new(tokenizer, image_token)
     }
 
     /// Wraps a loaded tokenizer.
     pub fn new(tokenizer: Tokenizer, image_token: &str) -> Result<Self, TextError> {
-        let image_token_id = tokenizer
-            .token_to_id(image_token)
-            .ok_or_else(|| TextError::MissingToken(image_token.into()))?;
-        Ok(Self {
-            tokenizer,
-            image_token_id,
-        })
+        let image_token_id =
+            tokenizer.token_to_id(image_token).ok_or_else(|| TextError::MissingToken(image_token.into()))?;
+        Ok(Self { tokenizer, image_token_id })
     }
 
     /// The underlying tokenizer.
@@ -60,36 +54,25 @@ impl TextProcessor {
 
     /// Encodes text; `add_special_tokens` applies the post-processor (BOS for LLaMA tokenizers).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TextError> {
-        let enc = self
-            .tokenizer
-            .encode(text, add_special_tokens)
-            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        let enc = self.tokenizer.encode(text, add_special_tokens).map_err(|e| TextError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encodes a prompt; with `image_tokens = Some(n)` each `<image>` becomes `n` placeholder ids.
-    pub fn encode_prompt(
-        &self,
-        prompt: &str,
-        image_tokens: Option<usize>,
-    ) -> Result<Vec<u32>, TextError> {
+    pub fn encode_prompt(&self, prompt: &str, image_tokens: Option<usize>) -> Result<Vec<u32>, TextError> {
         let ids = self.encode(prompt, true)?;
         Ok(match image_tokens {
             None => ids,
             Some(n) => ids
                 .into_iter()
-                .flat_map(|id| {
-                    std::iter::repeat_n(id, if id == self.image_token_id { n } else { 1 })
-                })
+                .flat_map(|id| std::iter::repeat_n(id, if id == self.image_token_id { n } else { 1 }))
                 .collect(),
         })
     }
 
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TextError> {
-        self.tokenizer
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| TextError::Tokenizer(e.to_string()))
+        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| TextError::Tokenizer(e.to_string()))
     }
 
     /// Pads encoded rows to one length with `pad_id`.

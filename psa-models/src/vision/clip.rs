@@ -78,11 +78,7 @@ impl ClipVisionConfig {
         }
         let act = Activation::from_hf(&self.hidden_act, "vision_config.hidden_act")?;
         let d = self.hidden_size;
-        let ln = || {
-            LayerNormConfig::new(d)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device)
-        };
+        let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
         let num_positions = self.grid() * self.grid() + 1;
         let layers = (0..self.num_hidden_layers)
             .map(|_| ClipEncoderLayer {
@@ -106,13 +102,10 @@ impl ClipVisionConfig {
             vision_model: ClipVisionTransformer {
                 embeddings: ClipVisionEmbeddings {
                     class_embedding: Param::from_tensor(Tensor::zeros([d], device)),
-                    patch_embedding: Conv2dConfig::new(
-                        [self.num_channels, d],
-                        [self.patch_size; 2],
-                    )
-                    .with_stride([self.patch_size; 2])
-                    .with_bias(false)
-                    .init(device),
+                    patch_embedding: Conv2dConfig::new([self.num_channels, d], [self.patch_size; 2])
+                        .with_stride([self.patch_size; 2])
+                        .with_bias(false)
+                        .init(device),
                     position_embedding: EmbeddingConfig::new(num_positions, d).init(device),
                 },
                 pre_layrnorm: ln(),
@@ -214,15 +207,10 @@ impl ClipVisionEmbeddings {
             num_positions - 1
         );
         let patches = patches.reshape([b, d, n]).swap_dims(1, 2);
-        let cls = self
-            .class_embedding
-            .val()
-            .reshape([1, 1, d])
-            .expand([b, 1, d]);
+        let cls = self.class_embedding.val().reshape([1, 1, d]).expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, patches], 1);
         let device = x.device();
-        let positions =
-            Tensor::<1, Int>::arange(0..num_positions as i64, &device).reshape([1, num_positions]);
+        let positions = Tensor::<1, Int>::arange(0..num_positions as i64, &device).reshape([1, num_positions]);
         x + self.position_embedding.forward(positions)
     }
 }
@@ -231,18 +219,11 @@ impl ClipEncoderLayer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.layer_norm1.forward(x.clone());
         let a = &self.self_attn;
-        let h = self_attention(
-            a.q_proj.forward(h.clone()),
-            a.k_proj.forward(h.clone()),
-            a.v_proj.forward(h),
-            a.num_heads,
-        );
+        let h =
+            self_attention(a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h), a.num_heads);
         let x = x + a.out_proj.forward(h);
         let h = self.layer_norm2.forward(x.clone());
-        x + self
-            .mlp
-            .fc2
-            .forward(self.mlp.act.forward(self.mlp.fc1.forward(h)))
+        x + self.mlp.fc2.forward(self.mlp.act.forward(self.mlp.fc1.forward(h)))
     }
 }
 
@@ -260,10 +241,7 @@ impl ClipVisionModel {
             x = layer.forward(x);
             hidden_states.push(x.clone());
         }
-        VisionOutput {
-            last_hidden_state: (run == total).then_some(x),
-            hidden_states,
-        }
+        VisionOutput { last_hidden_state: (run == total).then_some(x), hidden_states }
     }
 
     /// `post_layernorm` applied to the CLS token of `last_hidden_state`.

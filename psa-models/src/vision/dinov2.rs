@@ -103,14 +103,8 @@ impl Dinov2Config {
         self.validate()?;
         let act = Activation::from_hf(&self.hidden_act, "hidden_act")?;
         let d = self.hidden_size;
-        let ln = || {
-            LayerNormConfig::new(d)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device)
-        };
-        let scale = || LayerScale {
-            lambda1: Param::from_tensor(Tensor::ones([d], device)),
-        };
+        let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
+        let scale = || LayerScale { lambda1: Param::from_tensor(Tensor::ones([d], device)) };
         let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
         let side = self.image_size / self.patch_size;
         let layer = (0..self.num_hidden_layers)
@@ -123,17 +117,11 @@ impl Dinov2Config {
                         value: lin(d, d, self.qkv_bias),
                         num_heads: self.num_attention_heads,
                     },
-                    output: Dinov2SelfOutput {
-                        dense: lin(d, d, true),
-                    },
+                    output: Dinov2SelfOutput { dense: lin(d, d, true) },
                 },
                 layer_scale1: scale(),
                 norm2: ln(),
-                mlp: Dinov2Mlp {
-                    fc1: lin(d, d * self.mlp_ratio, true),
-                    fc2: lin(d * self.mlp_ratio, d, true),
-                    act,
-                },
+                mlp: Dinov2Mlp { fc1: lin(d, d * self.mlp_ratio, true), fc2: lin(d * self.mlp_ratio, d, true), act },
                 layer_scale2: scale(),
             })
             .collect();
@@ -141,10 +129,7 @@ impl Dinov2Config {
             embeddings: Dinov2Embeddings {
                 cls_token: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
                 mask_token: Param::from_tensor(Tensor::zeros([1, d], device)),
-                position_embeddings: Param::from_tensor(Tensor::zeros(
-                    [1, side * side + 1, d],
-                    device,
-                )),
+                position_embeddings: Param::from_tensor(Tensor::zeros([1, side * side + 1, d], device)),
                 patch_embeddings: Dinov2PatchEmbeddings {
                     projection: Conv2dConfig::new([self.num_channels, d], [self.patch_size; 2])
                         .with_stride([self.patch_size; 2])
@@ -269,14 +254,7 @@ impl Dinov2Embeddings {
         }
         let device = table.device();
         let cls = table.clone().slice([0..1, 0..d]);
-        let patches = resize_grid(
-            table.slice([1..n, 0..d]),
-            side,
-            grid_h,
-            grid_w,
-            false,
-            &device,
-        );
+        let patches = resize_grid(table.slice([1..n, 0..d]), side, grid_h, grid_w, false, &device);
         Tensor::cat(vec![cls, patches], 0)
     }
 
@@ -296,19 +274,10 @@ impl Dinov2Layer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.norm1.forward(x.clone());
         let a = &self.attention.attention;
-        let h = self_attention(
-            a.query.forward(h.clone()),
-            a.key.forward(h.clone()),
-            a.value.forward(h),
-            a.num_heads,
-        );
+        let h = self_attention(a.query.forward(h.clone()), a.key.forward(h.clone()), a.value.forward(h), a.num_heads);
         let h = self.attention.output.dense.forward(h);
         let x = x + h * self.layer_scale1.lambda1.val().unsqueeze::<3>();
-        let h = self.mlp.fc2.forward(
-            self.mlp
-                .act
-                .forward(self.mlp.fc1.forward(self.norm2.forward(x.clone()))),
-        );
+        let h = self.mlp.fc2.forward(self.mlp.act.forward(self.mlp.fc1.forward(self.norm2.forward(x.clone()))));
         x + h * self.layer_scale2.lambda1.val().unsqueeze::<3>()
     }
 }
@@ -328,9 +297,6 @@ impl Dinov2Model {
             hidden_states.push(x.clone());
         }
         let last_hidden_state = (run == total).then(|| self.layernorm.forward(x));
-        VisionOutput {
-            hidden_states,
-            last_hidden_state,
-        }
+        VisionOutput { hidden_states, last_hidden_state }
     }
 }

@@ -60,10 +60,7 @@ pub(crate) fn resize_grid(
 ) -> Tensor<2> {
     let [_, d] = tokens.dims();
     let matrix = |n_out: usize| {
-        let w: Vec<f32> = bicubic_matrix(side, n_out, antialias)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
+        let w: Vec<f32> = bicubic_matrix(side, n_out, antialias).into_iter().map(|v| v as f32).collect();
         Tensor::<2>::from_data(TensorData::new(w, [n_out, side]), device)
     };
     // [side(h), side(w), d] → [d, h, w]
@@ -84,21 +81,14 @@ mod tests {
                 let m = bicubic_matrix(i, o, aa);
                 for r in 0..o {
                     let s: f64 = m[r * i..(r + 1) * i].iter().sum();
-                    assert!(
-                        (s - 1.0).abs() < 1e-12,
-                        "row {r} of {i}->{o} (aa {aa}) sums to {s}"
-                    );
+                    assert!((s - 1.0).abs() < 1e-12, "row {r} of {i}->{o} (aa {aa}) sums to {s}");
                 }
             }
             let m = bicubic_matrix(4, 4, aa);
             for r in 0..4 {
                 for c in 0..4 {
                     let want = if r == c { 1.0 } else { 0.0 };
-                    assert!(
-                        (m[r * 4 + c] - want).abs() < 1e-12,
-                        "aa {aa}: ({r},{c}) = {}",
-                        m[r * 4 + c]
-                    );
+                    assert!((m[r * 4 + c] - want).abs() < 1e-12, "aa {aa}: ({r},{c}) = {}", m[r * 4 + c]);
                 }
             }
         }

@@ -33,16 +33,13 @@ pub enum VisionConfig {
 impl VisionConfig {
     /// Reads a vision config from JSON, dispatching on `model_type`; a full `clip` config uses its `vision_config`.
     pub fn from_value(value: &Value) -> Result<Self, ConfigError> {
-        let model_type = value
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("clip_vision_model");
+        let model_type = value.get("model_type").and_then(Value::as_str).unwrap_or("clip_vision_model");
         match model_type {
             "clip_vision_model" => Ok(Self::Clip(parse(value, "clip vision config")?)),
             "clip" => {
-                let vc = value.get("vision_config").ok_or_else(|| {
-                    ConfigError::Invalid("a `clip` config needs a `vision_config`".into())
-                })?;
+                let vc = value
+                    .get("vision_config")
+                    .ok_or_else(|| ConfigError::Invalid("a `clip` config needs a `vision_config`".into()))?;
                 Ok(Self::Clip(parse(vc, "clip vision config")?))
             }
             "dinov2" => {
@@ -113,13 +110,6 @@ impl VisionTower {
 pub(crate) fn self_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
     let [b, t, d] = q.dims();
     let split = |x: Tensor<3>| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
-    let out = burn::tensor::module::attention(
-        split(q),
-        split(k),
-        split(v),
-        None,
-        None,
-        Default::default(),
-    );
+    let out = burn::tensor::module::attention(split(q), split(k), split(v), None, None, Default::default());
     out.swap_dims(1, 2).reshape([b, t, d])
 }

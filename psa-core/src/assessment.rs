@@ -1,0 +1,62 @@
+//! A machine-readable safety verdict: probabilities for level and type and the argmax decisions.
+use burn::tensor::{Tensor, activation};
+use serde::{Deserialize, Serialize};
+
+use crate::head::ConceptLogits;
+use crate::taxonomy::Taxonomy;
+
+/// The safety head's verdict for one image (and prompt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SafetyAssessment {
+    /// Softmax over risk levels.
+    pub level_probs: Vec<f32>,
+    /// Softmax over risk types.
+    pub type_probs: Vec<f32>,
+    /// Most likely level.
+    pub level: usize,
+    /// Its name in the taxonomy.
+    pub level_name: String,
+    /// Most likely type.
+    pub risk_type: usize,
+    /// Its name in the taxonomy.
+    pub type_name: String,
+}
+
+fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
+    let [_, c] = t.dims();
+    let v: Vec<f32> = activation::softmax(t, 1).into_data().convert::<f32>().try_to_vec().expect("float data");
+    v.chunks(c).map(<[f32]>::to_vec).collect()
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().fold(0, |best, (i, &x)| if x > p[best] { i } else { best })
+}
+
+impl SafetyAssessment {
+    /// One assessment per batch row. Panics if the logits do not match the taxonomy's class counts.
+    pub fn from_logits(logits: &ConceptLogits, taxonomy: &Taxonomy) -> Vec<Self> {
+        let level = rows(logits.level.clone());
+        let types = rows(logits.risk_type.clone());
+        level
+            .into_iter()
+            .zip(types)
+            .map(|(lp, tp)| {
+                assert_eq!((lp.len(), tp.len()), (taxonomy.levels.len(), taxonomy.types.len()), "logits vs taxonomy");
+                let (l, t) = (argmax(&lp), argmax(&tp));
+                Self {
+                    level_name: taxonomy.levels[l].name.clone(),
+                    type_name: taxonomy.types[t].name.clone(),
+                    level_probs: lp,
+                    type_probs: tp,
+                    level: l,
+                    risk_type: t,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the verdict is the safe level or the safe type (the reference's "no hint" rule).
+    pub fn is_safe(&self, taxonomy: &Taxonomy) -> bool {
+        self.level == taxonomy.safe_level || self.risk_type == taxonomy.safe_type
+    }
+}

@@ -1,0 +1,141 @@
+//! PSA-VLM checkpoints in the authors' `SafeLlavaModel` naming (psa-vlm.md §2.9): a full checkpoint, or a
+//! safety-modules file on top of a base llava-hf directory; and export of our safety modules in that naming.
+use std::path::{Path, PathBuf};
+
+use burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
+use burn::tensor::{DType, Device};
+use psa_core::{SafetyConfig, SafetyModules};
+use safetensors::{Dtype, View};
+
+use super::layout::{Layout, safety_path_to_key};
+use super::{LoadOptions, LoadReport, load_into, weight_files};
+use crate::config::{LlavaConfig, parse, read_json};
+use crate::error::LoadError;
+use crate::psa::{PsaConfig, PsaVlm};
+use crate::vision::VisionConfig;
+
+fn layout(cfg: &LlavaConfig) -> Layout {
+    match cfg.vision {
+        VisionConfig::Clip(_) => Layout::PsaClip,
+        VisionConfig::Dinov2(_) => Layout::PsaDinov2,
+    }
+}
+
+/// Loads a full PSA-VLM checkpoint directory (LLaVA and safety keys together, any LLaVA layout).
+pub fn load_psa(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<(PsaVlm, PsaConfig, LoadReport), LoadError> {
+    let config = PsaConfig::from_dir(dir)?;
+    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, layout(&config.llava), opts, device)?;
+    Ok((model, config, report))
+}
+
+/// Loads a base llava-hf directory plus a safety-modules file in reference naming. The safety sizes come from
+/// a `config.json` beside the safety file when there is one (ours, `{"safety_config": …}`, or a full reference
+/// `config.json`), else from the reference rules for the base model.
+pub fn load_psa_with_safety(
+    base_dir: &Path,
+    safety_file: &Path,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<(PsaVlm, PsaConfig, LoadReport), LoadError> {
+    let llava = LlavaConfig::from_dir(base_dir)?;
+    let mut config = PsaConfig::for_llava(llava);
+    let beside = safety_file.parent().map(|p| p.join("config.json")).filter(|p| p.is_file() && !same_dir(p, base_dir));
+    if let Some(path) = beside {
+        let value = read_json(&path)?;
+        config.safety = if value.get("vision_config").is_some() {
+            PsaConfig::from_value(&value, &path)?.safety
+        } else {
+            parse(value.get("safety_config").unwrap_or(&value), &path, "safety config")?
+        };
+    }
+    config.validate()?;
+    let mut files = weight_files(base_dir)?;
+    files.push(safety_file.to_path_buf());
+    let (model, report) = load_into(config.init(device)?, &files, layout(&config.llava), opts, device)?;
+    Ok((model, config, report))
+}
+
+fn same_dir(config: &Path, dir: &Path) -> bool {
+    config.parent().and_then(|p| p.canonicalize().ok()) == dir.canonicalize().ok()
+}
+
+/// Writes the safety modules as safetensors in the reference naming and PyTorch layout (f32), plus
+/// `config.json` (`{"safety_config": …}`) beside it. Returns the paths written.
+pub fn save_safety_modules(
+    safety: &SafetyModules,
+    config: &SafetyConfig,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf), LoadError> {
+    let io = |path: &Path, e: String| LoadError::BadFile { path: path.into(), reason: e };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e.to_string()))?;
+    let mut tensors = Vec::new();
+    for t in safety.collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true) {
+        let data = bridge::to_data(&t).map_err(|e| LoadError::Tensor { key: t.name.clone(), reason: e.to_string() })?;
+        let data = data.convert_dtype(DType::F32);
+        tensors.push((
+            safety_path_to_key(&t.name),
+            OwnedTensor { shape: t.shape.to_vec(), bytes: data.as_bytes().to_vec() },
+        ));
+    }
+    let weights = dir.join("safety_modules.safetensors");
+    write_tensors(&weights, tensors)?;
+    let cfg_path = dir.join("config.json");
+    // Our config, plus the reference's top-level projector keys for PyTorch-side readers.
+    let json = serde_json::json!({
+        "safety_config": config,
+        "num_safety_tokens": config.num_safety_tokens,
+        "num_queries": config.num_queries,
+        "hidden_size": config.abstractor_width,
+        "encoder_hidden_size": config.vision_dim,
+        "output_hidden_size": config.safety_dim,
+        "depth": config.abstractor_depth,
+        "mlp_depth": config.abstractor_mlp_depth,
+        "safety_heads": config.safety_heads,
+        "num_levels": config.num_levels,
+        "num_types": config.num_types,
+        "se_ratio": config.se_ratio,
+    });
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&json).unwrap_or_default())
+        .map_err(|e| io(&cfg_path, e.to_string()))?;
+    Ok((weights, cfg_path))
+}
+
+/// Writes named f32 tensors `(name, shape, values)` to a safetensors file atomically (temporary file + rename).
+pub fn write_f32_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<(), LoadError> {
+    let owned = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            (name, OwnedTensor { shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() })
+        })
+        .collect();
+    write_tensors(path, owned)
+}
+
+fn write_tensors(path: &Path, mut tensors: Vec<(String, OwnedTensor)>) -> Result<(), LoadError> {
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tensors");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let io = |p: &Path, e: String| LoadError::BadFile { path: p.into(), reason: e };
+    safetensors::serialize_to_file(tensors, None, &tmp).map_err(|e| io(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e.to_string()))
+}
+
+struct OwnedTensor {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for OwnedTensor {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}

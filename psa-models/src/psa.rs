@@ -1,0 +1,229 @@
+//! The PSA-VLM model (psa-vlm.md §2.7): LLaVA plus the safety modules. A classify-only path that never runs the
+//! LLM, and the full forward with `[S2 ; projected image tokens]` spliced in at each `<image>` position.
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use psa_core::{ConceptLogits, ConceptLoss, SafetyConfig, SafetyModules, concept_loss};
+use serde_json::Value;
+
+use crate::config::{LlavaConfig, read_json};
+use crate::error::{ConfigError, ModelError};
+use crate::llama::PaddingMask;
+use crate::llava::{LlavaForConditionalGeneration, MergedInputs, merge_image_features};
+use crate::loss::{IGNORE_INDEX, causal_lm_loss};
+use crate::vision::VisionConfig;
+
+/// A PSA-VLM configuration: the LLaVA base and the safety modules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PsaConfig {
+    /// The base model.
+    pub llava: LlavaConfig,
+    /// The safety modules.
+    pub safety: SafetyConfig,
+}
+
+impl PsaConfig {
+    /// Reference sizes for a LLaVA base: 64 tokens, abstractor width = vision width + 64, one query per patch.
+    pub fn for_llava(llava: LlavaConfig) -> Self {
+        let (vision_dim, patches) = vision_dims(&llava.vision);
+        let safety = SafetyConfig::for_model(vision_dim, patches, llava.text.hidden_size);
+        Self { llava, safety }
+    }
+
+    /// Parses a `config.json`: a `safety_config` object when present, else the reference's top-level projector
+    /// keys (`num_queries`, `hidden_size` = abstractor width, `encoder_hidden_size`, `output_hidden_size`, `depth`,
+    /// `mlp_depth`), else the reference defaults.
+    pub fn from_value(value: &Value, path: &std::path::Path) -> Result<Self, ConfigError> {
+        let llava = LlavaConfig::from_value(value, path)?;
+        let mut cfg = Self::for_llava(llava);
+        if let Some(sc) = value.get("safety_config") {
+            cfg.safety = crate::config::parse(sc, path, "safety_config")?;
+        } else {
+            let get = |k: &str| value.get(k).and_then(Value::as_u64).map(|v| v as usize);
+            let s = &mut cfg.safety;
+            if let Some(v) = get("encoder_hidden_size") {
+                s.vision_dim = v;
+            }
+            if let Some(v) = get("num_safety_tokens") {
+                s.num_safety_tokens = v;
+            }
+            s.abstractor_width = get("hidden_size").unwrap_or(s.vision_dim + s.num_safety_tokens);
+            if get("num_safety_tokens").is_none() && get("hidden_size").is_some() {
+                s.num_safety_tokens = s.abstractor_width.saturating_sub(s.vision_dim);
+            }
+            s.safety_dim = get("output_hidden_size").unwrap_or(s.safety_dim);
+            s.num_queries = get("num_queries").unwrap_or(s.num_queries);
+            s.abstractor_depth = get("depth").unwrap_or(s.abstractor_depth);
+            s.abstractor_mlp_depth = get("mlp_depth").unwrap_or(s.abstractor_mlp_depth);
+            s.safety_heads = get("safety_heads").unwrap_or(s.safety_heads);
+            s.num_levels = get("num_levels").unwrap_or(s.num_levels);
+            s.num_types = get("num_types").unwrap_or(s.num_types);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads `config.json` from a directory.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self, ConfigError> {
+        let path = dir.join("config.json");
+        Self::from_value(&read_json(&path)?, &path)
+    }
+
+    /// Checks the safety modules fit the base model.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.safety.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let (vision_dim, _) = vision_dims(&self.llava.vision);
+        if self.safety.vision_dim != vision_dim || self.safety.safety_dim != self.llava.text.hidden_size {
+            return Err(ConfigError::Invalid(format!(
+                "safety modules read width {} and write width {}, the base model has vision width {vision_dim} and LLM width {}",
+                self.safety.vision_dim, self.safety.safety_dim, self.llava.text.hidden_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds the model with random weights (the safety modules with the reference initialisation).
+    pub fn init(&self, device: &Device) -> Result<PsaVlm, ConfigError> {
+        self.validate()?;
+        Ok(PsaVlm {
+            llava: self.llava.init(device)?,
+            safety: self.safety.init(device).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            bos_token_id: self.llava.text.bos_token_id,
+            cls_loss_weight: self.safety.cls_loss_weight,
+        })
+    }
+}
+
+fn vision_dims(v: &VisionConfig) -> (usize, usize) {
+    match v {
+        VisionConfig::Clip(c) => (c.hidden_size, c.grid() * c.grid()),
+        VisionConfig::Dinov2(c) => (c.hidden_size, (c.image_size / c.patch_size).pow(2)),
+    }
+}
+
+/// PSA-VLM: `llava.*` is the base model, `safety.*` the safety modules (reference names in checkpoints).
+#[derive(Module, Debug)]
+pub struct PsaVlm {
+    /// The LLaVA base.
+    pub llava: LlavaForConditionalGeneration,
+    /// Safety tokens, safety projector and safety head.
+    pub safety: SafetyModules,
+    bos_token_id: Option<u32>,
+    cls_loss_weight: f64,
+}
+
+/// Safety labels of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ConceptLabels<'a> {
+    /// Risk level per row.
+    pub levels: &'a [usize],
+    /// Risk type per row.
+    pub types: &'a [usize],
+}
+
+/// What the full forward returns.
+#[derive(Debug, Clone)]
+pub struct PsaOutput {
+    /// LM logits over the merged sequence, `[b, merged, vocab]`.
+    pub logits: Tensor<3>,
+    /// Concept logits.
+    pub concepts: ConceptLogits,
+    /// The merged inputs (mask, image spans, source positions).
+    pub merged: MergedInputs,
+    /// Labels carried to the merged sequence (−100 on image rows), when labels were given.
+    pub merged_labels: Option<Vec<Vec<i64>>>,
+    /// Next-token loss over supervised positions.
+    pub lm_loss: Option<Tensor<1>>,
+    /// Concept loss parts.
+    pub concept_loss: Option<ConceptLoss>,
+    /// `L_LLM + λ·(CE_level + CE_type)` (or the part that has labels).
+    pub loss: Option<Tensor<1>>,
+}
+
+impl PsaVlm {
+    /// The weight λ of the concept loss.
+    pub fn cls_loss_weight(&self) -> f64 {
+        self.cls_loss_weight
+    }
+
+    /// Token embeddings of the raw prompt (the head's queries; `<image>` embedded like any token when in vocab).
+    pub fn text_embeddings(&self, input_ids: &[Vec<u32>]) -> Tensor<3> {
+        let lm = &self.llava.language_model.model;
+        let vocab = lm.embed_tokens.weight.dims()[0] as u32;
+        let ids: Vec<Vec<u32>> =
+            input_ids.iter().map(|r| r.iter().map(|&i| if i < vocab { i } else { 0 }).collect()).collect();
+        lm.embed(&ids, &self.llava.devices_first())
+    }
+
+    /// Real text tokens for the text-aware query modes: not padding, not `<image>`, not BOS.
+    pub fn query_mask(&self, input_ids: &[Vec<u32>], mask: Option<&PaddingMask>) -> Vec<Vec<bool>> {
+        let image = self.llava.image_token_index();
+        input_ids
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &id)| mask.is_none_or(|m| m.rows()[r][i]) && id != image && Some(id) != self.bos_token_id)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Concept logits only: vision tower, C-Abstractor and head; the LLM never runs. One image per row.
+    pub fn classify(
+        &self,
+        pixel_values: Tensor<4>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<ConceptLogits, ModelError> {
+        let features = self.llava.selected_features(pixel_values);
+        self.classify_features(features, input_ids, mask)
+    }
+
+    /// Concept logits from precomputed selected vision features `[b, patches, vision_dim]`.
+    pub fn classify_features(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<ConceptLogits, ModelError> {
+        let n = features.dims()[0];
+        if n != input_ids.len() {
+            return Err(ModelError::Input(format!(
+                "{n} image(s) for {} prompt(s): one image per row",
+                input_ids.len()
+            )));
+        }
+        let qmask = self.query_mask(input_ids, mask);
+        Ok(self.safety.classify(features, self.text_embeddings(input_ids), Some(&qmask)))
+    }
+
+    /// Full forward. With `labels` (per input token, −100 = ignored) the LM loss is computed; with concept
+    /// labels the concept loss; `loss` sums what is available.
+    pub fn forward(
+        &self,
+        pixel_values: Tensor<4>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        labels: Option<&[Vec<i64>]>,
+        concept_labels: Option<ConceptLabels<'_>>,
+    ) -> Result<PsaOutput, ModelError> {
+        let features = self.llava.selected_features(pixel_values);
+        let concepts = self.classify_features(features.clone(), input_ids, mask)?;
+        let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
+        let text = self.llava.language_model.model.embed(&self.llava.sanitize(input_ids), &self.llava.devices_first());
+        let merged = merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)?;
+        let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
+        let logits = self.llava.language_model.logits(hidden.last_hidden_state);
+        let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
+        let lm_loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
+        let concept_loss = concept_labels.map(|c| concept_loss(&concepts, c.levels, c.types, self.cls_loss_weight));
+        let loss = match (&lm_loss, &concept_loss) {
+            (Some(l), Some(c)) => Some(l.clone() + c.weighted.clone()),
+            (Some(l), None) => Some(l.clone()),
+            (None, Some(c)) => Some(c.weighted.clone()),
+            (None, None) => None,
+        };
+        Ok(PsaOutput { logits, concepts, merged, merged_labels, lm_loss, concept_loss, loss })
+    }
+}
