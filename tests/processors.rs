@@ -95,3 +95,45 @@ fn prompts_expand_the_image_placeholder_on_request() {
     assert_eq!(expanded.len(), single.len() + 15);
     assert_eq!(single[0], 1, "BOS first");
 }
+
+#[test]
+fn sft_labels_supervise_exactly_the_answers_and_eos() {
+    use psa_vlm::train::data::encode_conversation;
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let conv = [
+        Message::user("What is in the picture? <image>"),
+        Message::assistant("A small grey cat."),
+        Message::user("Is it safe?"),
+        Message::assistant("Yes, it is."),
+    ];
+    for name in ["llava_v1", "llava_hf", "llava_llama_2"] {
+        let template = Template::by_name(name).unwrap();
+        let enc = encode_conversation(&text, &template, &conv, 512).unwrap();
+        assert_eq!(enc.input_ids.len(), enc.labels.len());
+        assert_eq!(enc.input_ids[0], 1, "{name}: BOS first");
+        assert_eq!(enc.input_ids.iter().filter(|&&t| t == 999).count(), 1, "{name}: one <image>");
+        // Supervised spans, decoded: each answer followed by EOS (id 2).
+        let mut spans: Vec<Vec<u32>> = Vec::new();
+        let mut prev = false;
+        for &l in &enc.labels {
+            let on = l != -100;
+            if on && !prev {
+                spans.push(Vec::new());
+            }
+            if on {
+                spans.last_mut().unwrap().push(l as u32);
+            }
+            prev = on;
+        }
+        assert_eq!(spans.len(), 2, "{name}: two supervised turns");
+        for (span, answer) in spans.iter().zip(["A small grey cat.", "Yes, it is."]) {
+            assert_eq!(*span.last().unwrap(), 2, "{name}: EOS supervised");
+            assert_eq!(text.decode(span, true).unwrap().trim(), answer, "{name}");
+        }
+        let first = enc.labels.iter().position(|&l| l != -100).unwrap();
+        let cut = encode_conversation(&text, &template, &conv, first + 2).unwrap();
+        assert!(cut.truncated && cut.input_ids.len() == first + 2, "{name}: truncation reported");
+        let err = encode_conversation(&text, &template, &conv, first).unwrap_err();
+        assert!(err.contains("removed every supervised token"), "{name}: {err}");
+    }
+}

@@ -209,6 +209,19 @@ impl PsaVlm {
         concept_labels: Option<ConceptLabels<'_>>,
     ) -> Result<PsaOutput, ModelError> {
         let features = self.llava.selected_features(pixel_values);
+        self.forward_features(features, input_ids, mask, labels, concept_labels)
+    }
+
+    /// [`forward`](Self::forward) from precomputed selected vision features `[images, patches, vision_dim]`
+    /// (the vision tower is frozen in both training stages, so its features can be cached).
+    pub fn forward_features(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        labels: Option<&[Vec<i64>]>,
+        concept_labels: Option<ConceptLabels<'_>>,
+    ) -> Result<PsaOutput, ModelError> {
         let concepts = self.classify_features(features.clone(), input_ids, mask)?;
         let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
         let text = self.llava.language_model.model.embed(&self.llava.sanitize(input_ids), &self.llava.devices_first());

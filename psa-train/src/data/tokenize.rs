@@ -1,0 +1,86 @@
+//! Supervised fine-tuning tokenisation with LLaVA masking (psa-vlm.md §5.3): the whole conversation is the input;
+//! labels are −100 everywhere except the assistant answers and their end-of-turn marker (EOS); right padding.
+use psa_models::PaddingMask;
+use psa_models::loss::IGNORE_INDEX;
+use psa_models::processor::{Message, Role, Template, TextProcessor};
+
+/// One tokenised conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids (BOS first when the tokenizer adds one); one `<image>` id.
+    pub input_ids: Vec<u32>,
+    /// Targets per position: the id on assistant tokens, −100 elsewhere.
+    pub labels: Vec<i64>,
+    /// Whether the sequence was cut at the maximum length.
+    pub truncated: bool,
+}
+
+/// Moves `<image>` to the start of the first user turn (LLaVA's preprocessing); adds it when absent.
+pub fn normalize_image_placeholder(messages: &[Message]) -> Vec<Message> {
+    let mut out = messages.to_vec();
+    if let Some(first) = out.iter_mut().find(|m| m.role == Role::User) {
+        let text = first.content.replace("<image>", "");
+        first.content = format!("<image>\n{}", text.trim());
+    }
+    for m in out.iter_mut().filter(|m| m.role == Role::User).skip(1) {
+        m.content = m.content.replace("<image>", "").trim().to_string();
+    }
+    out
+}
+
+/// Tokenises `messages` with `template`, supervising every assistant turn; cuts at `max_len` tokens.
+pub fn encode_conversation(
+    text: &TextProcessor,
+    template: &Template,
+    messages: &[Message],
+    max_len: usize,
+) -> Result<Encoded, String> {
+    let messages = normalize_image_placeholder(messages);
+    let full = template.render(&messages, false);
+    // Character spans of each assistant answer with its end-of-turn marker.
+    let mut spans = Vec::new();
+    for (i, m) in messages.iter().enumerate().filter(|(_, m)| m.role == Role::Assistant) {
+        let start = template.render(&messages[..i], true);
+        let end = template.render(&messages[..=i], false);
+        if !full.starts_with(&start) || !full.starts_with(&end) || start.len() > end.len() {
+            return Err(format!("template pieces of turn {i} do not line up with the rendered conversation"));
+        }
+        spans.push(start.len()..end.len());
+        debug_assert!(m.role == Role::Assistant);
+    }
+    let enc = text.tokenizer().encode(full.as_str(), true).map_err(|e| e.to_string())?;
+    let ids = enc.get_ids().to_vec();
+    let labels: Vec<i64> = ids
+        .iter()
+        .zip(enc.get_offsets())
+        .map(|(&id, &(s, e))| {
+            let inside = e > s && spans.iter().any(|sp| s >= sp.start && e <= sp.end);
+            if inside { id as i64 } else { IGNORE_INDEX }
+        })
+        .collect();
+    if labels.iter().all(|&l| l == IGNORE_INDEX) {
+        return Err("no assistant token survived tokenisation".into());
+    }
+    let truncated = ids.len() > max_len;
+    let keep = ids.len().min(max_len);
+    let (input_ids, labels) = (ids[..keep].to_vec(), labels[..keep].to_vec());
+    if labels.iter().all(|&l| l == IGNORE_INDEX) {
+        return Err(format!("truncation to {max_len} tokens removed every supervised token"));
+    }
+    Ok(Encoded { input_ids, labels, truncated })
+}
+
+/// Right-pads a batch: ids with `pad_id`, labels with −100, mask 0 on padding.
+pub fn collate(batch: &[&Encoded], pad_id: u32) -> (Vec<Vec<u32>>, PaddingMask, Vec<Vec<i64>>) {
+    let len = batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut labels = Vec::with_capacity(batch.len());
+    let mut mask = Vec::with_capacity(batch.len());
+    for e in batch {
+        let fill = len - e.input_ids.len();
+        ids.push(e.input_ids.iter().copied().chain(std::iter::repeat_n(pad_id, fill)).collect());
+        labels.push(e.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, fill)).collect());
+        mask.push(std::iter::repeat_n(true, e.input_ids.len()).chain(std::iter::repeat_n(false, fill)).collect());
+    }
+    (ids, PaddingMask::new(mask), labels)
+}

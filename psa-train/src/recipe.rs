@@ -1,0 +1,83 @@
+//! Training recipes (psa-vlm.md §4.3): the paper's hyper-parameters as presets, every field overridable.
+use serde::{Deserialize, Serialize};
+
+/// Optimisation settings of one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps from 0 (optimizer steps).
+    pub warmup_steps: usize,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum × devices).
+    pub grad_accum: usize,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f32,
+    /// AdamW β1 (PyTorch default, set explicitly: Burn's defaults differ).
+    pub beta_1: f32,
+    /// AdamW β2.
+    pub beta_2: f32,
+    /// AdamW ε (PyTorch 1e-8; Burn's default is 1e-5).
+    pub epsilon: f32,
+    /// AdamW weight decay (the recipe uses 0).
+    pub weight_decay: f32,
+    /// Seed of shuffling and initialisation.
+    pub seed: u64,
+    /// Maximum tokens per sample before image expansion.
+    pub max_len: usize,
+}
+
+impl Recipe {
+    /// Stage I of the paper: lr 1e-5, warm-up 20, 3 epochs, effective batch 128 (2 × 64 on one device).
+    pub fn stage1() -> Self {
+        Self {
+            lr: 1e-5,
+            warmup_steps: 20,
+            epochs: 3,
+            batch_size: 2,
+            grad_accum: 64,
+            max_grad_norm: 1.0,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+            seed: 42,
+            max_len: 2048,
+        }
+    }
+
+    /// Stage II of the paper: as stage I with warm-up 300.
+    pub fn stage2() -> Self {
+        Self { warmup_steps: 300, ..Self::stage1() }
+    }
+
+    /// Learning rate at optimizer step `step` of `total`: linear warm-up from 0, then linear decay to 0
+    /// (transformers' `get_linear_schedule_with_warmup`).
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * step as f64 / self.warmup_steps.max(1) as f64;
+        }
+        let rest = total.saturating_sub(self.warmup_steps).max(1);
+        self.lr * (total.saturating_sub(step) as f64 / rest as f64).max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_paper_and_schedule_warms_then_decays() {
+        let r = Recipe::stage1();
+        assert_eq!((r.lr, r.warmup_steps, r.epochs, r.batch_size * r.grad_accum), (1e-5, 20, 3, 128));
+        assert_eq!(Recipe::stage2().warmup_steps, 300);
+        assert_eq!(r.lr_at(0, 100), 0.0);
+        assert!((r.lr_at(10, 100) - 5e-6).abs() < 1e-18);
+        assert!((r.lr_at(20, 100) - 1e-5).abs() < 1e-18);
+        assert!((r.lr_at(60, 100) - 5e-6).abs() < 1e-18);
+        assert_eq!(r.lr_at(100, 100), 0.0);
+    }
+}

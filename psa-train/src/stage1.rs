@@ -1,0 +1,289 @@
+//! Stage I (psa-vlm.md §4.1): everything frozen except the two safety-token sets, the safety projector and the
+//! safety head; loss `L_LLM + λ·(CE_level + CE_type)`. The frozen vision tower's features are computed once per
+//! image and reused across epochs.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, ParamGroup};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use psa_models::processor::{ImageProcessor, Template, TextProcessor};
+use psa_models::{ConceptLabels, PsaVlm};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::checkpoint::{self, CheckpointError, TrainState};
+use crate::data::images;
+use crate::data::{Encoded, Sample, collate, encode_conversation};
+use crate::error::DataError;
+use crate::recipe::Recipe;
+
+/// Parameters trained in stage I: `safety.*` (tokens, C-Abstractor, head).
+pub fn stage1_trainable() -> ParamGroup {
+    ParamGroup::from_any_predicates(vec!["safety."])
+}
+
+/// Freezes everything but the safety modules.
+pub fn freeze_for_stage1(model: PsaVlm) -> PsaVlm {
+    model.freeze().unfreeze_group(stage1_trainable())
+}
+
+/// A sample ready for training: cached vision features, tokens with labels, concept labels.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Selected vision features `[1, patches, vision_dim]`, computed once.
+    pub features: Tensor<3>,
+    /// Tokens and masked labels.
+    pub encoded: Encoded,
+    /// Risk level.
+    pub level: usize,
+    /// Risk type.
+    pub risk_type: usize,
+}
+
+/// What preparing a dataset did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrepareReport {
+    /// Samples prepared.
+    pub prepared: usize,
+    /// Samples skipped because their image failed (only with `skip_bad_images`).
+    pub skipped_images: Vec<String>,
+    /// Samples cut at `max_len`.
+    pub truncated: usize,
+    /// Seconds spent in the vision tower.
+    pub vision_seconds: f64,
+}
+
+/// Loads images, runs the frozen vision tower once per sample and tokenises the conversations.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare(
+    model: &PsaVlm,
+    samples: &[Sample],
+    label_file: &std::path::Path,
+    images_proc: &ImageProcessor,
+    text: &TextProcessor,
+    template: &Template,
+    max_len: usize,
+    skip_bad_images: bool,
+    device: &Device,
+) -> Result<(Vec<Prepared>, PrepareReport), DataError> {
+    let mut report = PrepareReport::default();
+    let mut out = Vec::with_capacity(samples.len());
+    for s in samples {
+        let image = match images::load(&s.image) {
+            Ok(img) => img,
+            Err(e) if skip_bad_images => {
+                report.skipped_images.push(format!("{}:{}: {e}", label_file.display(), s.line));
+                continue;
+            }
+            Err(source) => return Err(DataError::Image { path: label_file.into(), line: s.line, source }),
+        };
+        let encoded = encode_conversation(text, template, &s.messages, max_len)
+            .map_err(|reason| DataError::Tokenize { path: label_file.into(), line: s.line, reason })?;
+        report.truncated += encoded.truncated as usize;
+        let start = Instant::now();
+        let pixels = images_proc.preprocess(&[image], device).map_err(|source| DataError::Image {
+            path: label_file.into(),
+            line: s.line,
+            source,
+        })?;
+        let features = model.llava.selected_features(pixels).detach();
+        report.vision_seconds += start.elapsed().as_secs_f64();
+        out.push(Prepared { features, encoded, level: s.level, risk_type: s.risk_type });
+    }
+    report.prepared = out.len();
+    Ok((out, report))
+}
+
+/// One optimizer step's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    /// Optimizer step (1-based).
+    pub step: usize,
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean total loss of the step's micro-batches.
+    pub loss: f64,
+    /// Mean LM loss.
+    pub lm_loss: f64,
+    /// Mean level cross-entropy.
+    pub ce_level: f64,
+    /// Mean type cross-entropy.
+    pub ce_type: f64,
+    /// Samples per second over the step.
+    pub samples_per_s: f64,
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data().convert::<f64>().try_to_vec::<f64>().map(|v| v[0]).unwrap_or(f64::NAN)
+}
+
+/// Checkpointing and resumption of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Directory for `checkpoint-{step}` folders.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Save every this many optimizer steps (and at the end) when a directory is set.
+    pub checkpoint_every: Option<usize>,
+    /// Continue from this checkpoint folder.
+    pub resume_from: Option<PathBuf>,
+    /// Stop after this many optimizer steps in total (the schedule still spans the full run).
+    pub max_steps: Option<usize>,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model refused an input.
+    #[error(transparent)]
+    Model(#[from] psa_models::ModelError),
+    /// Saving or loading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// The sample order of an epoch: a permutation seeded by (seed, epoch), so a resumed run sees the same order.
+pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(epoch as u64)));
+    order
+}
+
+/// Runs stage I on prepared samples and returns the trained model and the metrics of the steps it ran.
+///
+/// `model` must live on an autodiff device; `on_step` sees each step's metrics (progress bars, logs).
+pub fn train_stage1(
+    model: PsaVlm,
+    data: &[Prepared],
+    recipe: &Recipe,
+    pad_id: u32,
+    run: &RunOptions,
+    mut on_step: impl FnMut(&StepMetrics),
+) -> Result<(PsaVlm, Vec<StepMetrics>), TrainError> {
+    let mut model = freeze_for_stage1(model);
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(recipe.beta_1)
+        .with_beta_2(recipe.beta_2)
+        .with_epsilon(recipe.epsilon)
+        .with_weight_decay(recipe.weight_decay)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(recipe.max_grad_norm)))
+        .init();
+    let micro_per_epoch = data.len().div_ceil(recipe.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(recipe.grad_accum);
+    let total = steps_per_epoch * recipe.epochs;
+    let mut state = TrainState { step: 0, epoch: 0, group: 0 };
+    if let Some(path) = &run.resume_from {
+        let (safety, o, s) = checkpoint::load(path, model.safety, optim)?;
+        model.safety = safety;
+        optim = o;
+        state = s;
+    }
+    let limit = run.max_steps.unwrap_or(total).min(total);
+    let mut metrics = Vec::new();
+    while state.epoch < recipe.epochs && state.step < limit {
+        let order = epoch_order(data.len(), recipe.seed, state.epoch);
+        let batches: Vec<&[usize]> = order.chunks(recipe.batch_size).collect();
+        let groups: Vec<&[&[usize]]> = batches.chunks(recipe.grad_accum).collect();
+        while state.group < groups.len() && state.step < limit {
+            let group = groups[state.group];
+            let start = Instant::now();
+            let mut acc = GradientsAccumulator::<PsaVlm>::new();
+            let (mut loss_sum, mut lm_sum, mut lv_sum, mut ty_sum, mut n) = (0.0, 0.0, 0.0, 0.0, 0);
+            for batch in group {
+                let items: Vec<&Prepared> = batch.iter().map(|&i| &data[i]).collect();
+                let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
+                let (ids, mask, labels) = collate(&encoded, pad_id);
+                let features = Tensor::cat(items.iter().map(|p| p.features.clone()).collect(), 0);
+                let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
+                let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
+                let out = model.forward_features(
+                    features,
+                    &ids,
+                    Some(&mask),
+                    Some(&labels),
+                    Some(ConceptLabels { levels: &levels, types: &types }),
+                )?;
+                let loss = out.loss.expect("labels were given") / group.len() as f64;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                acc.accumulate(&model, grads);
+                loss_sum += scalar(loss) * group.len() as f64;
+                lm_sum += out.lm_loss.map_or(0.0, scalar);
+                if let Some(c) = out.concept_loss {
+                    lv_sum += scalar(c.level);
+                    ty_sum += scalar(c.risk_type);
+                }
+                n += batch.len();
+            }
+            let lr = recipe.lr_at(state.step, total);
+            model = optim.step(lr, model, acc.grads());
+            state.step += 1;
+            state.group += 1;
+            let k = group.len() as f64;
+            let m = StepMetrics {
+                step: state.step,
+                epoch: state.epoch,
+                lr,
+                loss: loss_sum / k,
+                lm_loss: lm_sum / k,
+                ce_level: lv_sum / k,
+                ce_type: ty_sum / k,
+                samples_per_s: n as f64 / start.elapsed().as_secs_f64(),
+            };
+            on_step(&m);
+            metrics.push(m);
+            let epoch_done = state.group == groups.len();
+            if epoch_done {
+                state = TrainState { epoch: state.epoch + 1, group: 0, ..state };
+            }
+            if let (Some(dir), Some(every)) = (&run.checkpoint_dir, run.checkpoint_every)
+                && (state.step % every.max(1) == 0 || state.step == limit)
+            {
+                checkpoint::save(dir, &model.safety, &optim, state)?;
+            }
+            if epoch_done {
+                break;
+            }
+        }
+        if groups.is_empty() {
+            break;
+        }
+    }
+    Ok((model, metrics))
+}
+
+/// Level and type accuracy of the safety head on prepared samples.
+pub fn concept_accuracy(
+    model: &PsaVlm,
+    data: &[Prepared],
+    batch_size: usize,
+) -> Result<(f64, f64), psa_models::ModelError> {
+    let (mut level_ok, mut type_ok) = (0usize, 0usize);
+    for chunk in data.chunks(batch_size.max(1)) {
+        let encoded: Vec<&Encoded> = chunk.iter().map(|p| &p.encoded).collect();
+        let (ids, mask, _) = collate(&encoded, 0);
+        let features = Tensor::cat(chunk.iter().map(|p| p.features.clone()).collect(), 0);
+        let logits = model.classify_features(features, &ids, Some(&mask))?;
+        let argmax = |t: Tensor<2>| -> Vec<usize> {
+            t.argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v as usize)
+                .collect()
+        };
+        let (l, t) = (argmax(logits.level), argmax(logits.risk_type));
+        for (i, p) in chunk.iter().enumerate() {
+            level_ok += (l[i] == p.level) as usize;
+            type_ok += (t[i] == p.risk_type) as usize;
+        }
+    }
+    let n = data.len().max(1) as f64;
+    Ok((level_ok as f64 / n, type_ok as f64 / n))
+}

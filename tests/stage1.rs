@@ -1,0 +1,185 @@
+//! Stage I on the tiny PSA model and a small synthetic concept dataset: the concept loss falls, held-out level
+//! and type accuracy reach ≥ 95 %, every frozen weight stays bit-identical and every trainable one moves.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use image::{Rgb, RgbImage};
+use psa_vlm::burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
+use psa_vlm::burn::tensor::Device;
+use psa_vlm::models::PsaVlm;
+use psa_vlm::models::import::{LoadOptions, load_psa};
+use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
+use psa_vlm::train::Recipe;
+use psa_vlm::train::data::{LabelSpace, read_jsonl};
+use psa_vlm::train::stage1::{concept_accuracy, prepare, train_stage1};
+
+/// (level, type, answer) of the five synthetic concepts.
+const CLASSES: [(usize, usize, &str); 5] = [
+    (0, 6, "A calm picture with nothing unusual."),
+    (3, 1, "I'm sorry, but I can't help with that."),
+    (2, 2, "I will not repeat insults."),
+    (2, 4, "I cannot identify people."),
+    (1, 5, "This may be misleading."),
+];
+
+/// A 56-px image whose colour and stripe direction encode the class, with per-sample jitter.
+fn draw(class: usize, seed: u64) -> RgbImage {
+    let colours = [[40, 170, 60], [200, 30, 30], [30, 60, 200], [210, 190, 30], [170, 40, 170]];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let (shift, jitter) = (next() % 7, (next() % 40) as i32 - 20);
+    RgbImage::from_fn(56, 56, |x, y| {
+        let band = match class {
+            0 => 0,
+            1 => (y + shift) / 4 % 2,
+            2 => ((x + shift) / 6 + y / 6) % 2,
+            3 => (x + shift) / 4 % 2,
+            _ => ((x + y + shift) / 5) % 2,
+        };
+        let c = colours[class];
+        let px = |v: i32| (v + jitter - 60 * band as i32).clamp(0, 255) as u8;
+        Rgb([px(c[0]), px(c[1]), px(c[2])])
+    })
+}
+
+fn dataset(dir: &Path, name: &str, per_class: usize, seed: u64) -> PathBuf {
+    let mut lines = Vec::new();
+    for (class, (level, risk_type, answer)) in CLASSES.iter().enumerate() {
+        for i in 0..per_class {
+            let file = format!("{name}_{class}_{i}.png");
+            draw(class, seed + (class * 1000 + i) as u64).save(dir.join(&file)).unwrap();
+            lines.push(
+                serde_json::json!({
+                    "safe_level": level, "safe_type": risk_type, "image": file,
+                    "conversations": [{"from": "USER", "value": "<image>\nDescribe this image."},
+                                      {"from": "ASSISTANT", "value": answer}]
+                })
+                .to_string(),
+            );
+        }
+    }
+    let path = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
+    model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
+        .into_iter()
+        .map(|t| (t.name.clone(), bridge::to_data(&t).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
+    let dir = scratch("stage1");
+    let train_file = dataset(&dir, "train", 24, 1);
+    let test_file = dataset(&dir, "test", 8, 99_999);
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let template = Template::by_name("llava_hf").unwrap();
+    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let train = read_jsonl(&train_file, &dir, LabelSpace::default()).unwrap();
+    let test = read_jsonl(&test_file, &dir, LabelSpace::default()).unwrap();
+    let (train, report) = prepare(&model, &train, &train_file, &images, &text, &template, 64, false, &device).unwrap();
+    assert_eq!(report.prepared, 120);
+    let (test, _) = prepare(&model, &test, &test_file, &images, &text, &template, 64, false, &device).unwrap();
+
+    let before = snapshot(&model);
+    let (acc_level0, acc_type0) = concept_accuracy(&model, &test, 16).unwrap();
+    let recipe = Recipe { lr: 2e-3, warmup_steps: 3, epochs: 6, batch_size: 8, grad_accum: 1, ..Recipe::stage1() };
+    let (model, metrics) = train_stage1(model, &train, &recipe, 998, &Default::default(), |_| {}).unwrap();
+    let (acc_level, acc_type) = concept_accuracy(&model, &test, 16).unwrap();
+    let cls = |m: &psa_vlm::train::stage1::StepMetrics| m.ce_level + m.ce_type;
+    let first: f64 = metrics[..5].iter().map(cls).sum::<f64>() / 5.0;
+    let last: f64 = metrics[metrics.len() - 5..].iter().map(cls).sum::<f64>() / 5.0;
+    eprintln!(
+        "steps {}, concept CE {first:.3} → {last:.3}, held-out accuracy level {acc_level0:.2} → {acc_level:.2}, type {acc_type0:.2} → {acc_type:.2}",
+        metrics.len()
+    );
+    assert!(last < 0.25 * first, "concept loss {first} → {last}");
+    assert!(acc_level >= 0.95 && acc_type >= 0.95, "held-out accuracy level {acc_level}, type {acc_type}");
+
+    let after = snapshot(&model);
+    let (mut frozen, mut trained) = (0, 0);
+    for (name, old) in &before {
+        let new = &after[name];
+        if name.starts_with("safety.") {
+            assert_ne!(old, new, "trainable {name} did not move");
+            trained += 1;
+        } else {
+            assert_eq!(old, new, "frozen {name} changed");
+            frozen += 1;
+        }
+    }
+    assert_eq!((frozen, trained), (64, 95));
+}
+
+#[test]
+fn missing_images_are_errors_or_counted_skips() {
+    let dir = scratch("stage1-bad");
+    let file = dataset(&dir, "d", 2, 5);
+    std::fs::remove_file(dir.join("d_3_1.png")).unwrap();
+    let device = Device::flex();
+    let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let template = Template::by_name("llava_hf").unwrap();
+    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
+    let err = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap_err().to_string();
+    assert!(err.contains("d.jsonl:8:") && err.contains("d_3_1.png"), "{err}");
+    let (kept, report) = prepare(&model, &samples, &file, &images, &text, &template, 64, true, &device).unwrap();
+    assert_eq!((kept.len(), report.skipped_images.len()), (9, 1));
+    assert!(report.skipped_images[0].contains("d_3_1.png"));
+}
+
+#[test]
+fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
+    use psa_vlm::train::stage1::RunOptions;
+    let dir = scratch("stage1-resume");
+    let file = dataset(&dir, "r", 6, 3);
+    let device = Device::flex().autodiff();
+    let load = || load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0;
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let template = Template::by_name("llava_hf").unwrap();
+    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
+    let model = load();
+    let (data, _) = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap();
+    // 30 samples, batch 4, accumulation 2: 4 steps per epoch, 3 epochs = 12 steps; interrupt after 6 (mid-epoch).
+    let recipe = Recipe { lr: 1e-3, warmup_steps: 2, epochs: 3, batch_size: 4, grad_accum: 2, ..Recipe::stage1() };
+    let (full, full_metrics) = train_stage1(model, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(full_metrics.len(), 12);
+
+    let ckpt = dir.join("ckpt");
+    let first = RunOptions {
+        checkpoint_dir: Some(ckpt.clone()),
+        checkpoint_every: Some(3),
+        max_steps: Some(6),
+        ..Default::default()
+    };
+    let (_, part1) = train_stage1(load(), &data, &recipe, 998, &first, |_| {}).unwrap();
+    assert_eq!(part1.len(), 6);
+    assert!(ckpt.join("checkpoint-3/trainable.bpk").is_file() && ckpt.join("checkpoint-6/optimizer.bpk").is_file());
+    assert!(
+        std::fs::read_dir(&ckpt).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "no temporary left"
+    );
+    let resume = RunOptions { resume_from: Some(ckpt.join("checkpoint-6")), ..Default::default() };
+    let (resumed, part2) = train_stage1(load(), &data, &recipe, 998, &resume, |_| {}).unwrap();
+    assert_eq!(part2.len(), 6);
+    for (a, b) in full_metrics.iter().zip(part1.iter().chain(&part2)) {
+        assert_eq!((a.step, a.epoch, a.lr), (b.step, b.epoch, b.lr));
+        assert_eq!(a.loss, b.loss, "step {} loss differs after resume", a.step);
+    }
+    assert_eq!(snapshot(&full), snapshot(&resumed), "final weights differ");
+}
