@@ -191,3 +191,52 @@ fn bfloat16_checkpoint_loads_every_value_exactly() {
     }
     assert_eq!(checked, 64);
 }
+
+/// Turns the hub-layout LLaVA fixture into a standalone model directory by renaming header keys.
+fn standalone(name: &str, prefix_from: &str, prefix_to: &str, config: serde_json::Value) -> std::path::PathBuf {
+    let dir = scratch(name);
+    std::fs::copy(fixtures().join("tiny_llava/hub_f32/model.safetensors"), dir.join("model.safetensors")).unwrap();
+    edit_safetensors_header(&dir.join("model.safetensors"), |h, _| {
+        let keys: Vec<String> = h.keys().filter(|k| k.starts_with(prefix_from)).cloned().collect();
+        for k in keys {
+            let v = h.remove(&k).unwrap();
+            h.insert(format!("{prefix_to}{}", &k[prefix_from.len()..]), v);
+        }
+        Vec::new()
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn standalone_clip_vision_and_llama_directories_load() {
+    use psa_vlm::models::import::{load_clip_vision, load_llama};
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny_llava/hub_f32/config.json")).unwrap())
+            .unwrap();
+    let fx = read_fixture(&fixtures().join("tiny_llava/fixture.safetensors"));
+    let device = Device::flex();
+
+    let clip_dir = standalone("clip", "vision_tower.vision_model.", "vision_model.", cfg["vision_config"].clone());
+    let (clip, _, report) = load_clip_vision(&clip_dir, &device, &LoadOptions::default()).unwrap();
+    assert!(report.unexpected.iter().all(|k| !k.starts_with("vision_model.")), "{:?}", report.unexpected);
+    let p = &fx["inputs.pixel_values"];
+    let pixels = Tensor::<4>::from_data(
+        TensorData::new(p.values.iter().map(|&v| v as f32).collect::<Vec<_>>(), [1, 3, 56, 56]),
+        &device,
+    );
+    let out = clip.forward(pixels, None);
+    assert_close(
+        "standalone CLIP last_hidden_state",
+        out.last_hidden_state.unwrap(),
+        &fx["vision.last_hidden_state"],
+        1e-4,
+    );
+
+    let mut text_cfg = cfg["text_config"].clone();
+    text_cfg["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    let llama_dir = standalone("llama", "language_model.", "", text_cfg);
+    let (llama, _, _) = load_llama(&llama_dir, &device, &LoadOptions::default()).unwrap();
+    let logits = llama.forward(&fx["text_only.input_ids"].ids(), None, &device);
+    assert_close("standalone LLaMA text logits", logits, &fx["text_only.logits"], 1e-4);
+}

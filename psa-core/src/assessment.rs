@@ -60,3 +60,29 @@ impl SafetyAssessment {
         self.level == taxonomy.safe_level || self.risk_type == taxonomy.safe_type
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn verdicts_are_argmax_with_probabilities_and_round_trip_json() {
+        let device = Device::flex();
+        let t = |v: Vec<f32>, c: usize| Tensor::<2>::from_data(TensorData::new(v.clone(), [v.len() / c, c]), &device);
+        let logits = ConceptLogits {
+            feature: t(vec![0.0; 4], 2),
+            level: t(vec![0.0, 0.0, 3.0, 0.0, 5.0, 0.0, 0.0, 0.0], 4),
+            risk_type: t(vec![0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0], 7),
+        };
+        let tax = Taxonomy::default();
+        let v = SafetyAssessment::from_logits(&logits, &tax);
+        assert_eq!((v[0].level, v[0].risk_type, v[0].type_name.as_str()), (2, 4, "privacy"));
+        assert_eq!((v[1].level, v[1].risk_type), (0, 6));
+        assert!(!v[0].is_safe(&tax) && v[1].is_safe(&tax));
+        assert!((v[0].level_probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let json = serde_json::to_string(&v[0]).unwrap();
+        assert!(json.contains("\"level_name\":\"medium\""), "{json}");
+        assert_eq!(serde_json::from_str::<SafetyAssessment>(&json).unwrap(), v[0]);
+    }
+}

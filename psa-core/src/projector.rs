@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::module::adaptive_avg_pool2d;
-use burn::tensor::{Device, Tensor, activation};
+use burn::tensor::{Device, Int, Tensor, activation};
 
 use crate::config::SafetyConfig;
 use crate::init;
@@ -163,7 +163,11 @@ impl CAbstractor {
         let [b, n, d] = tokens.dims();
         let g = (n as f64).sqrt().round() as usize;
         assert_eq!(g * g, n, "the C-Abstractor needs a square patch grid, got {n} tokens");
-        tokens.reshape([b, g, g, d]).permute([0, 3, 1, 2])
+        // Gather into a fresh tensor first: on Burn 0.22.1's wgpu backend a Conv2d fed from a sliced view (the
+        // CLS-dropped vision features) read the wrong elements (max error 6.05 against flex on the tiny fixture),
+        // while a copy is exact on every backend.
+        let rows = Tensor::<1, Int>::arange(0..n as i64, &tokens.device());
+        tokens.select(1, rows).reshape([b, g, g, d]).permute([0, 3, 1, 2])
     }
 
     /// Adaptive average pool to the query grid (identity when the grids match).
