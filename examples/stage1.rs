@@ -17,7 +17,7 @@ use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
 use psa_vlm::models::vision::VisionConfig;
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{Balance, LabelSpace, balance, read_jsonl};
-use psa_vlm::train::stage1::{concept_accuracy, prepare, train_stage1};
+use psa_vlm::train::trainer::{concept_accuracy, prepare, train_stage1};
 
 #[derive(Parser, Debug)]
 #[command(about = "PSA-VLM stage I: train only the safety modules")]

@@ -2,11 +2,7 @@
 //! and type accuracy reach ≥ 95 %, every frozen weight stays bit-identical and every trainable one moves.
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
 use common::*;
-use image::{Rgb, RgbImage};
 use psa_vlm::burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::models::PsaVlm;
@@ -14,60 +10,8 @@ use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
-use psa_vlm::train::stage1::{concept_accuracy, prepare, train_stage1};
-
-/// (level, type, answer) of the five synthetic concepts.
-const CLASSES: [(usize, usize, &str); 5] = [
-    (0, 6, "A calm picture with nothing unusual."),
-    (3, 1, "I'm sorry, but I can't help with that."),
-    (2, 2, "I will not repeat insults."),
-    (2, 4, "I cannot identify people."),
-    (1, 5, "This may be misleading."),
-];
-
-/// A 56-px image whose colour and stripe direction encode the class, with per-sample jitter.
-fn draw(class: usize, seed: u64) -> RgbImage {
-    let colours = [[40, 170, 60], [200, 30, 30], [30, 60, 200], [210, 190, 30], [170, 40, 170]];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as u32
-    };
-    let (shift, jitter) = (next() % 7, (next() % 40) as i32 - 20);
-    RgbImage::from_fn(56, 56, |x, y| {
-        let band = match class {
-            0 => 0,
-            1 => (y + shift) / 4 % 2,
-            2 => ((x + shift) / 6 + y / 6) % 2,
-            3 => (x + shift) / 4 % 2,
-            _ => ((x + y + shift) / 5) % 2,
-        };
-        let c = colours[class];
-        let px = |v: i32| (v + jitter - 60 * band as i32).clamp(0, 255) as u8;
-        Rgb([px(c[0]), px(c[1]), px(c[2])])
-    })
-}
-
-fn dataset(dir: &Path, name: &str, per_class: usize, seed: u64) -> PathBuf {
-    let mut lines = Vec::new();
-    for (class, (level, risk_type, answer)) in CLASSES.iter().enumerate() {
-        for i in 0..per_class {
-            let file = format!("{name}_{class}_{i}.png");
-            draw(class, seed + (class * 1000 + i) as u64).save(dir.join(&file)).unwrap();
-            lines.push(
-                serde_json::json!({
-                    "safe_level": level, "safe_type": risk_type, "image": file,
-                    "conversations": [{"from": "USER", "value": "<image>\nDescribe this image."},
-                                      {"from": "ASSISTANT", "value": answer}]
-                })
-                .to_string(),
-            );
-        }
-    }
-    let path = dir.join(format!("{name}.jsonl"));
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
+use psa_vlm::train::trainer::{concept_accuracy, prepare, train_stage1};
+use std::collections::BTreeMap;
 
 fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
     model
@@ -99,7 +43,7 @@ fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
     let recipe = Recipe { lr: 2e-3, warmup_steps: 3, epochs: 6, batch_size: 8, grad_accum: 1, ..Recipe::stage1() };
     let (model, metrics) = train_stage1(model, &train, &recipe, 998, &Default::default(), |_| {}).unwrap();
     let (acc_level, acc_type) = concept_accuracy(&model, &test, 16).unwrap();
-    let cls = |m: &psa_vlm::train::stage1::StepMetrics| m.ce_level + m.ce_type;
+    let cls = |m: &psa_vlm::train::trainer::StepMetrics| m.ce_level + m.ce_type;
     let first: f64 = metrics[..5].iter().map(cls).sum::<f64>() / 5.0;
     let last: f64 = metrics[metrics.len() - 5..].iter().map(cls).sum::<f64>() / 5.0;
     eprintln!(
@@ -144,7 +88,7 @@ fn missing_images_are_errors_or_counted_skips() {
 
 #[test]
 fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
-    use psa_vlm::train::stage1::RunOptions;
+    use psa_vlm::train::trainer::RunOptions;
     let dir = scratch("stage1-resume");
     let file = dataset(&dir, "r", 6, 3);
     let device = Device::flex().autodiff();

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod import;
 pub mod llama;
 pub mod llava;
+pub mod lora;
 pub mod loss;
 pub mod pipeline;
 pub mod processor;

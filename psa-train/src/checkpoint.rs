@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::ModuleOptimizer;
 use burn::store::{BurnpackStore, ModuleSnapshot};
-use psa_core::SafetyModules;
+use psa_models::PsaVlm;
+
+use crate::trainer::Stage;
 use serde::{Deserialize, Serialize};
 
 /// Why a checkpoint could not be written or read.
@@ -45,12 +47,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.into(), source }
 }
 
-/// Writes `dir/checkpoint-{step}` atomically and returns its path.
+/// Writes `dir/checkpoint-{step}` atomically and returns its path; only the stage's trainable tensors are stored.
 pub fn save(
     dir: &Path,
-    safety: &SafetyModules,
+    model: &PsaVlm,
     optim: &ModuleOptimizer,
     state: TrainState,
+    stage: &Stage,
 ) -> Result<PathBuf, CheckpointError> {
     let final_dir = dir.join(format!("checkpoint-{}", state.step));
     let tmp = dir.join(format!(".checkpoint-{}.tmp", state.step));
@@ -59,8 +62,8 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let weights = tmp.join("trainable.bpk");
-    safety
-        .save_into(&mut BurnpackStore::from_file(&weights).overwrite(true))
+    model
+        .save_into(&mut BurnpackStore::from_file(&weights).with_regex(stage.trainable_pattern()).overwrite(true))
         .map_err(|e| CheckpointError::Invalid { path: weights.clone(), reason: e.to_string() })?;
     let opt = tmp.join("optimizer.bpk");
     optim.save(&opt).map_err(|e| CheckpointError::Invalid { path: opt.clone(), reason: e.to_string() })?;
@@ -76,17 +79,23 @@ pub fn save(
 /// Restores trainable tensors (with their parameter ids), the optimizer state and the position.
 pub fn load(
     path: &Path,
-    mut safety: SafetyModules,
+    mut model: PsaVlm,
     optim: ModuleOptimizer,
-) -> Result<(SafetyModules, ModuleOptimizer, TrainState), CheckpointError> {
+    stage: &Stage,
+) -> Result<(PsaVlm, ModuleOptimizer, TrainState), CheckpointError> {
     let weights = path.join("trainable.bpk");
-    let result = safety
-        .load_from(&mut BurnpackStore::from_file(&weights))
+    let result = model
+        .load_from(&mut BurnpackStore::from_file(&weights).with_regex(stage.trainable_pattern()).allow_partial(true))
         .map_err(|e| CheckpointError::Invalid { path: weights.clone(), reason: e.to_string() })?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
+    let missing = result.missing.iter().filter(|(p, _)| stage.is_trainable(p)).count();
+    if !result.errors.is_empty() || missing > 0 || result.applied.is_empty() {
         return Err(CheckpointError::Invalid {
             path: weights,
-            reason: format!("does not fit the model: {} errors, {} missing", result.errors.len(), result.missing.len()),
+            reason: format!(
+                "does not fit the model: {} errors, {missing} trainable tensors missing, {} applied",
+                result.errors.len(),
+                result.applied.len()
+            ),
         });
     }
     let opt = path.join("optimizer.bpk");
@@ -95,5 +104,5 @@ pub fn load(
     let text = std::fs::read_to_string(&st).map_err(io(&st))?;
     let state = serde_json::from_str(&text)
         .map_err(|e| CheckpointError::Invalid { path: st.clone(), reason: e.to_string() })?;
-    Ok((safety, optim, state))
+    Ok((model, optim, state))
 }

@@ -5,7 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod recipe;
-pub mod stage1;
+pub mod trainer;
 
 pub use error::DataError;
 pub use recipe::Recipe;

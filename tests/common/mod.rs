@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use image::{Rgb, RgbImage};
+
 use psa_vlm::burn::store::bridge;
 use psa_vlm::burn::store::{ModuleStore, SafetensorsStore};
 use psa_vlm::burn::tensor::{Device, Tensor};
@@ -124,4 +126,57 @@ pub fn edit_safetensors_header(
     out.extend_from_slice(&bytes[8 + n..]);
     out.extend_from_slice(&extra);
     std::fs::write(path, out).unwrap();
+}
+
+/// (level, type, answer) of the five synthetic concepts.
+pub const CLASSES: [(usize, usize, &str); 5] = [
+    (0, 6, "A calm picture with nothing unusual."),
+    (3, 1, "I'm sorry, but I can't help with that."),
+    (2, 2, "I will not repeat insults."),
+    (2, 4, "I cannot identify people."),
+    (1, 5, "This may be misleading."),
+];
+
+/// A 56-px image whose colour and stripe direction encode the class, with per-sample jitter.
+pub fn draw(class: usize, seed: u64) -> RgbImage {
+    let colours = [[40, 170, 60], [200, 30, 30], [30, 60, 200], [210, 190, 30], [170, 40, 170]];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let (shift, jitter) = (next() % 7, (next() % 40) as i32 - 20);
+    RgbImage::from_fn(56, 56, |x, y| {
+        let band = match class {
+            0 => 0,
+            1 => (y + shift) / 4 % 2,
+            2 => ((x + shift) / 6 + y / 6) % 2,
+            3 => (x + shift) / 4 % 2,
+            _ => ((x + y + shift) / 5) % 2,
+        };
+        let c = colours[class];
+        let px = |v: i32| (v + jitter - 60 * band as i32).clamp(0, 255) as u8;
+        Rgb([px(c[0]), px(c[1]), px(c[2])])
+    })
+}
+
+pub fn dataset(dir: &Path, name: &str, per_class: usize, seed: u64) -> PathBuf {
+    let mut lines = Vec::new();
+    for (class, (level, risk_type, answer)) in CLASSES.iter().enumerate() {
+        for i in 0..per_class {
+            let file = format!("{name}_{class}_{i}.png");
+            draw(class, seed + (class * 1000 + i) as u64).save(dir.join(&file)).unwrap();
+            lines.push(
+                serde_json::json!({
+                    "safe_level": level, "safe_type": risk_type, "image": file,
+                    "conversations": [{"from": "USER", "value": "<image>\nDescribe this image."},
+                                      {"from": "ASSISTANT", "value": answer}]
+                })
+                .to_string(),
+            );
+        }
+    }
+    let path = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
 }

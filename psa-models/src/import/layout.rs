@@ -19,6 +19,34 @@ pub enum Layout {
     PsaClip,
     /// PSA-VLM with a DINOv2 tower.
     PsaDinov2,
+    /// A PEFT LoRA adapter of a LLaVA's language model (`base_model.model.language_model.model.layers.…`),
+    /// loaded into the `LlamaForCausalLM`.
+    PeftLlava,
+    /// A PEFT LoRA adapter of a standalone LLaMA (`base_model.model.model.layers.…`).
+    PeftLlama,
+}
+
+/// `…q_proj.lora_A.weight` → `…q_proj_lora.lora_a.weight` (and `lora_B` → `lora_b`).
+fn peft_to_path(key: &str) -> Option<String> {
+    for (peft, ours) in [(".lora_A.", "_lora.lora_a."), (".lora_B.", "_lora.lora_b.")] {
+        if let Some(i) = key.find(peft) {
+            return Some(format!("{}{ours}{}", &key[..i], &key[i + peft.len()..]));
+        }
+    }
+    None
+}
+
+fn path_to_peft(path: &str) -> String {
+    for (ours, peft) in [("_lora.lora_a.", ".lora_A."), ("_lora.lora_b.", ".lora_B.")] {
+        if let Some(i) = path.find(ours) {
+            return format!("{}{peft}{}", &path[..i], &path[i + ours.len()..]);
+        }
+    }
+    path.to_string()
+}
+
+fn peft_prefix(layout: Layout) -> &'static str {
+    if layout == Layout::PeftLlava { "base_model.model.language_model." } else { "base_model.model." }
 }
 
 const SAFETY_PREFIXES: [&str; 4] =
@@ -100,6 +128,7 @@ pub fn denormalize(layout: Layout, path: &str) -> String {
                 path.strip_prefix("llava.").unwrap_or(path).to_string()
             }
         }
+        Layout::PeftLlava | Layout::PeftLlama => format!("{}{}", peft_prefix(layout), path_to_peft(path)),
         _ => path.to_string(),
     }
 }
@@ -144,6 +173,11 @@ pub fn normalize(layout: Layout, key: &str) -> Option<String> {
         }
         Layout::Dinov2 => Some(key.strip_prefix("dinov2.").unwrap_or(key).to_string()),
         Layout::Llama => Some(key.to_string()),
+        Layout::PeftLlava | Layout::PeftLlama => {
+            // Keys outside the decoder layers (e.g. an `lm_head` adapter) map to no path and surface as unexpected.
+            let rest = key.strip_prefix(peft_prefix(layout)).unwrap_or(key);
+            Some(peft_to_path(rest).unwrap_or_else(|| key.to_string()))
+        }
         Layout::PsaClip | Layout::PsaDinov2 => {
             if is_safety_key(key) {
                 return safety_key_to_path(key).map(|p| format!("safety.{p}"));
@@ -179,6 +213,10 @@ mod tests {
             assert_eq!(denormalize(Layout::PsaClip, path), key, "{path}");
         }
         assert_eq!(normalize(Layout::PsaClip, "safe_mm_projector.proj.readout.1.weight"), None);
+        let peft = "base_model.model.language_model.model.layers.0.self_attn.q_proj.lora_A.weight";
+        let path = "model.layers.0.self_attn.q_proj_lora.lora_a.weight";
+        assert_eq!(normalize(Layout::PeftLlava, peft).as_deref(), Some(path));
+        assert_eq!(denormalize(Layout::PeftLlava, path), peft);
     }
 
     #[test]

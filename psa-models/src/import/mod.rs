@@ -5,6 +5,7 @@
 //! A load either returns a complete model or an error naming the key, file and shapes involved.
 mod files;
 pub mod layout;
+mod peft;
 mod psa;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use burn::tensor::{DType, Device};
 use files::read_tensors;
 pub use files::weight_files;
 pub use layout::{Layout, normalize};
+pub use peft::{load_peft_adapter, save_peft_adapter};
 pub use psa::{load_psa, load_psa_with_safety, save_safety_modules, write_f32_safetensors};
 
 use crate::config::{LlavaConfig, parse, read_json};
@@ -50,11 +52,23 @@ pub struct LoadReport {
 /// Loads checkpoint tensors into `model`, normalising keys with `layout`. Returns the model only if every
 /// parameter was loaded with the right shape.
 pub fn load_into<M: Module + ModuleSnapshot>(
+    model: M,
+    files: &[PathBuf],
+    layout: Layout,
+    opts: &LoadOptions,
+    device: &Device,
+) -> Result<(M, LoadReport), LoadError> {
+    load_matching(model, files, layout, opts, device, |_| true)
+}
+
+/// [`load_into`] restricted to the parameters whose module path satisfies `wanted`; the others keep their values.
+pub fn load_matching<M: Module + ModuleSnapshot>(
     mut model: M,
     files: &[PathBuf],
     layout: Layout,
     opts: &LoadOptions,
     device: &Device,
+    wanted: impl Fn(&str) -> bool,
 ) -> Result<(M, LoadReport), LoadError> {
     let mut report = LoadReport { files: files.to_vec(), ..Default::default() };
     let mut tensors = BTreeMap::new();
@@ -75,6 +89,7 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     let expected: BTreeMap<String, Vec<usize>> = model
         .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
         .into_iter()
+        .filter(|t| wanted(&t.name))
         .map(|t| (t.name.clone(), t.shape.to_vec()))
         .collect();
     let tied_head = |name: &str| name.ends_with("lm_head.weight") && !expected.contains_key(name);
@@ -118,7 +133,7 @@ pub fn load_into<M: Module + ModuleSnapshot>(
         let key = origin.get(&key).map_or(key, |(k, p)| format!("{k} ({})", p.display()));
         return Err(LoadError::Tensor { key, reason });
     }
-    let not_applied: BTreeSet<_> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+    let not_applied: BTreeSet<_> = result.missing.iter().map(|(p, _)| p.clone()).filter(|p| wanted(p)).collect();
     if !not_applied.is_empty() {
         return Err(LoadError::MissingKeys {
             keys: not_applied.iter().map(|p| layout::denormalize(layout, p)).collect(),

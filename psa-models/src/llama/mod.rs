@@ -16,6 +16,7 @@ pub use mask::PaddingMask;
 use rope::Rope;
 
 use crate::error::ConfigError;
+use crate::lora::{LoraAdapter, LoraConfig, adapted, merge_into};
 
 impl LlamaConfig {
     /// Builds the model with random weights.
@@ -32,6 +33,10 @@ impl LlamaConfig {
                     k_proj: lin(d, kv * hd, self.attention_bias),
                     v_proj: lin(d, kv * hd, self.attention_bias),
                     o_proj: lin(h * hd, d, self.attention_bias),
+                    q_proj_lora: None,
+                    k_proj_lora: None,
+                    v_proj_lora: None,
+                    o_proj_lora: None,
                     num_heads: h,
                     num_kv_heads: kv,
                     head_dim: hd,
@@ -40,6 +45,9 @@ impl LlamaConfig {
                     gate_proj: lin(d, self.intermediate_size, self.mlp_bias),
                     up_proj: lin(d, self.intermediate_size, self.mlp_bias),
                     down_proj: lin(self.intermediate_size, d, self.mlp_bias),
+                    gate_proj_lora: None,
+                    up_proj_lora: None,
+                    down_proj_lora: None,
                 },
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),
@@ -104,6 +112,14 @@ pub struct LlamaAttention {
     pub v_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
+    /// LoRA on `q_proj` (stage II).
+    pub q_proj_lora: Option<LoraAdapter>,
+    /// LoRA on `k_proj`.
+    pub k_proj_lora: Option<LoraAdapter>,
+    /// LoRA on `v_proj`.
+    pub v_proj_lora: Option<LoraAdapter>,
+    /// LoRA on `o_proj`.
+    pub o_proj_lora: Option<LoraAdapter>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -118,6 +134,12 @@ pub struct LlamaMlp {
     pub up_proj: Linear,
     /// Down projection.
     pub down_proj: Linear,
+    /// LoRA on `gate_proj` (stage II).
+    pub gate_proj_lora: Option<LoraAdapter>,
+    /// LoRA on `up_proj`.
+    pub up_proj_lora: Option<LoraAdapter>,
+    /// LoRA on `down_proj`.
+    pub down_proj_lora: Option<LoraAdapter>,
 }
 
 /// What the decoder returns.
@@ -140,16 +162,18 @@ impl LlamaAttention {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(heads(self.q_proj.forward(x.clone()), h), rope.0.clone(), rope.1.clone());
-        let k = rope::apply(heads(self.k_proj.forward(x.clone()), kv), rope.0.clone(), rope.1.clone());
-        let v = heads(self.v_proj.forward(x), kv);
+        let q =
+            rope::apply(heads(adapted(&self.q_proj, &self.q_proj_lora, x.clone()), h), rope.0.clone(), rope.1.clone());
+        let k =
+            rope::apply(heads(adapted(&self.k_proj, &self.k_proj_lora, x.clone()), kv), rope.0.clone(), rope.1.clone());
+        let v = heads(adapted(&self.v_proj, &self.v_proj_lora, x), kv);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
         let out = attention(q, k, v, Some(mask), None, Default::default());
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        adapted(&self.o_proj, &self.o_proj_lora, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 
@@ -174,7 +198,8 @@ impl LlamaDecoderLayer {
         let x = x + h;
         let y = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        x + m.down_proj.forward(activation::silu(m.gate_proj.forward(y.clone())) * m.up_proj.forward(y))
+        let gate = activation::silu(adapted(&m.gate_proj, &m.gate_proj_lora, y.clone()));
+        x + adapted(&m.down_proj, &m.down_proj_lora, gate * adapted(&m.up_proj, &m.up_proj_lora, y))
     }
 }
 
@@ -253,5 +278,43 @@ impl LlamaForCausalLM {
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.model.layers.len()
+    }
+
+    /// Adds fresh LoRA adapters to the targeted projections of every decoder layer.
+    pub fn apply_lora(mut self, cfg: &LoraConfig, device: &Device) -> Self {
+        let new = |l: &Linear, name: &str| {
+            cfg.target_modules.contains(name).then(|| {
+                let [d_in, d_out] = l.weight.dims();
+                LoraAdapter::new(d_in, d_out, cfg, device)
+            })
+        };
+        for layer in &mut self.model.layers {
+            let a = &mut layer.self_attn;
+            a.q_proj_lora = new(&a.q_proj, "q_proj");
+            a.k_proj_lora = new(&a.k_proj, "k_proj");
+            a.v_proj_lora = new(&a.v_proj, "v_proj");
+            a.o_proj_lora = new(&a.o_proj, "o_proj");
+            let m = &mut layer.mlp;
+            m.gate_proj_lora = new(&m.gate_proj, "gate_proj");
+            m.up_proj_lora = new(&m.up_proj, "up_proj");
+            m.down_proj_lora = new(&m.down_proj, "down_proj");
+        }
+        self
+    }
+
+    /// Folds every adapter into its base weight and removes the adapters.
+    pub fn merge_lora(mut self) -> Self {
+        for layer in &mut self.model.layers {
+            let a = &mut layer.self_attn;
+            merge_into(&mut a.q_proj, &mut a.q_proj_lora);
+            merge_into(&mut a.k_proj, &mut a.k_proj_lora);
+            merge_into(&mut a.v_proj, &mut a.v_proj_lora);
+            merge_into(&mut a.o_proj, &mut a.o_proj_lora);
+            let m = &mut layer.mlp;
+            merge_into(&mut m.gate_proj, &mut m.gate_proj_lora);
+            merge_into(&mut m.up_proj, &mut m.up_proj_lora);
+            merge_into(&mut m.down_proj, &mut m.down_proj_lora);
+        }
+        self
     }
 }

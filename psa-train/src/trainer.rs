@@ -1,6 +1,7 @@
-//! Stage I (psa-vlm.md §4.1): everything frozen except the two safety-token sets, the safety projector and the
-//! safety head; loss `L_LLM + λ·(CE_level + CE_type)`. The frozen vision tower's features are computed once per
-//! image and reused across epochs.
+//! The two stages (psa-vlm.md §4). Stage I: everything frozen except the two safety-token sets, the safety
+//! projector and the safety head; loss `L_LLM + λ·(CE_level + CE_type)`. Stage II: LoRA on the LLM's linear
+//! layers, everything else frozen (safety modules too, by default); loss `L_LLM`. The frozen vision tower's
+//! features are computed once per image and reused across epochs.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
+use psa_models::lora::LoraConfig;
 use psa_models::processor::{ImageProcessor, Template, TextProcessor};
 use psa_models::{ConceptLabels, PsaVlm};
 use rand::SeedableRng;
@@ -21,14 +23,64 @@ use crate::data::{Encoded, Sample, collate, encode_conversation};
 use crate::error::DataError;
 use crate::recipe::Recipe;
 
-/// Parameters trained in stage I: `safety.*` (tokens, C-Abstractor, head).
-pub fn stage1_trainable() -> ParamGroup {
-    ParamGroup::from_any_predicates(vec!["safety."])
+/// Which stage a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// Safety modules only, with the concept loss.
+    One,
+    /// LoRA adapters on the LLM (added if the model has none), LM loss only; optionally the safety modules too.
+    Two {
+        /// Adapter settings.
+        lora: LoraConfig,
+        /// Also train the safety modules (the reference keeps them frozen).
+        train_safety: bool,
+    },
 }
 
-/// Freezes everything but the safety modules.
-pub fn freeze_for_stage1(model: PsaVlm) -> PsaVlm {
-    model.freeze().unfreeze_group(stage1_trainable())
+impl Stage {
+    /// Path pattern (regex) of the trainable parameters, also what checkpoints store.
+    pub fn trainable_pattern(&self) -> &'static str {
+        match self {
+            Self::One => r"^safety\.",
+            Self::Two { train_safety: false, .. } => r"_lora\.",
+            Self::Two { train_safety: true, .. } => r"^safety\.|_lora\.",
+        }
+    }
+
+    /// Whether a parameter path is trained in this stage.
+    pub fn is_trainable(&self, path: &str) -> bool {
+        match self {
+            Self::One => path.starts_with("safety."),
+            Self::Two { train_safety, .. } => path.contains("_lora.") || (*train_safety && path.starts_with("safety.")),
+        }
+    }
+
+    /// The trainable parameters as a group.
+    pub fn trainable(&self) -> ParamGroup {
+        match self {
+            Self::One => ParamGroup::from_any_predicates(vec!["safety."]),
+            Self::Two { train_safety: false, .. } => ParamGroup::from_any_predicates(vec!["_lora."]),
+            Self::Two { train_safety: true, .. } => ParamGroup::from_any_predicates(vec!["safety.", "_lora."]),
+        }
+    }
+
+    /// Prepares the model: adds adapters for stage II, then freezes all but the trainable parameters.
+    pub fn prepare_model(&self, mut model: PsaVlm) -> PsaVlm {
+        if let Self::Two { lora, .. } = self {
+            let has_lora = model
+                .llava
+                .language_model
+                .model
+                .layers
+                .first()
+                .is_some_and(|l| l.self_attn.q_proj_lora.is_some() || l.mlp.up_proj_lora.is_some());
+            if !has_lora {
+                let device = model.llava.devices_first();
+                model.llava.language_model = model.llava.language_model.apply_lora(lora, &device);
+            }
+        }
+        model.freeze().unfreeze_group(self.trainable())
+    }
 }
 
 /// A sample ready for training: cached vision features, tokens with labels, concept labels.
@@ -163,9 +215,35 @@ pub fn train_stage1(
     recipe: &Recipe,
     pad_id: u32,
     run: &RunOptions,
+    on_step: impl FnMut(&StepMetrics),
+) -> Result<(PsaVlm, Vec<StepMetrics>), TrainError> {
+    train(model, &Stage::One, data, recipe, pad_id, run, on_step)
+}
+
+/// Runs stage II (LoRA on the LLM) on prepared samples.
+pub fn train_stage2(
+    model: PsaVlm,
+    lora: &LoraConfig,
+    data: &[Prepared],
+    recipe: &Recipe,
+    pad_id: u32,
+    run: &RunOptions,
+    on_step: impl FnMut(&StepMetrics),
+) -> Result<(PsaVlm, Vec<StepMetrics>), TrainError> {
+    train(model, &Stage::Two { lora: lora.clone(), train_safety: false }, data, recipe, pad_id, run, on_step)
+}
+
+/// The optimisation loop shared by both stages.
+pub fn train(
+    model: PsaVlm,
+    stage: &Stage,
+    data: &[Prepared],
+    recipe: &Recipe,
+    pad_id: u32,
+    run: &RunOptions,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<(PsaVlm, Vec<StepMetrics>), TrainError> {
-    let mut model = freeze_for_stage1(model);
+    let mut model = stage.prepare_model(model);
     let mut optim = AdamWConfig::new()
         .with_beta_1(recipe.beta_1)
         .with_beta_2(recipe.beta_2)
@@ -178,8 +256,8 @@ pub fn train_stage1(
     let total = steps_per_epoch * recipe.epochs;
     let mut state = TrainState { step: 0, epoch: 0, group: 0 };
     if let Some(path) = &run.resume_from {
-        let (safety, o, s) = checkpoint::load(path, model.safety, optim)?;
-        model.safety = safety;
+        let (m, o, s) = checkpoint::load(path, model, optim, stage)?;
+        model = m;
         optim = o;
         state = s;
     }
@@ -201,13 +279,8 @@ pub fn train_stage1(
                 let features = Tensor::cat(items.iter().map(|p| p.features.clone()).collect(), 0);
                 let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
                 let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
-                let out = model.forward_features(
-                    features,
-                    &ids,
-                    Some(&mask),
-                    Some(&labels),
-                    Some(ConceptLabels { levels: &levels, types: &types }),
-                )?;
+                let concepts = (*stage == Stage::One).then_some(ConceptLabels { levels: &levels, types: &types });
+                let out = model.forward_features(features, &ids, Some(&mask), Some(&labels), concepts)?;
                 let loss = out.loss.expect("labels were given") / group.len() as f64;
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 acc.accumulate(&model, grads);
@@ -243,7 +316,7 @@ pub fn train_stage1(
             if let (Some(dir), Some(every)) = (&run.checkpoint_dir, run.checkpoint_every)
                 && (state.step % every.max(1) == 0 || state.step == limit)
             {
-                checkpoint::save(dir, &model.safety, &optim, state)?;
+                checkpoint::save(dir, &model, &optim, state, stage)?;
             }
             if epoch_done {
                 break;

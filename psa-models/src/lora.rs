@@ -1,0 +1,134 @@
+//! LoRA for the LLM's linear layers, computed on the activation side: `y = W·x + (α/r)·B·A·dropout(x)`.
+//!
+//! Burn's built-in `apply_lora` composes the dense `W + (α/r)·a·b` on every forward and keeps a weight-sized
+//! gradient alive in backward; the activation-side form only adds `r`-wide activations, which is what makes
+//! stage II (r = 256 on every projection of a 7B model) fit in training memory. It also gives PEFT's dropout.
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The LLaMA projections LoRA can adapt (`lm_head` is never one of them).
+pub const LINEAR_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// Which projections get adapters: every linear of the decoder layers, or a list of names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LoraTargets {
+    /// `"all-linear"`: q/k/v/o/gate/up/down projections of every layer (not `lm_head`).
+    AllLinear(String),
+    /// Explicit module names, e.g. `["q_proj", "v_proj"]`.
+    Names(Vec<String>),
+}
+
+impl LoraTargets {
+    /// Whether the projection named `name` is adapted.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::AllLinear(_) => LINEAR_TARGETS.contains(&name),
+            Self::Names(n) => n.iter().any(|t| t == name),
+        }
+    }
+
+    /// The names as a list (PEFT's `target_modules`).
+    pub fn names(&self) -> Vec<String> {
+        LINEAR_TARGETS.iter().filter(|t| self.contains(t)).map(|t| t.to_string()).collect()
+    }
+}
+
+/// LoRA hyper-parameters (PEFT names; the paper: r 256, α 16, dropout 0.05, all linear layers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by `lora_alpha / r`.
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input during training.
+    pub lora_dropout: f64,
+    /// Adapted projections.
+    pub target_modules: LoraTargets,
+}
+
+impl LoraConfig {
+    /// The paper's stage-II settings.
+    pub fn paper() -> Self {
+        Self {
+            r: 256,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            target_modules: LoraTargets::AllLinear("all-linear".into()),
+        }
+    }
+
+    /// `lora_alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+
+    /// Checks the names and sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.r == 0 {
+            return Err("LoRA rank must be positive".into());
+        }
+        if let LoraTargets::AllLinear(s) = &self.target_modules
+            && s != "all-linear"
+        {
+            return Err(format!("unknown target_modules {s:?}: use \"all-linear\" or a list of names"));
+        }
+        if let LoraTargets::Names(names) = &self.target_modules
+            && let Some(bad) = names.iter().find(|n| !LINEAR_TARGETS.contains(&n.as_str()))
+        {
+            return Err(format!("cannot adapt {bad:?}: LoRA targets are {LINEAR_TARGETS:?} (lm_head is excluded)"));
+        }
+        Ok(())
+    }
+}
+
+/// One adapter: `lora_a` (in → r, PEFT `lora_A`) and `lora_b` (r → out, PEFT `lora_B`, zero-initialised).
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// Down projection, Kaiming-uniform like PEFT.
+    pub lora_a: Linear,
+    /// Up projection, zeros at start so the adapted model equals the base.
+    pub lora_b: Linear,
+    dropout: Dropout,
+    scale: f64,
+}
+
+impl LoraAdapter {
+    /// A fresh adapter for a `d_in → d_out` projection.
+    pub fn new(d_in: usize, d_out: usize, cfg: &LoraConfig, device: &Device) -> Self {
+        Self {
+            lora_a: LinearConfig::new(d_in, cfg.r).with_bias(false).init(device),
+            lora_b: LinearConfig::new(cfg.r, d_out).with_bias(false).with_initializer(Initializer::Zeros).init(device),
+            dropout: DropoutConfig::new(cfg.lora_dropout).init(),
+            scale: cfg.scale(),
+        }
+    }
+
+    /// The update `(α/r)·B·A·dropout(x)`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.lora_b.forward(self.lora_a.forward(self.dropout.forward(x))) * self.scale
+    }
+
+    /// The dense update in Burn's `[in, out]` layout, for merging.
+    pub fn delta_weight(&self) -> Tensor<2> {
+        self.lora_a.weight.val().matmul(self.lora_b.weight.val()) * self.scale
+    }
+}
+
+/// `linear(x)`, plus the adapter's update when there is one.
+pub fn adapted(linear: &Linear, lora: &Option<LoraAdapter>, x: Tensor<3>) -> Tensor<3> {
+    match lora {
+        Some(a) => linear.forward(x.clone()) + a.forward(x),
+        None => linear.forward(x),
+    }
+}
+
+/// Folds an adapter into its linear layer's weight and removes it.
+pub fn merge_into(linear: &mut Linear, lora: &mut Option<LoraAdapter>) {
+    if let Some(a) = lora.take() {
+        let w = linear.weight.val() + a.delta_weight().detach();
+        linear.weight = burn::module::Param::from_tensor(w);
+    }
+}

@@ -1,0 +1,108 @@
+//! Stage II: LoRA on the tiny PSA model's LLM lowers the LM loss while only adapter weights move; adapters
+//! round-trip through the PEFT layout and merge into the base weights.
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use psa_vlm::burn::module::Module;
+use psa_vlm::burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
+use psa_vlm::burn::tensor::Device;
+use psa_vlm::models::PsaVlm;
+use psa_vlm::models::import::{LoadOptions, load_peft_adapter, load_psa, save_peft_adapter};
+use psa_vlm::models::lora::{LoraConfig, LoraTargets};
+use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
+use psa_vlm::train::Recipe;
+use psa_vlm::train::data::{LabelSpace, read_jsonl};
+use psa_vlm::train::trainer::{prepare, train_stage2};
+
+fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
+    model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
+        .into_iter()
+        .map(|t| (t.name.clone(), bridge::to_data(&t).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
+    let dir = scratch("stage2");
+    let file = dataset(&dir, "s2", 8, 11);
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let template = Template::by_name("llava_hf").unwrap();
+    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
+    let (data, _) = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap();
+    let before = snapshot(&model);
+
+    let lora = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.0,
+        target_modules: LoraTargets::AllLinear("all-linear".into()),
+    };
+    let recipe = Recipe { lr: 1e-2, warmup_steps: 2, epochs: 12, batch_size: 8, grad_accum: 1, ..Recipe::stage2() };
+    let (model, metrics) = train_stage2(model, &lora, &data, &recipe, 998, &Default::default(), |_| {}).unwrap();
+    let first = metrics[..2].iter().map(|m| m.lm_loss).sum::<f64>() / 2.0;
+    let last = metrics[metrics.len() - 2..].iter().map(|m| m.lm_loss).sum::<f64>() / 2.0;
+    eprintln!("stage II: {} steps, LM loss {first:.3} → {last:.3}", metrics.len());
+    assert!(last < 0.5 * first, "LM loss {first} → {last}");
+    assert!(metrics.iter().all(|m| m.ce_level == 0.0 && m.ce_type == 0.0), "no concept loss in stage II");
+
+    let after = snapshot(&model);
+    for (name, old) in &before {
+        assert_eq!(old, &after[name], "non-LoRA tensor {name} changed");
+    }
+    let adapters: Vec<&String> = after.keys().filter(|k| k.contains("_lora.")).collect();
+    assert_eq!(adapters.len(), 2 * 7 * 2, "2 layers × 7 projections × (A, B)");
+    assert!(adapters.iter().all(|k| !k.contains("lm_head")));
+    assert!(
+        adapters.iter().filter(|k| k.contains("lora_b")).all(|k| after[*k].iter().any(|&v| v != 0.0)),
+        "every B moved"
+    );
+
+    // PEFT round trip.
+    let out = dir.join("adapter");
+    save_peft_adapter(&model.llava.language_model, &lora, true, &out).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (cfg["r"].as_u64(), cfg["lora_alpha"].as_f64(), cfg["peft_type"].as_str()),
+        (Some(4), Some(8.0), Some("LORA"))
+    );
+    let keys = read_fixture(&out.join("adapter_model.safetensors"));
+    let a = &keys["base_model.model.language_model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    let b = &keys["base_model.model.language_model.model.layers.1.mlp.down_proj.lora_B.weight"];
+    assert_eq!((a.shape.clone(), b.shape.clone()), (vec![4, 64], vec![64, 4]));
+    assert_eq!(keys.len(), 28);
+
+    let plain = Device::flex();
+    let (fresh, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &plain, &LoadOptions::default()).unwrap();
+    let (lm, loaded_cfg, _) = load_peft_adapter(fresh.llava.language_model, &out, true, &plain).unwrap();
+    assert_eq!(loaded_cfg.target_modules.names().len(), 7);
+    let ids = vec![vec![1u32, 40, 41, 42, 43, 44, 45]];
+    let trained = model.llava.language_model.valid();
+    let want = host(trained.forward(&ids, None, &device.clone().without_autodiff()));
+    let got = host(lm.forward(&ids, None, &plain));
+    let diff = want.1.iter().zip(&got.1).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(diff < 1e-6, "PEFT reload changes logits by {diff:e}");
+    let merged = host(lm.merge_lora().forward(&ids, None, &plain));
+    let diff = got.1.iter().zip(&merged.1).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    eprintln!("merge: max |Δlogits| {diff:.2e}");
+    assert!(diff < 1e-4, "merged weights change logits by {diff:e}");
+
+    // A reference-style adapter with an lm_head entry is refused by name.
+    edit_safetensors_header(&out.join("adapter_model.safetensors"), |h, len| {
+        h.insert(
+            "base_model.model.language_model.lm_head.lora_A.weight".into(),
+            serde_json::json!({"dtype": "F32", "shape": [4, 64], "data_offsets": [len, len + 1024]}),
+        );
+        vec![0u8; 1024]
+    });
+    let (fresh, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &plain, &LoadOptions::default()).unwrap();
+    let err = load_peft_adapter(fresh.llava.language_model, &out, true, &plain).unwrap_err().to_string();
+    assert!(err.contains("lm_head.lora_A.weight"), "{err}");
+}
