@@ -64,7 +64,7 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
             #[cfg(not(feature = "cuda"))]
             {
                 let _ = index;
-                return Err(missing("cuda"));
+                Err(missing("cuda"))
             }
         }
         _ => Err(DeviceError::Unknown(spec.to_string())),

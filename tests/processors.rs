@@ -16,13 +16,13 @@ fn clip_preprocessing_matches_transformers_on_a_real_photo() {
     let llava_hf = ImageProcessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap().build().unwrap();
     let d336 = assert_close(
         "clip336",
-        llava_hf.preprocess(&[image.clone()], &device).unwrap(),
+        llava_hf.preprocess(std::slice::from_ref(&image), &device).unwrap(),
         &refs["clip336.pixel_values"],
         0.04,
     );
     let d224 = assert_close(
         "clip224",
-        ImageProcessorConfig::clip(224).build().unwrap().preprocess(&[image.clone()], &device).unwrap(),
+        ImageProcessorConfig::clip(224).build().unwrap().preprocess(std::slice::from_ref(&image), &device).unwrap(),
         &refs["clip224.pixel_values"],
         0.04,
     );
@@ -44,7 +44,8 @@ fn resize_matches_pillow_exactly_on_identical_pixels() {
     let refs = read_fixture(&dir.join("clip_reference.safetensors"));
     let crop = load_image(&dir.join("kafka-crop.png")).unwrap();
     let device = Device::flex();
-    let down = ImageProcessorConfig::clip(64).build().unwrap().preprocess(&[crop.clone()], &device).unwrap();
+    let down =
+        ImageProcessorConfig::clip(64).build().unwrap().preprocess(std::slice::from_ref(&crop), &device).unwrap();
     let mut up = ImageProcessorConfig::clip(160);
     up.size = serde_json::json!({"shortest_edge": 240});
     let up = up.build().unwrap().preprocess(&[crop], &device).unwrap();

@@ -130,7 +130,7 @@ impl SafetyConfig {
         if g * g != self.num_queries || g == 0 {
             return invalid(format!("num_queries {} is not a positive perfect square", self.num_queries));
         }
-        if self.safety_heads == 0 || self.safety_dim % self.safety_heads != 0 {
+        if self.safety_heads == 0 || !self.safety_dim.is_multiple_of(self.safety_heads) {
             return invalid(format!("safety_dim {} is not divisible by {} heads", self.safety_dim, self.safety_heads));
         }
         if self.num_safety_tokens == 0 || self.abstractor_depth == 0 || self.abstractor_mlp_depth == 0 {

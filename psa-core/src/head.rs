@@ -33,7 +33,7 @@ impl PackedMultiheadAttention {
     fn project(&self, x: Tensor<3>, part: usize) -> Tensor<3> {
         let [_, e] = self.in_proj_weight.dims();
         let w = self.in_proj_weight.val().slice([part * e..(part + 1) * e, 0..e]);
-        let b = self.in_proj_bias.val().slice([part * e..(part + 1) * e]);
+        let b = self.in_proj_bias.val().narrow(0, part * e, e);
         x.matmul(w.transpose().unsqueeze::<3>()) + b.unsqueeze::<3>()
     }
 

@@ -314,7 +314,7 @@ pub fn train(
                 state = TrainState { epoch: state.epoch + 1, group: 0, ..state };
             }
             if let (Some(dir), Some(every)) = (&run.checkpoint_dir, run.checkpoint_every)
-                && (state.step % every.max(1) == 0 || state.step == limit)
+                && (state.step.is_multiple_of(every.max(1)) || state.step == limit)
             {
                 checkpoint::save(dir, &model, &optim, state, stage)?;
             }

@@ -118,7 +118,7 @@ pub fn edit_safetensors_header(
     let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let extra = edit(&mut header, bytes.len() - 8 - n);
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() < n || text.len() % 8 != 0 {
+    while text.len() < n || !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -81,7 +81,7 @@ pub fn safety_key_to_path(key: &str) -> Option<String> {
             }
             ("readout", i) => {
                 let i: usize = i.parse().ok()?;
-                if i % 2 != 0 {
+                if !i.is_multiple_of(2) {
                     return None;
                 }
                 format!("readout.{}.{tail}", i / 2)

@@ -165,10 +165,10 @@ impl LlamaConfig {
                 "num_attention_heads {h} must be a positive multiple of num_key_value_heads {kv}"
             )));
         }
-        if self.head_dim.is_none() && self.hidden_size % h != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(h) {
             return Err(ConfigError::Invalid(format!("hidden_size {} not divisible by {h} heads", self.hidden_size)));
         }
-        if self.head_size() % 2 != 0 {
+        if !self.head_size().is_multiple_of(2) {
             return Err(ConfigError::Invalid(format!("RoPE needs an even head_dim, got {}", self.head_size())));
         }
         Ok(())

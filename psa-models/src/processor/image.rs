@@ -16,7 +16,7 @@ use crate::error::{ConfigError, ImageError};
 /// CLIP (OpenAI) normalisation mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP (OpenAI) normalisation std.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// ImageNet normalisation mean (DINOv2).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet normalisation std (DINOv2).
@@ -123,7 +123,7 @@ impl ImageProcessorConfig {
             }
             (_, false) => None,
         };
-        if self.image_mean.len() != 3 || self.image_std.len() != 3 || self.image_std.iter().any(|&s| s == 0.0) {
+        if self.image_mean.len() != 3 || self.image_std.len() != 3 || self.image_std.contains(&0.0) {
             return Err(ConfigError::Invalid("image_mean and image_std need 3 values, std non-zero".into()));
         }
         let filter = PilFilter::from_id(self.resample).ok_or_else(|| ConfigError::Unsupported {

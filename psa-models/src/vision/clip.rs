@@ -70,7 +70,7 @@ impl ClipVisionConfig {
 
     /// Builds the model with random weights.
     pub fn init(&self, device: &Device) -> Result<ClipVisionModel, ConfigError> {
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ConfigError::Invalid(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -89,7 +89,7 @@ impl Dinov2Config {
                 hint: "only the MLP feed-forward of DINOv2 S/B/L is implemented",
             });
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ConfigError::Invalid(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
