@@ -1,11 +1,15 @@
-//! PSA-VLM progressive two-stage training (psa-vlm.md §4): data, tokenisation with correct LLaVA masking,
-//! stage-I balancing, recipes, the stage-I loop with a frozen-encoder feature cache, atomic checkpoints with
-//! exact resume. LoRA stage II and the `psa` tool follow (issue #4).
+//! PSA-VLM progressive two-stage training (psa-vlm.md §4): data (JSONL, images, balancing), tokenisation with
+//! correct LLaVA masking, paper recipes, the shared optimisation loop for stage I (safety modules) and stage II
+//! (activation-side LoRA), a frozen-encoder feature cache, atomic checkpoints with exact resume, and whole runs
+//! from a TOML/JSON configuration with progress, metrics and a loss curve.
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod plot;
 pub mod recipe;
+pub mod run;
 pub mod trainer;
 
 pub use error::DataError;
 pub use recipe::Recipe;
+pub use run::{RunSummary, TrainConfig, run};

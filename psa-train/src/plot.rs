@@ -1,0 +1,43 @@
+//! The loss curve of a run as an SVG (plotters, SVG backend only: no fonts or bitmaps to build).
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::trainer::StepMetrics;
+
+/// Draws total, LM and concept losses against the optimizer step.
+pub fn loss_curve(metrics: &[StepMetrics], path: &Path, title: &str) -> Result<(), String> {
+    if metrics.is_empty() {
+        return Err("no steps to plot".into());
+    }
+    let series: [(&str, RGBColor, Box<dyn Fn(&StepMetrics) -> f64>); 3] = [
+        ("total", BLACK, Box::new(|m| m.loss)),
+        ("LM", BLUE, Box::new(|m| m.lm_loss)),
+        ("concept CE", RED, Box::new(|m| m.ce_level + m.ce_type)),
+    ];
+    let max = metrics.iter().flat_map(|m| series.iter().map(move |s| (s.2)(m))).fold(0.0f64, f64::max).max(1e-6);
+    let last = metrics.last().map_or(1, |m| m.step);
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(1..last.max(2), 0.0..max * 1.05)
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc("optimizer step").y_desc("loss").draw().map_err(|e| err(&e))?;
+    for (name, colour, value) in &series {
+        if metrics.iter().all(|m| value(m) == 0.0) {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(metrics.iter().map(|m| (m.step, value(m))), colour))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+    }
+    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}

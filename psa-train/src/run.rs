@@ -1,0 +1,303 @@
+//! A whole training run from one configuration (TOML or JSON), shared by the `psa train` command and the
+//! `stage1` / `stage2` examples: data, feature cache, the loop with a progress bar, metrics JSONL, loss-curve
+//! SVG, held-out accuracy, and the trained modules in interoperable formats.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use psa_core::Taxonomy;
+use psa_models::import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules};
+use psa_models::lora::LoraConfig;
+use psa_models::processor::{ImageProcessorConfig, Template, TextProcessor};
+use psa_models::vision::VisionConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Balance, LabelSpace, balance, read_jsonl};
+use crate::recipe::Recipe;
+use crate::trainer::{RunOptions, Stage, StepMetrics, concept_accuracy, prepare, train};
+
+/// Which stage a configuration runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageName {
+    /// Safety modules.
+    Stage1,
+    /// LoRA on the LLM.
+    Stage2,
+}
+
+/// Optional recipe fields; anything unset keeps the stage's paper preset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeOverrides {
+    /// Peak learning rate.
+    pub lr: Option<f64>,
+    /// Linear warm-up steps.
+    pub warmup_steps: Option<usize>,
+    /// Passes over the data.
+    pub epochs: Option<usize>,
+    /// Samples per micro-batch.
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: Option<usize>,
+    /// Gradient-norm clip.
+    pub max_grad_norm: Option<f32>,
+    /// AdamW weight decay.
+    pub weight_decay: Option<f32>,
+    /// Seed of shuffling and initialisation.
+    pub seed: Option<u64>,
+    /// Maximum tokens per sample.
+    pub max_len: Option<usize>,
+}
+
+impl RecipeOverrides {
+    /// Applies the set fields.
+    pub fn apply(&self, r: &mut Recipe) {
+        r.lr = self.lr.unwrap_or(r.lr);
+        r.warmup_steps = self.warmup_steps.unwrap_or(r.warmup_steps);
+        r.epochs = self.epochs.unwrap_or(r.epochs);
+        r.batch_size = self.batch_size.unwrap_or(r.batch_size);
+        r.grad_accum = self.grad_accum.unwrap_or(r.grad_accum);
+        r.max_grad_norm = self.max_grad_norm.unwrap_or(r.max_grad_norm);
+        r.weight_decay = self.weight_decay.unwrap_or(r.weight_decay);
+        r.seed = self.seed.unwrap_or(r.seed);
+        r.max_len = self.max_len.unwrap_or(r.max_len);
+    }
+}
+
+/// A training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `stage1` or `stage2`.
+    pub stage: StageName,
+    /// PSA-VLM checkpoint directory.
+    pub model_dir: PathBuf,
+    /// `tokenizer.json`; default `<model_dir>/tokenizer.json`.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Training label file.
+    pub data: PathBuf,
+    /// Held-out label file for level/type accuracy.
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    /// Directory image paths are relative to.
+    #[serde(default = "dot")]
+    pub image_root: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Conversation template.
+    #[serde(default = "llava_v1")]
+    pub template: String,
+    /// Stage-I balancing: clean samples kept (`None` keeps all; stage I default 3000).
+    #[serde(default)]
+    pub clean: Option<usize>,
+    /// Skip and count samples with bad images instead of failing.
+    #[serde(default)]
+    pub skip_bad_images: bool,
+    /// Save a checkpoint every this many steps.
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
+    /// Resume from this checkpoint folder.
+    #[serde(default)]
+    pub resume_from: Option<PathBuf>,
+    /// Recipe overrides.
+    #[serde(default)]
+    pub recipe: RecipeOverrides,
+    /// Stage II adapters (default: the paper's).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// Stage II: also train the safety modules.
+    #[serde(default)]
+    pub train_safety: bool,
+    /// Show a progress bar.
+    #[serde(default = "yes")]
+    pub progress: bool,
+}
+
+fn dot() -> PathBuf {
+    PathBuf::from(".")
+}
+fn llava_v1() -> String {
+    "llava_v1".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration file.
+    #[error("{}: {reason}", .path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Loading the model.
+    #[error(transparent)]
+    Load(#[from] psa_models::LoadError),
+    /// The tokenizer or template.
+    #[error(transparent)]
+    Text(#[from] psa_models::TextError),
+    /// The data.
+    #[error(transparent)]
+    Data(#[from] crate::DataError),
+    /// The loop.
+    #[error(transparent)]
+    Train(#[from] crate::trainer::TrainError),
+    /// Evaluation.
+    #[error(transparent)]
+    Model(#[from] psa_models::ModelError),
+    /// Writing outputs.
+    #[error("{}: {reason}", .path.display())]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl TrainConfig {
+    /// Reads a `.toml` or `.json` run configuration.
+    pub fn from_file(path: &Path) -> Result<Self, RunError> {
+        let bad = |reason: String| RunError::Config { path: path.into(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
+            _ => toml::from_str(&text).map_err(|e| bad(e.to_string())),
+        }
+    }
+
+    /// The recipe: the stage's preset with the overrides applied.
+    pub fn recipe(&self) -> Recipe {
+        let mut r = match self.stage {
+            StageName::Stage1 => Recipe::stage1(),
+            StageName::Stage2 => Recipe::stage2(),
+        };
+        self.recipe.apply(&mut r);
+        r
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Optimizer steps run.
+    pub steps: usize,
+    /// Samples trained on.
+    pub samples: usize,
+    /// Seconds spent computing vision features (once, cached for every epoch).
+    pub vision_seconds: f64,
+    /// Seconds in the optimisation loop.
+    pub train_seconds: f64,
+    /// First and last step's total loss.
+    pub loss: (f64, f64),
+    /// Held-out (level, type) accuracy, when an eval file was given.
+    pub accuracy: Option<(f64, f64)>,
+    /// Files written.
+    pub outputs: Vec<PathBuf>,
+}
+
+/// Runs a configuration on `device` (made autodiff here).
+pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
+    let recipe = cfg.recipe();
+    let device = device.clone().autodiff();
+    device.seed(recipe.seed);
+    let (model, psa_cfg, _) = load_psa(&cfg.model_dir, &device, &LoadOptions::default())?;
+    let tokenizer = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model_dir.join("tokenizer.json"));
+    let text = TextProcessor::from_file(&tokenizer, "<image>")?;
+    let template = Template::by_name(&cfg.template)?;
+    let images = match &psa_cfg.llava.vision {
+        VisionConfig::Clip(c) => ImageProcessorConfig::clip(c.image_size),
+        VisionConfig::Dinov2(_) => ImageProcessorConfig::dinov2(),
+    }
+    .build()
+    .map_err(psa_models::LoadError::from)?;
+    let labels = LabelSpace { levels: psa_cfg.safety.num_levels, types: psa_cfg.safety.num_types };
+    let mut samples = read_jsonl(&cfg.data, &cfg.image_root, labels)?;
+    let clean = cfg.clean.or((cfg.stage == StageName::Stage1).then_some(3000));
+    if let Some(clean) = clean {
+        samples = balance(samples, Taxonomy::default().safe_type, Balance { clean, seed: 42 });
+    }
+    let (data, report) =
+        prepare(&model, &samples, &cfg.data, &images, &text, &template, recipe.max_len, cfg.skip_bad_images, &device)?;
+    for skipped in &report.skipped_images {
+        eprintln!("skipped: {skipped}");
+    }
+    let out_err =
+        |path: &Path, e: &dyn std::fmt::Display| RunError::Output { path: path.into(), reason: e.to_string() };
+    std::fs::create_dir_all(&cfg.out).map_err(|e| out_err(&cfg.out, &e))?;
+    let metrics_path = cfg.out.join("metrics.jsonl");
+    let mut log = std::fs::File::create(&metrics_path).map_err(|e| out_err(&metrics_path, &e))?;
+    let stage = match cfg.stage {
+        StageName::Stage1 => Stage::One,
+        StageName::Stage2 => {
+            Stage::Two { lora: cfg.lora.clone().unwrap_or_else(LoraConfig::paper), train_safety: cfg.train_safety }
+        }
+    };
+    let steps = data.len().div_ceil(recipe.batch_size).div_ceil(recipe.grad_accum) * recipe.epochs;
+    let bar = if cfg.progress { ProgressBar::new(steps as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let run_opts = RunOptions {
+        checkpoint_dir: cfg.checkpoint_every.map(|_| cfg.out.join("checkpoints")),
+        checkpoint_every: cfg.checkpoint_every,
+        resume_from: cfg.resume_from.clone(),
+        max_steps: None,
+    };
+    let start = Instant::now();
+    let pad = psa_cfg.llava.pad_token_id.unwrap_or(0);
+    let (model, metrics) = train(model, &stage, &data, &recipe, pad, &run_opts, |m: &StepMetrics| {
+        bar.set_position(m.step as u64);
+        bar.set_message(format!(
+            "loss {:.4} (LM {:.4}, level {:.4}, type {:.4}) lr {:.2e} {:.1} samples/s",
+            m.loss, m.lm_loss, m.ce_level, m.ce_type, m.lr, m.samples_per_s
+        ));
+        let _ = writeln!(log, "{}", serde_json::to_string(m).unwrap_or_default());
+    })?;
+    bar.finish();
+    let train_seconds = start.elapsed().as_secs_f64();
+    let mut outputs = vec![metrics_path];
+    let plot = cfg.out.join("loss.svg");
+    let title = format!("PSA-VLM {:?}", cfg.stage);
+    crate::plot::loss_curve(&metrics, &plot, &title).map_err(|e| out_err(&plot, &e))?;
+    outputs.push(plot);
+    let accuracy = match &cfg.eval {
+        Some(eval) => {
+            let held = read_jsonl(eval, &cfg.image_root, labels)?;
+            let (held, _) =
+                prepare(&model, &held, eval, &images, &text, &template, recipe.max_len, cfg.skip_bad_images, &device)?;
+            Some(concept_accuracy(&model, &held, recipe.batch_size)?)
+        }
+        None => None,
+    };
+    match &stage {
+        Stage::One => outputs.push(save_safety_modules(&model.safety, &psa_cfg.safety, &cfg.out)?.0),
+        Stage::Two { lora, train_safety } => {
+            let dir = cfg.out.join("adapter");
+            save_peft_adapter(&model.llava.language_model, lora, true, &dir)?;
+            outputs.push(dir);
+            if *train_safety {
+                outputs.push(save_safety_modules(&model.safety, &psa_cfg.safety, &cfg.out)?.0);
+            }
+        }
+    }
+    let loss = (metrics.first().map_or(f64::NAN, |m| m.loss), metrics.last().map_or(f64::NAN, |m| m.loss));
+    Ok(RunSummary {
+        steps: metrics.len(),
+        samples: data.len(),
+        vision_seconds: report.vision_seconds,
+        train_seconds,
+        loss,
+        accuracy,
+        outputs,
+    })
+}
