@@ -5,12 +5,15 @@ use plotters::prelude::*;
 
 use crate::trainer::StepMetrics;
 
+/// A named curve: label, colour and the value it plots.
+type Series = (&'static str, RGBColor, Box<dyn Fn(&StepMetrics) -> f64>);
+
 /// Draws total, LM and concept losses against the optimizer step.
 pub fn loss_curve(metrics: &[StepMetrics], path: &Path, title: &str) -> Result<(), String> {
     if metrics.is_empty() {
         return Err("no steps to plot".into());
     }
-    let series: [(&str, RGBColor, Box<dyn Fn(&StepMetrics) -> f64>); 3] = [
+    let series: [Series; 3] = [
         ("total", BLACK, Box::new(|m| m.loss)),
         ("LM", BLUE, Box::new(|m| m.lm_loss)),
         ("concept CE", RED, Box::new(|m| m.ce_level + m.ce_type)),
