@@ -127,3 +127,37 @@ fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
     }
     assert_eq!(snapshot(&full), snapshot(&resumed), "final weights differ");
 }
+
+#[test]
+fn disk_feature_cache_reuses_features_of_the_same_tower_only() {
+    use psa_vlm::train::feature_cache::FeatureCache;
+    use psa_vlm::train::trainer::prepare_cached;
+    let dir = scratch("feature-cache");
+    let file = dataset(&dir, "c", 2, 8);
+    let device = Device::flex();
+    let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    let template = Template::by_name("llava_hf").unwrap();
+    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
+    let cache = FeatureCache::new(&dir.join("cache"), &model, images.config());
+    let args = (file.as_path(), &images, &text, &template, 64, false, &device);
+    let (first, r1) = prepare_cached(&model, &samples, args, Some(&cache)).unwrap();
+    let (second, r2) = prepare_cached(&model, &samples, args, Some(&cache)).unwrap();
+    assert_eq!((r1.cache_hits, r2.cache_hits), (0, 10));
+    assert_eq!(r2.vision_seconds, 0.0, "no vision work on a full hit");
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(host(a.features.clone()), host(b.features.clone()));
+        assert_eq!(a.encoded, b.encoded);
+    }
+    // Another vision tower (the pool4 fixture shares it, so perturb a weight instead) gets its own entries.
+    let mut other = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0;
+    if let psa_vlm::models::vision::VisionTower::Clip(c) = &mut other.llava.vision_tower {
+        let w = c.vision_model.post_layernorm.gamma.val() * 1.5;
+        c.vision_model.post_layernorm.gamma = psa_vlm::burn::module::Param::from_tensor(w);
+    }
+    let other_cache = FeatureCache::new(&dir.join("cache"), &other, images.config());
+    assert_ne!(other_cache.dir(), cache.dir());
+    let (_, r3) = prepare_cached(&other, &samples, args, Some(&other_cache)).unwrap();
+    assert_eq!(r3.cache_hits, 0);
+}

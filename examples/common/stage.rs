@@ -31,6 +31,9 @@ pub struct Common {
     /// Skip (and count) samples whose image is missing or corrupt.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// Directory of a disk cache of vision features (reused while the vision tower is unchanged).
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
     /// Save a checkpoint every N optimizer steps.
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
@@ -74,6 +77,7 @@ impl Common {
             template: self.template.clone(),
             clean: None,
             skip_bad_images: self.skip_bad_images,
+            feature_cache: self.feature_cache.clone(),
             checkpoint_every: self.checkpoint_every,
             resume_from: self.resume_from.clone(),
             recipe: RecipeOverrides {

@@ -102,6 +102,16 @@ impl LlavaForConditionalGeneration {
         self.image_token_index
     }
 
+    /// The hidden-state index the features come from.
+    pub fn feature_layer(&self) -> usize {
+        self.feature_layer
+    }
+
+    /// Whether the CLS token is kept (`full` strategy).
+    pub fn keeps_cls(&self) -> bool {
+        self.keep_cls
+    }
+
     /// Selected vision features before projection (layer `vision_feature_layer`, CLS dropped unless `full`).
     ///
     /// # Shapes

@@ -44,4 +44,7 @@ pub enum DataError {
         /// What went wrong.
         reason: String,
     },
+    /// The feature cache could not be written.
+    #[error("feature cache: {0}")]
+    Cache(String),
 }

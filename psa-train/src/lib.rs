@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod feature_cache;
 pub mod plot;
 pub mod recipe;
 pub mod run;

@@ -15,8 +15,9 @@ use psa_models::vision::VisionConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Balance, LabelSpace, balance, read_jsonl};
+use crate::feature_cache::FeatureCache;
 use crate::recipe::Recipe;
-use crate::trainer::{RunOptions, Stage, StepMetrics, concept_accuracy, prepare, train};
+use crate::trainer::{RunOptions, Stage, StepMetrics, concept_accuracy, prepare, prepare_cached, train};
 
 /// Which stage a configuration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +98,9 @@ pub struct TrainConfig {
     /// Skip and count samples with bad images instead of failing.
     #[serde(default)]
     pub skip_bad_images: bool,
+    /// Directory of the disk feature cache (features reused across runs when the vision tower is unchanged).
+    #[serde(default)]
+    pub feature_cache: Option<PathBuf>,
     /// Save a checkpoint every this many steps.
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
@@ -194,6 +198,8 @@ pub struct RunSummary {
     pub samples: usize,
     /// Seconds spent computing vision features (once, cached for every epoch).
     pub vision_seconds: f64,
+    /// Samples whose features came from the disk cache.
+    pub cache_hits: usize,
     /// Seconds in the optimisation loop.
     pub train_seconds: f64,
     /// First and last step's total loss.
@@ -225,8 +231,9 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
     if let Some(clean) = clean {
         samples = balance(samples, Taxonomy::default().safe_type, Balance { clean, seed: 42 });
     }
-    let (data, report) =
-        prepare(&model, &samples, &cfg.data, &images, &text, &template, recipe.max_len, cfg.skip_bad_images, &device)?;
+    let cache = cfg.feature_cache.as_ref().map(|dir| FeatureCache::new(dir, &model, images.config()));
+    let args = (cfg.data.as_path(), &images, &text, &template, recipe.max_len, cfg.skip_bad_images, &device);
+    let (data, report) = prepare_cached(&model, &samples, args, cache.as_ref())?;
     for skipped in &report.skipped_images {
         eprintln!("skipped: {skipped}");
     }
@@ -295,6 +302,7 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
         steps: metrics.len(),
         samples: data.len(),
         vision_seconds: report.vision_seconds,
+        cache_hits: report.cache_hits,
         train_seconds,
         loss,
         accuracy,

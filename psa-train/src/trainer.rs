@@ -21,6 +21,7 @@ use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::data::images;
 use crate::data::{Encoded, Sample, collate, encode_conversation};
 use crate::error::DataError;
+use crate::feature_cache::FeatureCache;
 use crate::recipe::Recipe;
 
 /// Which stage a run trains.
@@ -101,6 +102,8 @@ pub struct Prepared {
 pub struct PrepareReport {
     /// Samples prepared.
     pub prepared: usize,
+    /// Features read from the disk cache.
+    pub cache_hits: usize,
     /// Samples skipped because their image failed (only with `skip_bad_images`).
     pub skipped_images: Vec<String>,
     /// Samples cut at `max_len`.
@@ -122,28 +125,66 @@ pub fn prepare(
     skip_bad_images: bool,
     device: &Device,
 ) -> Result<(Vec<Prepared>, PrepareReport), DataError> {
+    let args = (label_file, images_proc, text, template, max_len, skip_bad_images, device);
+    prepare_cached(model, samples, args, None)
+}
+
+/// [`prepare`] with a disk feature cache: features of an image already computed by the same vision tower are
+/// read back instead of recomputed.
+#[allow(clippy::type_complexity)]
+pub fn prepare_cached(
+    model: &PsaVlm,
+    samples: &[Sample],
+    (label_file, images_proc, text, template, max_len, skip_bad_images, device): (
+        &std::path::Path,
+        &ImageProcessor,
+        &TextProcessor,
+        &Template,
+        usize,
+        bool,
+        &Device,
+    ),
+    cache: Option<&FeatureCache>,
+) -> Result<(Vec<Prepared>, PrepareReport), DataError> {
     let mut report = PrepareReport::default();
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
-        let image = match images::load(&s.image) {
-            Ok(img) => img,
-            Err(e) if skip_bad_images => {
-                report.skipped_images.push(format!("{}:{}: {e}", label_file.display(), s.line));
-                continue;
+        let key = cache.and_then(|_| FeatureCache::image_key(&s.image).ok());
+        let cached = match (cache, &key) {
+            (Some(c), Some(k)) => c.get(k, device),
+            _ => None,
+        };
+        let features = match cached {
+            Some(features) => {
+                report.cache_hits += 1;
+                features
             }
-            Err(source) => return Err(DataError::Image { path: label_file.into(), line: s.line, source }),
+            None => {
+                let image = match images::load(&s.image) {
+                    Ok(img) => img,
+                    Err(e) if skip_bad_images => {
+                        report.skipped_images.push(format!("{}:{}: {e}", label_file.display(), s.line));
+                        continue;
+                    }
+                    Err(source) => return Err(DataError::Image { path: label_file.into(), line: s.line, source }),
+                };
+                let start = Instant::now();
+                let pixels = images_proc.preprocess(&[image], device).map_err(|source| DataError::Image {
+                    path: label_file.into(),
+                    line: s.line,
+                    source,
+                })?;
+                let features = model.llava.selected_features(pixels).detach();
+                report.vision_seconds += start.elapsed().as_secs_f64();
+                if let (Some(c), Some(k)) = (cache, &key) {
+                    c.put(k, &features).map_err(DataError::Cache)?;
+                }
+                features
+            }
         };
         let encoded = encode_conversation(text, template, &s.messages, max_len)
             .map_err(|reason| DataError::Tokenize { path: label_file.into(), line: s.line, reason })?;
         report.truncated += encoded.truncated as usize;
-        let start = Instant::now();
-        let pixels = images_proc.preprocess(&[image], device).map_err(|source| DataError::Image {
-            path: label_file.into(),
-            line: s.line,
-            source,
-        })?;
-        let features = model.llava.selected_features(pixels).detach();
-        report.vision_seconds += start.elapsed().as_secs_f64();
         out.push(Prepared { features, encoded, level: s.level, risk_type: s.risk_type });
     }
     report.prepared = out.len();
