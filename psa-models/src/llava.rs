@@ -141,7 +141,7 @@ impl LlavaForConditionalGeneration {
         mask: Option<&PaddingMask>,
         image_features: Option<Tensor<3>>,
     ) -> Result<MergedInputs, ModelError> {
-        let text = self.language_model.model.embed(&self.sanitize(input_ids), &self.devices_first());
+        let text = self.language_model.model.embed(&self.sanitize(input_ids), &self.device());
         merge_image_features(input_ids, mask, image_features, self.image_token_index, text)
     }
 
@@ -164,7 +164,7 @@ impl LlavaForConditionalGeneration {
     }
 
     /// The device the weights live on.
-    pub fn devices_first(&self) -> Device {
+    pub fn device(&self) -> Device {
         self.language_model.model.embed_tokens.weight.device()
     }
 }

@@ -151,7 +151,7 @@ impl PsaVlm {
         let vocab = lm.embed_tokens.weight.dims()[0] as u32;
         let ids: Vec<Vec<u32>> =
             input_ids.iter().map(|r| r.iter().map(|&i| if i < vocab { i } else { 0 }).collect()).collect();
-        lm.embed(&ids, &self.llava.devices_first())
+        lm.embed(&ids, &self.llava.device())
     }
 
     /// Real text tokens for the text-aware query modes: not padding, not `<image>`, not BOS.
@@ -224,7 +224,7 @@ impl PsaVlm {
     ) -> Result<PsaOutput, ModelError> {
         let concepts = self.classify_features(features.clone(), input_ids, mask)?;
         let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
-        let text = self.llava.language_model.model.embed(&self.llava.sanitize(input_ids), &self.llava.devices_first());
+        let text = self.llava.language_model.model.embed(&self.llava.sanitize(input_ids), &self.llava.device());
         let merged = merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)?;
         let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
         let logits = self.llava.language_model.logits(hidden.last_hidden_state);

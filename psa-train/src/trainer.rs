@@ -76,7 +76,7 @@ impl Stage {
                 .first()
                 .is_some_and(|l| l.self_attn.q_proj_lora.is_some() || l.mlp.up_proj_lora.is_some());
             if !has_lora {
-                let device = model.llava.devices_first();
+                let device = model.llava.device();
                 model.llava.language_model = model.llava.language_model.apply_lora(lora, &device);
             }
         }
