@@ -3,23 +3,11 @@
 mod common;
 
 use common::*;
-use psa_vlm::burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::PsaVlm;
 use psa_vlm::models::import::{LoadOptions, load_psa};
-use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::trainer::{concept_accuracy, prepare, train_stage1};
-use std::collections::BTreeMap;
-
-fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
-    model
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
-        .into_iter()
-        .map(|t| (t.name.clone(), bridge::to_data(&t).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap()))
-        .collect()
-}
 
 #[test]
 fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
@@ -29,9 +17,7 @@ fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
     let device = Device::flex().autodiff();
     device.seed(7);
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
-    let template = Template::by_name("llava_hf").unwrap();
-    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let (text, template, images) = tiny_processors();
     let train = read_jsonl(&train_file, &dir, LabelSpace::default()).unwrap();
     let test = read_jsonl(&test_file, &dir, LabelSpace::default()).unwrap();
     let (train, report) = prepare(&model, &train, &train_file, &images, &text, &template, 64, false, &device).unwrap();
@@ -75,9 +61,7 @@ fn missing_images_are_errors_or_counted_skips() {
     std::fs::remove_file(dir.join("d_3_1.png")).unwrap();
     let device = Device::flex();
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
-    let template = Template::by_name("llava_hf").unwrap();
-    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let (text, template, images) = tiny_processors();
     let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
     let err = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap_err().to_string();
     assert!(err.contains("d.jsonl:8:") && err.contains("d_3_1.png"), "{err}");
@@ -93,9 +77,7 @@ fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
     let file = dataset(&dir, "r", 6, 3);
     let device = Device::flex().autodiff();
     let load = || load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0;
-    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
-    let template = Template::by_name("llava_hf").unwrap();
-    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let (text, template, images) = tiny_processors();
     let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
     let model = load();
     let (data, _) = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap();
@@ -136,9 +118,7 @@ fn disk_feature_cache_reuses_features_of_the_same_tower_only() {
     let file = dataset(&dir, "c", 2, 8);
     let device = Device::flex();
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
-    let template = Template::by_name("llava_hf").unwrap();
-    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let (text, template, images) = tiny_processors();
     let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
     let cache = FeatureCache::new(&dir.join("cache"), &model, images.config());
     let args = (file.as_path(), &images, &text, &template, 64, false, &device);

@@ -2,27 +2,14 @@
 //! round-trip through the PEFT layout and merge into the base weights.
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
 use psa_vlm::burn::module::Module;
-use psa_vlm::burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::PsaVlm;
 use psa_vlm::models::import::{LoadOptions, load_peft_adapter, load_psa, save_peft_adapter};
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
-use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::trainer::{prepare, train_stage2};
-
-fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
-    model
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
-        .into_iter()
-        .map(|t| (t.name.clone(), bridge::to_data(&t).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap()))
-        .collect()
-}
 
 #[test]
 fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
@@ -31,9 +18,7 @@ fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
     let device = Device::flex().autodiff();
     device.seed(3);
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
-    let template = Template::by_name("llava_hf").unwrap();
-    let images = ImageProcessorConfig::clip(56).build().unwrap();
+    let (text, template, images) = tiny_processors();
     let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
     let (data, _) = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap();
     let before = snapshot(&model);

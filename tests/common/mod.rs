@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 
-use psa_vlm::burn::store::bridge;
-use psa_vlm::burn::store::{ModuleStore, SafetensorsStore};
+use psa_vlm::burn::store::{
+    BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, SafetensorsStore, bridge,
+};
 use psa_vlm::burn::tensor::{Device, Tensor};
+use psa_vlm::models::PsaVlm;
+use psa_vlm::models::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
 
 /// `fixtures/` in the repository.
 pub fn fixtures() -> PathBuf {
@@ -179,4 +182,19 @@ pub fn dataset(dir: &Path, name: &str, per_class: usize, seed: u64) -> PathBuf {
     let path = dir.join(format!("{name}.jsonl"));
     std::fs::write(&path, lines.join("\n")).unwrap();
     path
+}
+
+/// Every parameter of a PSA model by checkpoint-style name, as f32 values.
+pub fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
+    model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
+        .into_iter()
+        .map(|t| (t.name.clone(), bridge::to_data(&t).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap()))
+        .collect()
+}
+
+/// Tokenizer, short template and 56-px CLIP processor matching the tiny fixture models.
+pub fn tiny_processors() -> (TextProcessor, Template, ImageProcessor) {
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
+    (text, Template::by_name("llava_hf").unwrap(), ImageProcessorConfig::clip(56).build().unwrap())
 }
