@@ -12,7 +12,6 @@ use crate::generate::{FinishReason, GenerationConfig, generate};
 use crate::import::{LoadOptions, LoadReport, load_llava};
 use crate::llava::LlavaForConditionalGeneration;
 use crate::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
-use crate::vision::VisionConfig;
 
 /// Any failure of the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +83,7 @@ impl LlavaPipeline {
         let cfg = if pre.is_file() {
             ImageProcessorConfig::from_file(&pre).map_err(LoadError::from)?
         } else {
-            match &config.vision {
-                VisionConfig::Clip(c) => ImageProcessorConfig::clip(c.image_size),
-                VisionConfig::Dinov2(_) => ImageProcessorConfig::dinov2(),
-            }
+            ImageProcessorConfig::for_vision(&config.vision)
         };
         let images = cfg.build().map_err(LoadError::from)?;
         Ok(Self { model, config, report, text, images, template, device: device.clone() })

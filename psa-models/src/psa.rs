@@ -187,6 +187,17 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<ConceptLogits, ModelError> {
+        self.classify_embedded(features, self.text_embeddings(input_ids), input_ids, mask)
+    }
+
+    /// Concept logits from features and the prompt's token embeddings (`text_embeddings`). One image per row.
+    fn classify_embedded(
+        &self,
+        features: Tensor<3>,
+        text: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<ConceptLogits, ModelError> {
         let n = features.dims()[0];
         if n != input_ids.len() {
             return Err(ModelError::Input(format!(
@@ -195,7 +206,7 @@ impl PsaVlm {
             )));
         }
         let qmask = self.query_mask(input_ids, mask);
-        Ok(self.safety.classify(features, self.text_embeddings(input_ids), Some(&qmask)))
+        Ok(self.safety.classify(features, text, Some(&qmask)))
     }
 
     /// Full forward. With `labels` (per input token, −100 = ignored) the LM loss is computed; with concept
@@ -222,9 +233,10 @@ impl PsaVlm {
         labels: Option<&[Vec<i64>]>,
         concept_labels: Option<ConceptLabels<'_>>,
     ) -> Result<PsaOutput, ModelError> {
-        let concepts = self.classify_features(features.clone(), input_ids, mask)?;
+        // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
+        let text = self.text_embeddings(input_ids);
+        let concepts = self.classify_embedded(features.clone(), text.clone(), input_ids, mask)?;
         let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
-        let text = self.llava.language_model.model.embed(&self.llava.sanitize(input_ids), &self.llava.device());
         let merged = merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)?;
         let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
         let logits = self.llava.language_model.logits(hidden.last_hidden_state);

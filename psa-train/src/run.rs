@@ -11,7 +11,6 @@ use psa_core::Taxonomy;
 use psa_models::import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules};
 use psa_models::lora::LoraConfig;
 use psa_models::processor::{ImageProcessorConfig, Template, TextProcessor};
-use psa_models::vision::VisionConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Balance, LabelSpace, balance, read_jsonl};
@@ -219,12 +218,8 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
     let tokenizer = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model_dir.join("tokenizer.json"));
     let text = TextProcessor::from_file(&tokenizer, "<image>")?;
     let template = Template::by_name(&cfg.template)?;
-    let images = match &psa_cfg.llava.vision {
-        VisionConfig::Clip(c) => ImageProcessorConfig::clip(c.image_size),
-        VisionConfig::Dinov2(_) => ImageProcessorConfig::dinov2(),
-    }
-    .build()
-    .map_err(psa_models::LoadError::from)?;
+    let images =
+        ImageProcessorConfig::for_vision(&psa_cfg.llava.vision).build().map_err(psa_models::LoadError::from)?;
     let labels = LabelSpace { levels: psa_cfg.safety.num_levels, types: psa_cfg.safety.num_types };
     let mut samples = read_jsonl(&cfg.data, &cfg.image_root, labels)?;
     let clean = cfg.clean.or((cfg.stage == StageName::Stage1).then_some(3000));

@@ -104,6 +104,14 @@ impl ImageProcessorConfig {
         }
     }
 
+    /// The vision tower's own recipe at its native size: CLIP at `image_size`, or the DINOv2 preset.
+    pub fn for_vision(vision: &crate::vision::VisionConfig) -> Self {
+        match vision {
+            crate::vision::VisionConfig::Clip(c) => Self::clip(c.image_size),
+            crate::vision::VisionConfig::Dinov2(_) => Self::dinov2(),
+        }
+    }
+
     /// Reads `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let cfg: Self = parse(&read_json(path)?, path, "preprocessor config")?;
