@@ -64,8 +64,9 @@ fn main() -> Result<()> {
         ints(get("inputs.input_ids")?)?.into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect();
     let mask = PaddingMask::from_attention_mask(&ints(get("inputs.attention_mask")?)?);
     let out = model.forward(pixels, &ids, Some(&mask), None, None)?;
-    let (ls, lv) = host(out.concepts.level.unsqueeze());
-    let (ts, tv) = host(out.concepts.risk_type.unsqueeze());
+    let concepts = out.concepts.ok_or_else(|| anyhow::anyhow!("the full forward returned no concept logits"))?;
+    let (ls, lv) = host(concepts.level.unsqueeze());
+    let (ts, tv) = host(concepts.risk_type.unsqueeze());
     let (gs, gv) = host(out.logits);
     let expected = vec![
         ("safety.level_logits".to_string(), ls[1..].to_vec(), lv),

@@ -11,7 +11,7 @@ mod stage_common;
 
 use anyhow::Result;
 use clap::Parser;
-use psa_vlm::device::parse_device;
+use psa_vlm::device::parse_devices;
 use psa_vlm::train::run::StageName;
 
 #[derive(Parser, Debug)]
@@ -28,7 +28,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let mut cfg = args.common.config(StageName::Stage1);
     cfg.clean = Some(args.clean);
-    let summary = psa_vlm::train::run(&cfg, &parse_device(&args.common.device)?)?;
+    let summary = psa_vlm::train::run(&cfg, &parse_devices(&args.common.device)?)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

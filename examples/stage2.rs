@@ -10,7 +10,7 @@ mod stage_common;
 
 use anyhow::Result;
 use clap::Parser;
-use psa_vlm::device::parse_device;
+use psa_vlm::device::parse_devices;
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
 use psa_vlm::train::run::StageName;
 
@@ -48,7 +48,7 @@ fn main() -> Result<()> {
     let mut cfg = args.common.config(StageName::Stage2);
     cfg.lora = Some(lora);
     cfg.train_safety = args.train_safety;
-    let summary = psa_vlm::train::run(&cfg, &parse_device(&args.common.device)?)?;
+    let summary = psa_vlm::train::run(&cfg, &parse_devices(&args.common.device)?)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

@@ -71,6 +71,15 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     }
 }
 
+/// Parses a comma-separated device list such as `cuda:0,cuda:1` (data-parallel training).
+pub fn parse_devices(spec: &str) -> Result<Vec<Device>, DeviceError> {
+    let devices = spec.split(',').filter(|s| !s.trim().is_empty()).map(parse_device).collect::<Result<Vec<_>, _>>()?;
+    if devices.is_empty() {
+        return Err(DeviceError::Unknown(spec.to_string()));
+    }
+    Ok(devices)
+}
+
 /// Names of the backends compiled into this build, in the order tests run them.
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut v = Vec::new();

@@ -49,6 +49,8 @@ fn psa_train_runs_both_stages_from_toml() {
             .args(["train", stage, "--config"])
             .arg(&cfg)
             .arg("--quiet")
+            // Stage I runs data-parallel over two CPU replicas.
+            .args(["--device", if stage == "stage1" { "cpu,cpu" } else { "cpu" }])
             .output()
             .unwrap();
         assert!(out.status.success(), "{stage}: {}", String::from_utf8_lossy(&out.stderr));
@@ -60,7 +62,7 @@ fn psa_train_runs_both_stages_from_toml() {
         assert_eq!(metrics.lines().count(), 10);
         let svg = std::fs::read_to_string(run_dir.join("loss.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("optimizer step"), "loss curve written");
-        assert!(run_dir.join("checkpoints/checkpoint-10/trainable.bpk").is_file());
+        assert!(run_dir.join("checkpoints/checkpoint-10/trainable.safetensors").is_file());
         if stage == "stage1" {
             assert!(run_dir.join("safety_modules.safetensors").is_file());
             assert!(summary["accuracy"].is_array());

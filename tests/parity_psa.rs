@@ -77,16 +77,17 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
 
     let out = model
         .forward(
-            x.pixels,
+            x.pixels.clone(),
             &x.ids,
             Some(&x.mask),
             Some(&x.labels),
             Some(ConceptLabels { levels: &x.levels, types: &x.types }),
         )
         .unwrap();
-    assert_close(&format!("{tag} z"), out.concepts.feature.clone(), &fx["safety.z"], TOL);
-    assert_close(&format!("{tag} level_logits"), out.concepts.level.clone(), &fx["safety.level_logits"], TOL);
-    assert_close(&format!("{tag} type_logits"), out.concepts.risk_type.clone(), &fx["safety.type_logits"], TOL);
+    let concepts = out.concepts.as_ref().expect("the full forward runs the safety head");
+    assert_close(&format!("{tag} z"), concepts.feature.clone(), &fx["safety.z"], TOL);
+    assert_close(&format!("{tag} level_logits"), concepts.level.clone(), &fx["safety.level_logits"], TOL);
+    assert_close(&format!("{tag} type_logits"), concepts.risk_type.clone(), &fx["safety.type_logits"], TOL);
     let cl = out.concept_loss.as_ref().unwrap();
     let raw = scalar(cl.level.clone() + cl.risk_type.clone());
     assert!(
@@ -113,6 +114,12 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     }
     let lm = scalar(out.lm_loss.clone().unwrap());
     assert!((lm - fx["lm.loss"].values[0]).abs() < TOL, "{tag} lm.loss {lm} vs {}", fx["lm.loss"].values[0]);
+    // The LM-only path (stage II) skips the head and gives the same LM loss.
+    let features = model.llava.selected_features(x.pixels);
+    let lm_only = model.forward_lm_features(features, &x.ids, Some(&x.mask), Some(&x.labels)).unwrap();
+    assert!(lm_only.concepts.is_none() && lm_only.concept_loss.is_none());
+    let lm_only = scalar(lm_only.loss.unwrap());
+    assert!((lm_only - lm).abs() < 1e-6, "{tag} LM-only loss {lm_only} vs {lm}");
     let total = scalar(out.loss.unwrap());
     assert!(
         (total - fx["total.loss"].values[0]).abs() < 10.0 * TOL,

@@ -7,7 +7,8 @@ use psa_vlm::burn::tensor::Device;
 use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
-use psa_vlm::train::trainer::{concept_accuracy, prepare, train_stage1};
+use psa_vlm::train::prepare::{PrepareOptions, prepare};
+use psa_vlm::train::trainer::{RunOptions, concept_accuracy, train_stage1};
 
 #[test]
 fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
@@ -17,12 +18,9 @@ fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
     let device = Device::flex().autodiff();
     device.seed(7);
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let (text, template, images) = tiny_processors();
-    let train = read_jsonl(&train_file, &dir, LabelSpace::default()).unwrap();
-    let test = read_jsonl(&test_file, &dir, LabelSpace::default()).unwrap();
-    let (train, report) = prepare(&model, &train, &train_file, &images, &text, &template, 64, false, &device).unwrap();
+    let (train, report) = prepare_file(&model, &train_file, &dir, false, &device).unwrap();
     assert_eq!(report.prepared, 120);
-    let (test, _) = prepare(&model, &test, &test_file, &images, &text, &template, 64, false, &device).unwrap();
+    let (test, _) = prepare_file(&model, &test_file, &dir, false, &device).unwrap();
 
     let before = snapshot(&model);
     let (acc_level0, acc_type0) = concept_accuracy(&model, &test, 16).unwrap();
@@ -61,26 +59,21 @@ fn missing_images_are_errors_or_counted_skips() {
     std::fs::remove_file(dir.join("d_3_1.png")).unwrap();
     let device = Device::flex();
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let (text, template, images) = tiny_processors();
-    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
-    let err = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap_err().to_string();
+    let err = prepare_file(&model, &file, &dir, false, &device).unwrap_err().to_string();
     assert!(err.contains("d.jsonl:8:") && err.contains("d_3_1.png"), "{err}");
-    let (kept, report) = prepare(&model, &samples, &file, &images, &text, &template, 64, true, &device).unwrap();
+    let (kept, report) = prepare_file(&model, &file, &dir, true, &device).unwrap();
     assert_eq!((kept.len(), report.skipped_images.len()), (9, 1));
     assert!(report.skipped_images[0].contains("d_3_1.png"));
 }
 
 #[test]
 fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
-    use psa_vlm::train::trainer::RunOptions;
     let dir = scratch("stage1-resume");
     let file = dataset(&dir, "r", 6, 3);
     let device = Device::flex().autodiff();
     let load = || load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0;
-    let (text, template, images) = tiny_processors();
-    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
     let model = load();
-    let (data, _) = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap();
+    let (data, _) = prepare_file(&model, &file, &dir, false, &device).unwrap();
     // 30 samples, batch 4, accumulation 2: 4 steps per epoch, 3 epochs = 12 steps; interrupt after 6 (mid-epoch).
     let recipe = Recipe { lr: 1e-3, warmup_steps: 2, epochs: 3, batch_size: 4, grad_accum: 2, ..Recipe::stage1() };
     let (full, full_metrics) = train_stage1(model, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
@@ -95,7 +88,9 @@ fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
     };
     let (_, part1) = train_stage1(load(), &data, &recipe, 998, &first, |_| {}).unwrap();
     assert_eq!(part1.len(), 6);
-    assert!(ckpt.join("checkpoint-3/trainable.bpk").is_file() && ckpt.join("checkpoint-6/optimizer.bpk").is_file());
+    assert!(
+        ckpt.join("checkpoint-3/trainable.safetensors").is_file() && ckpt.join("checkpoint-6/optimizer.bpk").is_file()
+    );
     assert!(
         std::fs::read_dir(&ckpt).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')),
         "no temporary left"
@@ -113,7 +108,6 @@ fn resumed_run_matches_an_uninterrupted_one_step_for_step() {
 #[test]
 fn disk_feature_cache_reuses_features_of_the_same_tower_only() {
     use psa_vlm::train::feature_cache::FeatureCache;
-    use psa_vlm::train::trainer::prepare_cached;
     let dir = scratch("feature-cache");
     let file = dataset(&dir, "c", 2, 8);
     let device = Device::flex();
@@ -121,9 +115,17 @@ fn disk_feature_cache_reuses_features_of_the_same_tower_only() {
     let (text, template, images) = tiny_processors();
     let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
     let cache = FeatureCache::new(&dir.join("cache"), &model, images.config());
-    let args = (file.as_path(), &images, &text, &template, 64, false, &device);
-    let (first, r1) = prepare_cached(&model, &samples, args, Some(&cache)).unwrap();
-    let (second, r2) = prepare_cached(&model, &samples, args, Some(&cache)).unwrap();
+    let opts = PrepareOptions {
+        label_file: &file,
+        images: &images,
+        text: &text,
+        template: &template,
+        max_len: 64,
+        skip_bad_images: false,
+        cache: Some(&cache),
+    };
+    let (first, r1) = prepare(&model, &samples, &opts, &device).unwrap();
+    let (second, r2) = prepare(&model, &samples, &opts, &device).unwrap();
     assert_eq!((r1.cache_hits, r2.cache_hits), (0, 10));
     assert_eq!(r2.vision_seconds, 0.0, "no vision work on a full hit");
     for (a, b) in first.iter().zip(&second) {
@@ -138,6 +140,36 @@ fn disk_feature_cache_reuses_features_of_the_same_tower_only() {
     }
     let other_cache = FeatureCache::new(&dir.join("cache"), &other, images.config());
     assert_ne!(other_cache.dir(), cache.dir());
-    let (_, r3) = prepare_cached(&other, &samples, args, Some(&other_cache)).unwrap();
+    let (_, r3) = prepare(&other, &samples, &PrepareOptions { cache: Some(&other_cache), ..opts }, &device).unwrap();
     assert_eq!(r3.cache_hits, 0);
+}
+
+#[test]
+fn data_parallel_replicas_equal_single_device_accumulation() {
+    let dir = scratch("stage1-dp");
+    let file = dataset(&dir, "dp", 4, 21);
+    let device = Device::flex().autodiff();
+    let load = || load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0;
+    let model = load();
+    let (data, _) = prepare_file(&model, &file, &dir, false, &device).unwrap();
+    // 20 samples, batch 4, accumulation 2: micro-batch groups [2, 2, 1] per epoch, 2 epochs = 6 steps.
+    let recipe = Recipe { lr: 1e-3, warmup_steps: 2, epochs: 2, batch_size: 4, grad_accum: 2, ..Recipe::stage1() };
+    let (single, single_metrics) = train_stage1(model, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    let want = snapshot(&single);
+    for (name, other) in devices() {
+        let run = RunOptions { devices: vec![device.clone(), other.autodiff()], ..Default::default() };
+        let (dp, dp_metrics) = train_stage1(load(), &data, &recipe, 998, &run, |_| {}).unwrap();
+        assert_eq!(dp_metrics.len(), 6);
+        let got = snapshot(&dp);
+        let loss_diff =
+            single_metrics.iter().zip(&dp_metrics).map(|(a, b)| (a.loss - b.loss).abs()).fold(0.0, f64::max);
+        let weight_diff =
+            want.iter().flat_map(|(k, w)| w.iter().zip(&got[k]).map(|(a, b)| (a - b).abs())).fold(0.0f32, f32::max);
+        eprintln!("data parallel flex + {name}: max |Δloss| {loss_diff:.2e}, max |Δweight| {weight_diff:.2e}");
+        if name == "flex" {
+            assert_eq!((loss_diff, weight_diff), (0.0, 0.0), "two flex replicas must equal one device exactly");
+        } else {
+            assert!(loss_diff < 1e-4 && weight_diff < 1e-5, "flex + {name}: {loss_diff:e} / {weight_diff:e}");
+        }
+    }
 }

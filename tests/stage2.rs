@@ -8,19 +8,20 @@ use psa_vlm::burn::tensor::Device;
 use psa_vlm::models::import::{LoadOptions, load_peft_adapter, load_psa, save_peft_adapter};
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
 use psa_vlm::train::Recipe;
-use psa_vlm::train::data::{LabelSpace, read_jsonl};
-use psa_vlm::train::trainer::{prepare, train_stage2};
+use psa_vlm::train::trainer::{RunOptions, train_stage2};
+
+/// Flex seeds one process-wide RNG: tests that depend on seeded draws must not interleave.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("stage2");
     let file = dataset(&dir, "s2", 8, 11);
     let device = Device::flex().autodiff();
     device.seed(3);
     let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
-    let (text, template, images) = tiny_processors();
-    let samples = read_jsonl(&file, &dir, LabelSpace::default()).unwrap();
-    let (data, _) = prepare(&model, &samples, &file, &images, &text, &template, 64, false, &device).unwrap();
+    let (data, _) = prepare_file(&model, &file, &dir, false, &device).unwrap();
     let before = snapshot(&model);
 
     let lora = LoraConfig {
@@ -90,4 +91,47 @@ fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
     let (fresh, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &plain, &LoadOptions::default()).unwrap();
     let err = load_peft_adapter(fresh.llava.language_model, &out, true, &plain).unwrap_err().to_string();
     assert!(err.contains("lm_head.lora_A.weight"), "{err}");
+}
+
+#[test]
+fn stage2_with_lora_dropout_resumes_exactly() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("stage2-resume");
+    let file = dataset(&dir, "s2r", 3, 17);
+    let device = Device::flex().autodiff();
+    let load = || {
+        device.seed(5);
+        load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0
+    };
+    let model = load();
+    let (data, _) = prepare_file(&model, &file, &dir, false, &device).unwrap();
+    let lora = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.2,
+        target_modules: LoraTargets::AllLinear("all-linear".into()),
+    };
+    // 15 samples, batch 4, accumulation 2: 2 steps per epoch, 3 epochs = 6 steps; interrupt after 3 (mid-epoch).
+    let recipe = Recipe { lr: 5e-3, warmup_steps: 1, epochs: 3, batch_size: 4, grad_accum: 2, ..Recipe::stage2() };
+    let (full, full_metrics) = train_stage2(model, &lora, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(full_metrics.len(), 6);
+    let ckpt = dir.join("ckpt");
+    let first = RunOptions { checkpoint_dir: Some(ckpt.clone()), checkpoint_every: Some(3), ..Default::default() };
+    let (_, part1) =
+        train_stage2(load(), &lora, &data, &recipe, 998, &RunOptions { max_steps: Some(3), ..first }, |_| {}).unwrap();
+    let stored = read_fixture(&ckpt.join("checkpoint-3/trainable.safetensors"));
+    assert!(!stored.is_empty() && stored.keys().all(|k| k.contains("_lora.")), "only adapters are checkpointed");
+    let resume = RunOptions { resume_from: Some(ckpt.join("checkpoint-3")), ..Default::default() };
+    // A differently seeded fresh adapter: the checkpoint must replace it.
+    device.seed(1234);
+    let fresh = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap().0;
+    let (resumed, part2) = train_stage2(fresh, &lora, &data, &recipe, 998, &resume, |_| {}).unwrap();
+    for (a, b) in full_metrics.iter().zip(part1.iter().chain(&part2)) {
+        assert_eq!((a.step, a.lr, a.loss), (b.step, b.lr, b.loss), "step {} differs after resume", a.step);
+    }
+    assert_eq!(snapshot(&full), snapshot(&resumed), "final weights differ");
+    // Dropout is live: the same run without it takes other steps.
+    let no_dropout = LoraConfig { lora_dropout: 0.0, ..lora };
+    let (_, plain) = train_stage2(load(), &no_dropout, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    assert_ne!(plain[5].loss, full_metrics[5].loss, "dropout had no effect");
 }

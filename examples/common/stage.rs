@@ -58,7 +58,7 @@ pub struct Common {
     /// Seed (default 42).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Device: cpu, ndarray, wgpu, vulkan, cuda:N.
+    /// Device: cpu, ndarray, wgpu, vulkan, cuda:N; a comma-separated list trains data-parallel over them.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -125,8 +125,8 @@ pub struct ConceptLabels<'a> {
 pub struct PsaOutput {
     /// LM logits over the merged sequence, `[b, merged, vocab]`.
     pub logits: Tensor<3>,
-    /// Concept logits.
-    pub concepts: ConceptLogits,
+    /// Concept logits (absent from [`PsaVlm::forward_lm_features`], which skips the safety head).
+    pub concepts: Option<ConceptLogits>,
     /// The merged inputs (mask, image spans, source positions).
     pub merged: MergedInputs,
     /// Labels carried to the merged sequence (−100 on image rows), when labels were given.
@@ -233,16 +233,46 @@ impl PsaVlm {
         labels: Option<&[Vec<i64>]>,
         concept_labels: Option<ConceptLabels<'_>>,
     ) -> Result<PsaOutput, ModelError> {
+        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels))
+    }
+
+    /// The LM path of [`forward_features`](Self::forward_features) without the safety head (stage II with frozen
+    /// safety modules: its concept logits would be discarded); `concepts` is `None`.
+    pub fn forward_lm_features(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        labels: Option<&[Vec<i64>]>,
+    ) -> Result<PsaOutput, ModelError> {
+        self.forward_inner(features, input_ids, mask, labels, None)
+    }
+
+    /// `head`: `None` skips the safety head, `Some(labels)` runs it (with the concept loss when labelled).
+    fn forward_inner(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        labels: Option<&[Vec<i64>]>,
+        head: Option<Option<ConceptLabels<'_>>>,
+    ) -> Result<PsaOutput, ModelError> {
         // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
         let text = self.text_embeddings(input_ids);
-        let concepts = self.classify_embedded(features.clone(), text.clone(), input_ids, mask)?;
+        let concepts = match head {
+            Some(_) => Some(self.classify_embedded(features.clone(), text.clone(), input_ids, mask)?),
+            None => None,
+        };
         let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
         let merged = merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)?;
         let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
         let logits = self.llava.language_model.logits(hidden.last_hidden_state);
         let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
         let lm_loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
-        let concept_loss = concept_labels.map(|c| concept_loss(&concepts, c.levels, c.types, self.cls_loss_weight));
+        let concept_loss = match (&concepts, head.flatten()) {
+            (Some(logits), Some(c)) => Some(concept_loss(logits, c.levels, c.types, self.cls_loss_weight)),
+            _ => None,
+        };
         let loss = match (&lm_loss, &concept_loss) {
             (Some(l), Some(c)) => Some(l.clone() + c.weighted.clone()),
             (Some(l), None) => Some(l.clone()),

@@ -1,10 +1,14 @@
-//! Training checkpoints: only the trainable tensors (Burn's burnpack keeps their parameter ids, so the optimizer
-//! state lines up on resume), the optimizer state and the schedule position, written to a temporary directory
-//! and renamed into place, so a crash never leaves a half-written checkpoint.
+//! Training checkpoints: only the trainable tensors, in safetensors under the model's parameter paths; the
+//! optimizer state (Burn's format, keyed by parameter id); and the schedule position with each trainable
+//! parameter's id, so the optimizer state lines up with a freshly loaded model on resume. Everything is written to
+//! a temporary directory and renamed into place, so a crash never leaves a half-written checkpoint.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::ModuleOptimizer;
-use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::store::{ModuleSnapshot, PathFilter, SafetensorsStore};
+use burn::tensor::Tensor;
 use psa_models::PsaVlm;
 
 use crate::trainer::Stage;
@@ -43,6 +47,44 @@ pub struct TrainState {
     pub group: usize,
 }
 
+/// `state.json`: the position plus the parameter id of every stored tensor.
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    #[serde(flatten)]
+    state: TrainState,
+    /// Tensor path → parameter id (decimal string: ids use all 64 bits).
+    param_ids: BTreeMap<String, String>,
+}
+
+/// Gives the parameters at the recorded paths their recorded ids.
+struct SetIds<'a> {
+    ids: &'a BTreeMap<String, u64>,
+    path: Vec<String>,
+    set: usize,
+}
+
+impl ModuleMapper for SetIds<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if let Some(&id) = self.ids.get(&self.path.join(".")) {
+            param.id = ParamId::from(id);
+            self.set += 1;
+        }
+        param
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.into(), source }
 }
@@ -61,14 +103,22 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let weights = tmp.join("trainable.bpk");
+    let weights = tmp.join("trainable.safetensors");
+    let store = SafetensorsStore::from_file(&weights).with_regex(stage.trainable_pattern()).skip_enum_variants(true);
     model
-        .save_into(&mut BurnpackStore::from_file(&weights).with_regex(stage.trainable_pattern()).overwrite(true))
+        .save_into(&mut store.overwrite(true))
         .map_err(|e| CheckpointError::Invalid { path: weights.clone(), reason: e.to_string() })?;
     let opt = tmp.join("optimizer.bpk");
     optim.save(&opt).map_err(|e| CheckpointError::Invalid { path: opt.clone(), reason: e.to_string() })?;
+    let param_ids = model
+        .collect(Some(PathFilter::new().with_regex(stage.trainable_pattern())), None, true)
+        .into_iter()
+        .filter_map(|t| Some((t.name, t.param_id?.to_string())))
+        .collect();
     let st = tmp.join("state.json");
-    std::fs::write(&st, serde_json::to_string_pretty(&state).unwrap_or_default()).map_err(io(&st))?;
+    let text = serde_json::to_string_pretty(&StateFile { state, param_ids })
+        .map_err(|e| CheckpointError::Invalid { path: st.clone(), reason: e.to_string() })?;
+    std::fs::write(&st, text).map_err(io(&st))?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
     }
@@ -83,9 +133,19 @@ pub fn load(
     optim: ModuleOptimizer,
     stage: &Stage,
 ) -> Result<(PsaVlm, ModuleOptimizer, TrainState), CheckpointError> {
-    let weights = path.join("trainable.bpk");
+    let st = path.join("state.json");
+    let text = std::fs::read_to_string(&st).map_err(io(&st))?;
+    let invalid = |reason: String| CheckpointError::Invalid { path: st.clone(), reason };
+    let file: StateFile = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let ids = file
+        .param_ids
+        .iter()
+        .map(|(k, v)| v.parse::<u64>().map(|id| (k.clone(), id)).map_err(|e| invalid(format!("param id of {k}: {e}"))))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let weights = path.join("trainable.safetensors");
+    let store = SafetensorsStore::from_file(&weights).with_regex(stage.trainable_pattern()).skip_enum_variants(true);
     let result = model
-        .load_from(&mut BurnpackStore::from_file(&weights).with_regex(stage.trainable_pattern()).allow_partial(true))
+        .load_from(&mut store.allow_partial(true))
         .map_err(|e| CheckpointError::Invalid { path: weights.clone(), reason: e.to_string() })?;
     let missing = result.missing.iter().filter(|(p, _)| stage.is_trainable(p)).count();
     if !result.errors.is_empty() || missing > 0 || result.applied.is_empty() {
@@ -98,11 +158,12 @@ pub fn load(
             ),
         });
     }
+    let mut mapper = SetIds { ids: &ids, path: Vec::new(), set: 0 };
+    let model = model.map(&mut mapper);
+    if mapper.set != ids.len() {
+        return Err(invalid(format!("{} parameter ids recorded, {} matched the model", ids.len(), mapper.set)));
+    }
     let opt = path.join("optimizer.bpk");
     let optim = optim.load(&opt).map_err(|e| CheckpointError::Invalid { path: opt.clone(), reason: e.to_string() })?;
-    let st = path.join("state.json");
-    let text = std::fs::read_to_string(&st).map_err(io(&st))?;
-    let state = serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::Invalid { path: st.clone(), reason: e.to_string() })?;
-    Ok((model, optim, state))
+    Ok((model, optim, file.state))
 }

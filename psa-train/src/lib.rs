@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod feature_cache;
 pub mod plot;
+pub mod prepare;
 pub mod recipe;
 pub mod run;
 pub mod trainer;

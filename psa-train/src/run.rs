@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Balance, LabelSpace, balance, read_jsonl};
 use crate::feature_cache::FeatureCache;
+use crate::prepare::{PrepareOptions, prepare};
 use crate::recipe::Recipe;
-use crate::trainer::{RunOptions, Stage, StepMetrics, concept_accuracy, prepare, prepare_cached, train};
+use crate::trainer::{RunOptions, Stage, StepMetrics, concept_accuracy, train};
 
 /// Which stage a configuration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,10 +210,15 @@ pub struct RunSummary {
     pub outputs: Vec<PathBuf>,
 }
 
-/// Runs a configuration on `device` (made autodiff here).
-pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
+/// Runs a configuration on `devices` (made autodiff here): the model loads on the first; with more than one, each
+/// step's micro-batches are spread over all of them (data parallel).
+pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError> {
     let recipe = cfg.recipe();
-    let device = device.clone().autodiff();
+    let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let device = devices
+        .first()
+        .cloned()
+        .ok_or_else(|| RunError::Config { path: cfg.out.clone(), reason: "no device given".into() })?;
     device.seed(recipe.seed);
     let (model, psa_cfg, _) = load_psa(&cfg.model_dir, &device, &LoadOptions::default())?;
     let tokenizer = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model_dir.join("tokenizer.json"));
@@ -227,8 +233,16 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
         samples = balance(samples, Taxonomy::default().safe_type, Balance { clean, seed: 42 });
     }
     let cache = cfg.feature_cache.as_ref().map(|dir| FeatureCache::new(dir, &model, images.config()));
-    let args = (cfg.data.as_path(), &images, &text, &template, recipe.max_len, cfg.skip_bad_images, &device);
-    let (data, report) = prepare_cached(&model, &samples, args, cache.as_ref())?;
+    let opts = PrepareOptions {
+        label_file: &cfg.data,
+        images: &images,
+        text: &text,
+        template: &template,
+        max_len: recipe.max_len,
+        skip_bad_images: cfg.skip_bad_images,
+        cache: cache.as_ref(),
+    };
+    let (data, report) = prepare(&model, &samples, &opts, &device)?;
     for skipped in &report.skipped_images {
         eprintln!("skipped: {skipped}");
     }
@@ -254,6 +268,7 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
         checkpoint_every: cfg.checkpoint_every,
         resume_from: cfg.resume_from.clone(),
         max_steps: None,
+        devices: if devices.len() > 1 { devices.clone() } else { Vec::new() },
     };
     let start = Instant::now();
     let pad = psa_cfg.llava.pad_token_id.unwrap_or(0);
@@ -275,8 +290,7 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunSummary, RunError> {
     let accuracy = match &cfg.eval {
         Some(eval) => {
             let held = read_jsonl(eval, &cfg.image_root, labels)?;
-            let (held, _) =
-                prepare(&model, &held, eval, &images, &text, &template, recipe.max_len, cfg.skip_bad_images, &device)?;
+            let (held, _) = prepare(&model, &held, &PrepareOptions { label_file: eval, cache: None, ..opts }, &device)?;
             Some(concept_accuracy(&model, &held, recipe.batch_size)?)
         }
         None => None,

@@ -10,18 +10,15 @@ use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use psa_models::lora::LoraConfig;
-use psa_models::processor::{ImageProcessor, Template, TextProcessor};
-use psa_models::{ConceptLabels, PsaVlm};
+use psa_models::{ConceptLabels, ModelError, PsaVlm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
-use crate::data::images;
-use crate::data::{Encoded, Sample, collate, encode_conversation};
-use crate::error::DataError;
-use crate::feature_cache::FeatureCache;
+use crate::data::{Encoded, collate};
+pub use crate::prepare::{PrepareOptions, PrepareReport, Prepared, prepare};
 use crate::recipe::Recipe;
 
 /// Which stage a run trains.
@@ -29,7 +26,8 @@ use crate::recipe::Recipe;
 pub enum Stage {
     /// Safety modules only, with the concept loss.
     One,
-    /// LoRA adapters on the LLM (added if the model has none), LM loss only; optionally the safety modules too.
+    /// LoRA adapters on the LLM (added if the model has none), LM loss only (the safety head is skipped);
+    /// optionally the safety modules too, then with the concept loss so the head gets a gradient.
     Two {
         /// Adapter settings.
         lora: LoraConfig,
@@ -84,113 +82,6 @@ impl Stage {
     }
 }
 
-/// A sample ready for training: cached vision features, tokens with labels, concept labels.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// Selected vision features `[1, patches, vision_dim]`, computed once.
-    pub features: Tensor<3>,
-    /// Tokens and masked labels.
-    pub encoded: Encoded,
-    /// Risk level.
-    pub level: usize,
-    /// Risk type.
-    pub risk_type: usize,
-}
-
-/// What preparing a dataset did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PrepareReport {
-    /// Samples prepared.
-    pub prepared: usize,
-    /// Features read from the disk cache.
-    pub cache_hits: usize,
-    /// Samples skipped because their image failed (only with `skip_bad_images`).
-    pub skipped_images: Vec<String>,
-    /// Samples cut at `max_len`.
-    pub truncated: usize,
-    /// Seconds spent in the vision tower.
-    pub vision_seconds: f64,
-}
-
-/// Loads images, runs the frozen vision tower once per sample and tokenises the conversations.
-#[allow(clippy::too_many_arguments)]
-pub fn prepare(
-    model: &PsaVlm,
-    samples: &[Sample],
-    label_file: &std::path::Path,
-    images_proc: &ImageProcessor,
-    text: &TextProcessor,
-    template: &Template,
-    max_len: usize,
-    skip_bad_images: bool,
-    device: &Device,
-) -> Result<(Vec<Prepared>, PrepareReport), DataError> {
-    let args = (label_file, images_proc, text, template, max_len, skip_bad_images, device);
-    prepare_cached(model, samples, args, None)
-}
-
-/// [`prepare`] with a disk feature cache: features of an image already computed by the same vision tower are
-/// read back instead of recomputed.
-#[allow(clippy::type_complexity)]
-pub fn prepare_cached(
-    model: &PsaVlm,
-    samples: &[Sample],
-    (label_file, images_proc, text, template, max_len, skip_bad_images, device): (
-        &std::path::Path,
-        &ImageProcessor,
-        &TextProcessor,
-        &Template,
-        usize,
-        bool,
-        &Device,
-    ),
-    cache: Option<&FeatureCache>,
-) -> Result<(Vec<Prepared>, PrepareReport), DataError> {
-    let mut report = PrepareReport::default();
-    let mut out = Vec::with_capacity(samples.len());
-    for s in samples {
-        let key = cache.and_then(|_| FeatureCache::image_key(&s.image).ok());
-        let cached = match (cache, &key) {
-            (Some(c), Some(k)) => c.get(k, device),
-            _ => None,
-        };
-        let features = match cached {
-            Some(features) => {
-                report.cache_hits += 1;
-                features
-            }
-            None => {
-                let image = match images::load(&s.image) {
-                    Ok(img) => img,
-                    Err(e) if skip_bad_images => {
-                        report.skipped_images.push(format!("{}:{}: {e}", label_file.display(), s.line));
-                        continue;
-                    }
-                    Err(source) => return Err(DataError::Image { path: label_file.into(), line: s.line, source }),
-                };
-                let start = Instant::now();
-                let pixels = images_proc.preprocess(&[image], device).map_err(|source| DataError::Image {
-                    path: label_file.into(),
-                    line: s.line,
-                    source,
-                })?;
-                let features = model.llava.selected_features(pixels).detach();
-                report.vision_seconds += start.elapsed().as_secs_f64();
-                if let (Some(c), Some(k)) = (cache, &key) {
-                    c.put(k, &features).map_err(DataError::Cache)?;
-                }
-                features
-            }
-        };
-        let encoded = encode_conversation(text, template, &s.messages, max_len)
-            .map_err(|reason| DataError::Tokenize { path: label_file.into(), line: s.line, reason })?;
-        report.truncated += encoded.truncated as usize;
-        out.push(Prepared { features, encoded, level: s.level, risk_type: s.risk_type });
-    }
-    report.prepared = out.len();
-    Ok((out, report))
-}
-
 /// One optimizer step's record.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepMetrics {
@@ -227,6 +118,10 @@ pub struct RunOptions {
     pub resume_from: Option<PathBuf>,
     /// Stop after this many optimizer steps in total (the schedule still spans the full run).
     pub max_steps: Option<usize>,
+    /// Data-parallel devices (autodiff). Each step's micro-batches are spread round-robin over them, computed
+    /// concurrently on model replicas, and their gradients gathered on the first device, where the optimizer
+    /// runs. Empty: the model's own device.
+    pub devices: Vec<Device>,
 }
 
 /// Why a run stopped early.
@@ -274,6 +169,117 @@ pub fn train_stage2(
     train(model, &Stage::Two { lora: lora.clone(), train_safety: false }, data, recipe, pad_id, run, on_step)
 }
 
+/// What one micro-batch contributed.
+struct MicroOut {
+    grads: GradientsParams,
+    loss: f64,
+    lm: f64,
+    level: f64,
+    risk_type: f64,
+    samples: usize,
+}
+
+/// Seed of the backend RNG (LoRA dropout) for one micro-batch: a function of the position in the run only, so a
+/// resumed run draws the same masks as an uninterrupted one.
+fn micro_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let mut z =
+        seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Forward and backward of one micro-batch on `model`'s device; the loss is scaled by `scale` (1 / micro-batches
+/// per step) so the gathered gradients are the step's mean.
+fn micro_step(
+    model: &PsaVlm,
+    stage: &Stage,
+    items: &[&Prepared],
+    scale: f64,
+    pad_id: u32,
+) -> Result<MicroOut, ModelError> {
+    let device = model.llava.device();
+    let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
+    let (ids, mask, labels) = collate(&encoded, pad_id);
+    let features = Tensor::cat(items.iter().map(|p| p.features.clone().to_device(&device)).collect(), 0);
+    let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
+    let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
+    let concepts = ConceptLabels { levels: &levels, types: &types };
+    let out = match stage {
+        Stage::One | Stage::Two { train_safety: true, .. } => {
+            model.forward_features(features, &ids, Some(&mask), Some(&labels), Some(concepts))?
+        }
+        Stage::Two { train_safety: false, .. } => {
+            model.forward_lm_features(features, &ids, Some(&mask), Some(&labels))?
+        }
+    };
+    let loss = out.loss.ok_or_else(|| ModelError::Input("no supervised position in the micro-batch".into()))? * scale;
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let (level, risk_type) = out.concept_loss.map_or((0.0, 0.0), |c| (scalar(c.level), scalar(c.risk_type)));
+    Ok(MicroOut {
+        grads,
+        loss: scalar(loss) / scale,
+        lm: out.lm_loss.map_or(0.0, scalar),
+        level,
+        risk_type,
+        samples: items.len(),
+    })
+}
+
+/// Runs one step's micro-batches, sequentially on one device or spread over the data-parallel devices, and returns
+/// their outputs in micro-batch order with gradients on `model`'s device.
+fn step_micro_batches(
+    model: &PsaVlm,
+    stage: &Stage,
+    data: &[Prepared],
+    group: &[&[usize]],
+    (pad_id, seed, step): (u32, u64, usize),
+    devices: &[Device],
+) -> Result<Vec<MicroOut>, ModelError> {
+    let scale = 1.0 / group.len() as f64;
+    let items = |batch: &[usize]| -> Vec<&Prepared> { batch.iter().map(|&i| &data[i]).collect() };
+    if devices.len() <= 1 {
+        let device = model.llava.device();
+        return group
+            .iter()
+            .enumerate()
+            .map(|(m, batch)| {
+                device.seed(micro_seed(seed, step, m));
+                micro_step(model, stage, &items(batch), scale, pad_id)
+            })
+            .collect();
+    }
+    let main = model.llava.device();
+    let per_device: Vec<Result<Vec<(usize, MicroOut)>, ModelError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(d, device)| {
+                let replica = model.clone().fork(device);
+                let main = &main;
+                let items = &items;
+                s.spawn(move || {
+                    let mut outs = Vec::new();
+                    for (m, batch) in group.iter().enumerate().skip(d).step_by(devices.len()) {
+                        device.seed(micro_seed(seed, step, m));
+                        let mut out = micro_step(&replica, stage, &items(batch), scale, pad_id)?;
+                        out.grads = out.grads.to_device(main, &replica);
+                        outs.push((m, out));
+                    }
+                    Ok(outs)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut outs = Vec::with_capacity(group.len());
+    for r in per_device {
+        outs.extend(r?);
+    }
+    outs.sort_by_key(|(m, _)| *m);
+    Ok(outs.into_iter().map(|(_, o)| o).collect())
+}
+
 /// The optimisation loop shared by both stages.
 pub fn train(
     model: PsaVlm,
@@ -285,6 +291,9 @@ pub fn train(
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<(PsaVlm, Vec<StepMetrics>), TrainError> {
     let mut model = stage.prepare_model(model);
+    if let Some(main) = run.devices.first() {
+        model = model.fork(main);
+    }
     let mut optim = AdamWConfig::new()
         .with_beta_1(recipe.beta_1)
         .with_beta_2(recipe.beta_2)
@@ -311,27 +320,14 @@ pub fn train(
         while state.group < groups.len() && state.step < limit {
             let group = groups[state.group];
             let start = Instant::now();
+            let outs = step_micro_batches(&model, stage, data, group, (pad_id, recipe.seed, state.step), &run.devices)?;
             let mut acc = GradientsAccumulator::<PsaVlm>::new();
-            let (mut loss_sum, mut lm_sum, mut lv_sum, mut ty_sum, mut n) = (0.0, 0.0, 0.0, 0.0, 0);
-            for batch in group {
-                let items: Vec<&Prepared> = batch.iter().map(|&i| &data[i]).collect();
-                let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
-                let (ids, mask, labels) = collate(&encoded, pad_id);
-                let features = Tensor::cat(items.iter().map(|p| p.features.clone()).collect(), 0);
-                let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
-                let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
-                let concepts = (*stage == Stage::One).then_some(ConceptLabels { levels: &levels, types: &types });
-                let out = model.forward_features(features, &ids, Some(&mask), Some(&labels), concepts)?;
-                let loss = out.loss.expect("labels were given") / group.len() as f64;
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                acc.accumulate(&model, grads);
-                loss_sum += scalar(loss) * group.len() as f64;
-                lm_sum += out.lm_loss.map_or(0.0, scalar);
-                if let Some(c) = out.concept_loss {
-                    lv_sum += scalar(c.level);
-                    ty_sum += scalar(c.risk_type);
-                }
-                n += batch.len();
+            let (mut loss, mut lm, mut level, mut risk_type, mut n) = (0.0, 0.0, 0.0, 0.0, 0);
+            for out in outs {
+                acc.accumulate(&model, out.grads);
+                (loss, lm, level, risk_type) =
+                    (loss + out.loss, lm + out.lm, level + out.level, risk_type + out.risk_type);
+                n += out.samples;
             }
             let lr = recipe.lr_at(state.step, total);
             model = optim.step(lr, model, acc.grads());
@@ -342,10 +338,10 @@ pub fn train(
                 step: state.step,
                 epoch: state.epoch,
                 lr,
-                loss: loss_sum / k,
-                lm_loss: lm_sum / k,
-                ce_level: lv_sum / k,
-                ce_type: ty_sum / k,
+                loss: loss / k,
+                lm_loss: lm / k,
+                ce_level: level / k,
+                ce_type: risk_type / k,
                 samples_per_s: n as f64 / start.elapsed().as_secs_f64(),
             };
             on_step(&m);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use psa_vlm::device::parse_device;
+use psa_vlm::device::parse_devices;
 use psa_vlm::train::TrainConfig;
 use psa_vlm::train::run::StageName;
 
@@ -28,7 +28,7 @@ enum Command {
         /// Run configuration (`.toml` or `.json`).
         #[arg(long)]
         config: PathBuf,
-        /// Device: cpu, ndarray, wgpu, vulkan, cuda:N.
+        /// Device: cpu, ndarray, wgpu, vulkan, cuda:N; a comma-separated list trains data-parallel over them.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Output directory (overrides the configuration).
@@ -75,9 +75,9 @@ fn main() -> Result<()> {
             r.grad_accum = grad_accum.or(r.grad_accum);
             r.seed = seed.or(r.seed);
             cfg.progress = !quiet && cfg.progress;
-            let device = parse_device(&device)?;
+            let devices = parse_devices(&device)?;
             let summary =
-                psa_vlm::train::run(&cfg, &device).with_context(|| format!("running {}", config.display()))?;
+                psa_vlm::train::run(&cfg, &devices).with_context(|| format!("running {}", config.display()))?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

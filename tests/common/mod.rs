@@ -11,6 +11,8 @@ use psa_vlm::burn::store::{
 use psa_vlm::burn::tensor::{Device, Tensor};
 use psa_vlm::models::PsaVlm;
 use psa_vlm::models::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
+use psa_vlm::train::data::{LabelSpace, read_jsonl};
+use psa_vlm::train::prepare::{PrepareOptions, PrepareReport, Prepared, prepare};
 
 /// `fixtures/` in the repository.
 pub fn fixtures() -> PathBuf {
@@ -197,4 +199,26 @@ pub fn snapshot(model: &PsaVlm) -> BTreeMap<String, Vec<f32>> {
 pub fn tiny_processors() -> (TextProcessor, Template, ImageProcessor) {
     let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
     (text, Template::by_name("llava_hf").unwrap(), ImageProcessorConfig::clip(56).build().unwrap())
+}
+
+/// Reads a JSONL label file (images under `root`) and prepares it for the tiny model on `device`.
+pub fn prepare_file(
+    model: &PsaVlm,
+    file: &Path,
+    root: &Path,
+    skip_bad_images: bool,
+    device: &Device,
+) -> Result<(Vec<Prepared>, PrepareReport), psa_vlm::train::DataError> {
+    let (text, template, images) = tiny_processors();
+    let samples = read_jsonl(file, root, LabelSpace::default())?;
+    let opts = PrepareOptions {
+        label_file: file,
+        images: &images,
+        text: &text,
+        template: &template,
+        max_len: 64,
+        skip_bad_images,
+        cache: None,
+    };
+    prepare(model, &samples, &opts, device)
 }
