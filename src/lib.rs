@@ -7,8 +7,14 @@
 //! - [`models`] (`psa-models`): vision towers, LLaMA, LLaVA, weight import, processors, generation.
 //! - [`train`] (`psa-train`): the two-stage schedule.
 //!
-//! Models are written against [`burn::tensor::Device`]; pick one with [`device::parse_device`].
+//! Models are written against [`burn::tensor::Device`]; pick one with [`device::parse_device`]. With the `serve`
+//! feature (on by default through `cli`), [`serve`] is the HTTP server behind `psa serve`; with `cli`, [`batch`]
+//! runs `psa batch`.
+#[cfg(feature = "cli")]
+pub mod batch;
 pub mod device;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use burn;
 pub use psa_core as core;

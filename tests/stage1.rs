@@ -169,7 +169,9 @@ fn data_parallel_replicas_equal_single_device_accumulation() {
         if name == "flex" {
             assert_eq!((loss_diff, weight_diff), (0.0, 0.0), "two flex replicas must equal one device exactly");
         } else {
-            assert!(loss_diff < 1e-4 && weight_diff < 1e-5, "flex + {name}: {loss_diff:e} / {weight_diff:e}");
+            // Other kernels round differently, and AdamW's normalised update amplifies that where a gradient is
+            // near zero: bound the weights by 10 % of the most any weight can move (lr × steps = 6e-3).
+            assert!(loss_diff < 1e-4 && weight_diff < 6e-4, "flex + {name}: {loss_diff:e} / {weight_diff:e}");
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The PSA-VLM safety concept bottleneck (arXiv 2411.11543): taxonomy, safety projector (C-Abstractor), the two
-//! safety-token sets, the safety head, the concept loss and machine-readable assessments.
+//! safety-token sets, the safety head, the concept loss, machine-readable assessments and the safety-control policy.
 //!
 //! Every width comes from [`SafetyConfig`]; modules are written against [`burn::tensor::Device`].
 pub mod assessment;
@@ -9,6 +9,7 @@ pub mod head;
 pub mod init;
 pub mod loss;
 pub mod modules;
+pub mod policy;
 pub mod projector;
 pub mod taxonomy;
 
@@ -18,5 +19,6 @@ pub use error::CoreError;
 pub use head::{ConceptLogits, PackedMultiheadAttention, SafetyHead};
 pub use loss::{ConceptLoss, concept_loss, cross_entropy};
 pub use modules::{SafeMmProjector, SafetyModules};
+pub use policy::{Action, Decision, SafetyPolicy};
 pub use projector::CAbstractor;
 pub use taxonomy::Taxonomy;

@@ -209,6 +209,28 @@ impl PsaVlm {
         Ok(self.safety.classify(features, text, Some(&qmask)))
     }
 
+    /// The LLM's input: prompt embeddings with `[S2 ; projected image tokens]` at each `<image>` (generation starts
+    /// here; no safety head).
+    pub fn merged_inputs(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<MergedInputs, ModelError> {
+        self.merge_embedded(features, self.text_embeddings(input_ids), input_ids, mask)
+    }
+
+    fn merge_embedded(
+        &self,
+        features: Tensor<3>,
+        text: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<MergedInputs, ModelError> {
+        let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
+        merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)
+    }
+
     /// Full forward. With `labels` (per input token, −100 = ignored) the LM loss is computed; with concept
     /// labels the concept loss; `loss` sums what is available.
     pub fn forward(
@@ -263,8 +285,7 @@ impl PsaVlm {
             Some(_) => Some(self.classify_embedded(features.clone(), text.clone(), input_ids, mask)?),
             None => None,
         };
-        let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
-        let merged = merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)?;
+        let merged = self.merge_embedded(features, text, input_ids, mask)?;
         let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
         let logits = self.llava.language_model.logits(hidden.last_hidden_state);
         let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));

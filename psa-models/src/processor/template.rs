@@ -1,6 +1,6 @@
 //! Conversation templates: `llava_v1` (Vicuna v1, LLaVA-1.5's own), `llava_llama_2` (the PSA-VLM reference
-//! training template, psa-vlm.md §5.1) and `chatml` (SmolLM2 and others). The same template must be used for
-//! training and inference.
+//! training template, psa-vlm.md §5.1), `ref_inference` (the reference's inference strings, §8.1, for parity runs)
+//! and `chatml` (SmolLM2 and others). The same template must be used for training and inference.
 use serde::{Deserialize, Serialize};
 
 use crate::error::TextError;
@@ -55,6 +55,12 @@ pub enum Template {
         /// System prompt.
         system: String,
     },
+    /// The reference inference layout (psa-vlm.md §8.1): `SYSTEM<image>\n USER: q \nASSISTANT:`, the system text
+    /// joined with no separator; with a hint `SYSTEM<image>\n \n USER: q  \n Safe Hint: h \n ASSISTANT:  `.
+    RefInference {
+        /// System prompt.
+        system: String,
+    },
     /// `<|im_start|>role\ntext<|im_end|>\n` turns.
     ChatMl {
         /// Optional system prompt.
@@ -63,12 +69,14 @@ pub enum Template {
 }
 
 impl Template {
-    /// A template by name (`llava_v1`, `llava_hf`, `llava_llama_2`, `chatml`) with its default system prompt.
+    /// A template by name (`llava_v1`, `llava_hf`, `llava_llama_2`, `ref_inference`, `chatml`) with its default
+    /// system prompt.
     pub fn by_name(name: &str) -> Result<Self, TextError> {
         match name {
             "llava_v1" | "vicuna_v1" => Ok(Self::LlavaV1 { system: VICUNA_SYSTEM.into() }),
             "llava_hf" => Ok(Self::LlavaV1 { system: String::new() }),
             "llava_llama_2" | "llama2_ref" => Ok(Self::LlavaLlama2 { system: LLAMA2_SYSTEM.into() }),
+            "ref_inference" => Ok(Self::RefInference { system: LLAMA2_SYSTEM.into() }),
             "chatml" => Ok(Self::ChatMl { system: None }),
             other => Err(TextError::UnknownTemplate(other.into())),
         }
@@ -80,6 +88,7 @@ impl Template {
         match self {
             Self::LlavaV1 { .. } => Self::LlavaV1 { system },
             Self::LlavaLlama2 { .. } => Self::LlavaLlama2 { system },
+            Self::RefInference { .. } => Self::RefInference { system },
             Self::ChatMl { .. } => Self::ChatMl { system: Some(system) },
         }
     }
@@ -120,6 +129,22 @@ impl Template {
                 }
                 s
             }
+            Self::RefInference { system } => {
+                let mut s = system.clone();
+                for m in messages {
+                    match m.role {
+                        Role::User => match m.content.strip_prefix("<image>\n") {
+                            Some(rest) => s.push_str(&format!("<image>\n USER: {rest} \n")),
+                            None => s.push_str(&format!("USER: {} \n", m.content)),
+                        },
+                        Role::Assistant => s.push_str(&format!("ASSISTANT: {}</s>", m.content)),
+                    }
+                }
+                if generation_prompt {
+                    s.push_str("ASSISTANT:");
+                }
+                s
+            }
             Self::ChatMl { system } => {
                 let mut s = String::new();
                 if let Some(sys) = system {
@@ -142,8 +167,21 @@ impl Template {
 
     /// A single-turn prompt asking `question` about one image (`<image>` placed first, as LLaVA does).
     pub fn image_prompt(&self, question: &str) -> String {
+        self.guarded_prompt(question, None)
+    }
+
+    /// [`image_prompt`](Self::image_prompt) with an optional safety hint: `ref_inference` uses the reference's
+    /// exact layout; the others append `\nSafe Hint: {hint}` to the user turn.
+    pub fn guarded_prompt(&self, question: &str, hint: Option<&str>) -> String {
         let q = question.replace("<image>", "");
-        self.render(&[Message::user(format!("<image>\n{}", q.trim()))], true)
+        let q = q.trim();
+        match (self, hint) {
+            (Self::RefInference { system }, Some(h)) => {
+                format!("{system}<image>\n \n USER: {q}  \n Safe Hint: {h} \n ASSISTANT:  ")
+            }
+            (_, Some(h)) => self.render(&[Message::user(format!("<image>\n{q}\nSafe Hint: {h}"))], true),
+            (_, None) => self.render(&[Message::user(format!("<image>\n{q}"))], true),
+        }
     }
 }
 

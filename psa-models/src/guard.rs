@@ -1,0 +1,326 @@
+//! Guarded inference (psa-vlm.md §8.2): one vision pass per image, the safety head's assessment, the policy's
+//! decision, then the LLM on the (possibly hinted) prompt with the KV cache — or a refusal without the LLM.
+//! Requests are batched: images and prompts of different lengths run in one pass.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ::image::DynamicImage;
+use burn::tensor::{Device, Tensor};
+use psa_core::{Action, Decision, SafetyAssessment, SafetyPolicy, Taxonomy};
+use serde::{Deserialize, Serialize};
+
+use crate::error::LoadError;
+use crate::generate::{FinishReason, GenerationConfig, generate};
+use crate::import::{LoadOptions, LoadReport, load_psa};
+use crate::pipeline::PipelineError;
+use crate::processor::{ImageProcessor, ImageProcessorConfig, PaddingSide, Template, TextProcessor};
+use crate::psa::{PsaConfig, PsaVlm};
+
+/// One question about one image, with an optional policy for this request only.
+#[derive(Debug, Clone)]
+pub struct GuardRequest {
+    /// Caller's identifier, echoed in the response.
+    pub id: Option<String>,
+    /// The image.
+    pub image: DynamicImage,
+    /// The user's question.
+    pub question: String,
+    /// Replaces the pipeline's policy for this request.
+    pub policy: Option<SafetyPolicy>,
+}
+
+/// How an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// EOS or a stop id.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The policy refused; the LLM did not run.
+    Refused,
+}
+
+impl From<FinishReason> for Finish {
+    fn from(f: FinishReason) -> Self {
+        match f {
+            FinishReason::Stop => Self::Stop,
+            FinishReason::Length => Self::Length,
+        }
+    }
+}
+
+/// Wall-clock time of the stages of the batch a request ran in, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Requests in the batch.
+    pub batch_size: usize,
+    /// Image preprocessing and the vision tower.
+    pub vision_ms: f64,
+    /// Safety projector and head.
+    pub classify_ms: f64,
+    /// Prefill and decoding (0 when nothing was generated).
+    pub generate_ms: f64,
+    /// Everything.
+    pub total_ms: f64,
+}
+
+/// The verdict of the classify-only flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Caller's identifier.
+    pub id: Option<String>,
+    /// Level and type probabilities and argmax.
+    pub assessment: SafetyAssessment,
+    /// What the policy would do.
+    pub decision: Decision,
+    /// Stage timings.
+    pub timings: Timings,
+}
+
+/// A guarded (or unguarded) answer with everything that led to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardedResponse {
+    /// Caller's identifier.
+    pub id: Option<String>,
+    /// Whether the policy was applied.
+    pub guarded: bool,
+    /// The safety head's assessment.
+    pub assessment: SafetyAssessment,
+    /// The policy's decision (absent when unguarded).
+    pub decision: Option<Decision>,
+    /// The prompt the LLM saw (absent when refused).
+    pub prompt: Option<String>,
+    /// The answer text.
+    pub answer: String,
+    /// Prompt length in LLM positions, image tokens included (0 when refused).
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// How the answer ended.
+    pub finish: Finish,
+    /// Stage timings.
+    pub timings: Timings,
+}
+
+/// A PSA-VLM model with its processors, taxonomy and default policy.
+#[derive(Debug)]
+pub struct GuardedPipeline {
+    /// The model.
+    pub model: PsaVlm,
+    /// Its configuration.
+    pub config: PsaConfig,
+    /// What the weight import read.
+    pub report: LoadReport,
+    /// Tokenizer.
+    pub text: TextProcessor,
+    /// Image preprocessing.
+    pub images: ImageProcessor,
+    /// Conversation template (the one used in training; `ref_inference` for reference parity).
+    pub template: Template,
+    /// Level and type names and hint texts.
+    pub taxonomy: Taxonomy,
+    /// The policy requests get unless they bring their own.
+    pub policy: SafetyPolicy,
+    device: Device,
+}
+
+impl GuardedPipeline {
+    /// Loads a PSA-VLM directory with the default taxonomy and policy; the tokenizer defaults to
+    /// `model_dir/tokenizer.json` and the image processor to `model_dir/preprocessor_config.json`, else to the
+    /// vision tower's own recipe.
+    pub fn load(
+        model_dir: &Path,
+        tokenizer: Option<PathBuf>,
+        template: Template,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        let (model, config, report) = load_psa(model_dir, device, &LoadOptions::default())?;
+        let tokenizer = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
+        let text = TextProcessor::from_file(&tokenizer, "<image>")?;
+        let pre = model_dir.join("preprocessor_config.json");
+        let cfg = if pre.is_file() {
+            ImageProcessorConfig::from_file(&pre).map_err(LoadError::from)?
+        } else {
+            ImageProcessorConfig::for_vision(&config.llava.vision)
+        };
+        let images = cfg.build().map_err(LoadError::from)?;
+        let taxonomy = Taxonomy::default();
+        Self::check_taxonomy(&taxonomy, &config)?;
+        let (policy, device) = (SafetyPolicy::default(), device.clone());
+        Ok(Self { model, config, report, text, images, template, taxonomy, policy, device })
+    }
+
+    /// Replaces the taxonomy (its class counts must match the heads) and re-checks the policy against it.
+    pub fn with_taxonomy(mut self, taxonomy: Taxonomy) -> Result<Self, PipelineError> {
+        Self::check_taxonomy(&taxonomy, &self.config)?;
+        self.policy.validate(&taxonomy).map_err(|e| LoadError::Config(crate::ConfigError::Invalid(e.to_string())))?;
+        self.taxonomy = taxonomy;
+        Ok(self)
+    }
+
+    /// Replaces the default policy.
+    pub fn with_policy(mut self, policy: SafetyPolicy) -> Result<Self, PipelineError> {
+        policy.validate(&self.taxonomy).map_err(|e| LoadError::Config(crate::ConfigError::Invalid(e.to_string())))?;
+        self.policy = policy;
+        Ok(self)
+    }
+
+    fn check_taxonomy(taxonomy: &Taxonomy, config: &PsaConfig) -> Result<(), PipelineError> {
+        let invalid = |reason: String| PipelineError::Load(LoadError::Config(crate::ConfigError::Invalid(reason)));
+        taxonomy.validate().map_err(|e| invalid(e.to_string()))?;
+        let (levels, types) = (taxonomy.levels.len(), taxonomy.types.len());
+        if (levels, types) != (config.safety.num_levels, config.safety.num_types) {
+            return Err(invalid(format!(
+                "the taxonomy has {levels} levels and {types} types, the model's heads {} and {}",
+                config.safety.num_levels, config.safety.num_types
+            )));
+        }
+        Ok(())
+    }
+
+    /// Generation defaults from the config: EOS from `text_config`, padding from `pad_token_id`.
+    pub fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens,
+            eos_token_ids: self.config.llava.text.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default(),
+            pad_token_id: self.config.llava.pad_token_id.unwrap_or(0),
+            ..Default::default()
+        }
+    }
+
+    /// Vision features of a batch of images `[n, patches, vision_dim]` and the time they took.
+    fn features(&self, images: &[&DynamicImage]) -> Result<(Tensor<3>, f64), PipelineError> {
+        let start = Instant::now();
+        let owned: Vec<DynamicImage> = images.iter().map(|&i| i.clone()).collect();
+        let pixels = self.images.preprocess(&owned, &self.device)?;
+        let features = self.model.llava.selected_features(pixels);
+        Ok((features, start.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Assessments of a batch: the head's queries come from each row's unhinted prompt.
+    fn assess(&self, features: Tensor<3>, questions: &[&str]) -> Result<(Vec<SafetyAssessment>, f64), PipelineError> {
+        let start = Instant::now();
+        let rows = questions
+            .iter()
+            .map(|q| self.text.encode_prompt(&self.template.image_prompt(q), None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ids, mask) = TextProcessor::pad(&rows, self.config.llava.pad_token_id.unwrap_or(0), PaddingSide::Right);
+        let logits = self.model.classify_features(features, &ids, Some(&mask))?;
+        let assessments = SafetyAssessment::from_logits(&logits, &self.taxonomy);
+        Ok((assessments, start.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Classifies a batch of (image, question) pairs and says what the policy would do; the LLM never runs.
+    pub fn classify(&self, requests: &[GuardRequest]) -> Result<Vec<Verdict>, PipelineError> {
+        let start = Instant::now();
+        let (features, vision_ms) = self.features(&requests.iter().map(|r| &r.image).collect::<Vec<_>>())?;
+        let questions: Vec<&str> = requests.iter().map(|r| r.question.as_str()).collect();
+        let (assessments, classify_ms) = self.assess(features, &questions)?;
+        let timings = Timings {
+            batch_size: requests.len(),
+            vision_ms,
+            classify_ms,
+            generate_ms: 0.0,
+            total_ms: start.elapsed().as_secs_f64() * 1e3,
+        };
+        requests
+            .iter()
+            .zip(assessments)
+            .map(|(r, assessment)| {
+                let decision = self.decide(r, &assessment)?;
+                Ok(Verdict { id: r.id.clone(), assessment, decision, timings: timings.clone() })
+            })
+            .collect()
+    }
+
+    fn decide(&self, r: &GuardRequest, a: &SafetyAssessment) -> Result<Decision, PipelineError> {
+        let policy = r.policy.as_ref().unwrap_or(&self.policy);
+        policy
+            .decide(a, &self.taxonomy)
+            .map_err(|e| PipelineError::Model(crate::ModelError::Input(format!("policy: {e}"))))
+    }
+
+    /// Answers a batch. Guarded: classify, apply each request's policy, refuse or generate with the hint.
+    /// Unguarded (`guard = false`): the assessment is still reported, but every prompt goes to the LLM as asked.
+    pub fn respond(
+        &self,
+        requests: &[GuardRequest],
+        generation: &GenerationConfig,
+        guard: bool,
+    ) -> Result<Vec<GuardedResponse>, PipelineError> {
+        let start = Instant::now();
+        let (features, vision_ms) = self.features(&requests.iter().map(|r| &r.image).collect::<Vec<_>>())?;
+        let questions: Vec<&str> = requests.iter().map(|r| r.question.as_str()).collect();
+        let (assessments, classify_ms) = self.assess(features.clone(), &questions)?;
+        let decisions = if guard {
+            requests
+                .iter()
+                .zip(&assessments)
+                .map(|(r, a)| self.decide(r, a).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![None; requests.len()]
+        };
+        // Rows that reach the LLM, with their prompts.
+        let run: Vec<(usize, String)> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.as_ref().is_none_or(|d| d.action != Action::Refuse))
+            .map(|(i, d)| {
+                (i, self.template.guarded_prompt(&requests[i].question, d.as_ref().and_then(|d| d.hint.as_deref())))
+            })
+            .collect();
+        let gen_start = Instant::now();
+        let mut generated = vec![None; requests.len()];
+        if !run.is_empty() {
+            let rows = run.iter().map(|(_, p)| self.text.encode_prompt(p, None)).collect::<Result<Vec<_>, _>>()?;
+            let (ids, mask) = TextProcessor::pad(&rows, generation.pad_token_id, PaddingSide::Left);
+            let index = Tensor::<1, burn::tensor::Int>::from_data(
+                run.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>().as_slice(),
+                &self.device,
+            );
+            let merged = self.model.merged_inputs(features.select(0, index), &ids, Some(&mask))?;
+            let lengths: Vec<usize> = merged.mask.rows().iter().map(|r| r.iter().filter(|&&m| m).count()).collect();
+            let max_pos = self.config.llava.text.max_position_embeddings;
+            let out =
+                generate(&self.model.llava.language_model, merged.inputs_embeds, merged.mask, generation, max_pos)?;
+            for (k, (i, prompt)) in run.into_iter().enumerate() {
+                let text = self.text.decode(&out.tokens[k], true)?;
+                generated[i] = Some((prompt, text, lengths[k], out.tokens[k].len(), Finish::from(out.finish[k])));
+            }
+        }
+        let generate_ms = gen_start.elapsed().as_secs_f64() * 1e3;
+        let timings = Timings {
+            batch_size: requests.len(),
+            vision_ms,
+            classify_ms,
+            generate_ms,
+            total_ms: start.elapsed().as_secs_f64() * 1e3,
+        };
+        let mut out = Vec::with_capacity(requests.len());
+        for (((r, assessment), decision), g) in requests.iter().zip(assessments).zip(decisions).zip(generated) {
+            // A row without generation was refused by its decision.
+            let (prompt, answer, prompt_tokens, completion_tokens, finish) = match g {
+                Some((p, text, pt, ct, f)) => (Some(p), text, pt, ct, f),
+                None => {
+                    let refusal = decision.as_ref().and_then(|d| d.refusal.clone()).unwrap_or_default();
+                    (None, refusal, 0, 0, Finish::Refused)
+                }
+            };
+            out.push(GuardedResponse {
+                id: r.id.clone(),
+                guarded: guard,
+                assessment,
+                decision,
+                prompt,
+                answer,
+                prompt_tokens,
+                completion_tokens,
+                finish,
+                timings: timings.clone(),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,68 @@
+//! `psa classify | generate | batch | serve`: guarded inference from the command line.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use psa_vlm::core::{SafetyPolicy, Taxonomy};
+use psa_vlm::device::parse_device;
+use psa_vlm::models::processor::{Template, load_image};
+use psa_vlm::models::{GuardRequest, GuardedPipeline};
+
+/// Where the model, its tokenizer, taxonomy and policy come from.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// PSA-VLM checkpoint directory.
+    #[arg(long)]
+    pub model_dir: PathBuf,
+    /// tokenizer.json (default: <model-dir>/tokenizer.json).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Conversation template, the one used in training (`ref_inference` reproduces the reference's strings).
+    #[arg(long, default_value = "llava_v1")]
+    pub template: String,
+    /// Taxonomy file (JSON/TOML; default: the paper's 4 levels, 7 types, 18 hints).
+    #[arg(long)]
+    pub taxonomy: Option<PathBuf>,
+    /// Policy file (JSON/TOML; default: the reference rule).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Device: cpu, ndarray, wgpu, vulkan, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// Loads the pipeline with the taxonomy and policy applied.
+    pub fn load(&self) -> Result<GuardedPipeline> {
+        let device = parse_device(&self.device)?;
+        let template = Template::by_name(&self.template)?;
+        let mut p = GuardedPipeline::load(&self.model_dir, self.tokenizer.clone(), template, &device)
+            .with_context(|| format!("loading {}", self.model_dir.display()))?;
+        if let Some(path) = &self.taxonomy {
+            p = p.with_taxonomy(Taxonomy::from_file(path)?)?;
+        }
+        if let Some(path) = &self.policy {
+            let policy = SafetyPolicy::from_file(path, &p.taxonomy)?;
+            p = p.with_policy(policy)?;
+        }
+        Ok(p)
+    }
+}
+
+/// One image and question.
+#[derive(Args, Debug)]
+pub struct Ask {
+    /// The image (PNG or JPEG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The question.
+    #[arg(long, default_value = "Describe the image.")]
+    pub question: String,
+}
+
+impl Ask {
+    /// The request.
+    pub fn request(&self) -> Result<GuardRequest> {
+        Ok(GuardRequest { id: None, image: load_image(&self.image)?, question: self.question.clone(), policy: None })
+    }
+}

@@ -1,0 +1,202 @@
+//! `psa`: the PSA-VLM command-line tool.
+//!
+//! ```text
+//! psa train stage1 --config runs/stage1.toml [--device cpu] [--epochs 3] [--out runs/s1]
+//! psa classify --model-dir M --image cat.png [--question "…"] [--policy policy.toml]
+//! psa generate --model-dir M --image cat.png --question "…" [--no-guard]
+//! psa batch --model-dir M --input requests.jsonl --output answers.jsonl [--image-root imgs/]
+//! psa serve --model-dir M [--addr 127.0.0.1:8080]
+//! ```
+mod infer;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use infer::{Ask, ModelArgs};
+use psa_vlm::batch::{BatchOptions, run_batch};
+use psa_vlm::device::parse_devices;
+use psa_vlm::serve::{ServeConfig, router, serve};
+use psa_vlm::train::TrainConfig;
+use psa_vlm::train::run::StageName;
+
+#[derive(Parser, Debug)]
+#[command(name = "psa", version, about = "PSA-VLM: safety concept bottlenecks for vision-language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train stage I (safety modules) or stage II (LoRA on the LLM) from a TOML/JSON run configuration.
+    Train {
+        /// `stage1` or `stage2`; must agree with the configuration's `stage`.
+        stage: String,
+        /// Run configuration (`.toml` or `.json`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Device: cpu, ndarray, wgpu, vulkan, cuda:N; a comma-separated list trains data-parallel over them.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Output directory (overrides the configuration).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from a checkpoint folder.
+        #[arg(long)]
+        resume_from: Option<PathBuf>,
+        /// Recipe overrides.
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        #[arg(long)]
+        grad_accum: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// No progress bar (logs only).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// The safety verdict for an image (and question) as JSON; the LLM does not run.
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// A guarded answer as JSON: verdict, decision, prompt, answer, token counts and timings.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        ask: Ask,
+        /// Answer the question as asked (the verdict is still reported), to compare with the guarded answer.
+        #[arg(long)]
+        no_guard: bool,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+    },
+    /// Guarded answers for a JSONL file (`{"id", "image", "question", "policy"?}` per line), resumable.
+    Batch {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Requests.
+        #[arg(long)]
+        input: PathBuf,
+        /// Answers (appended; ids already present are skipped).
+        #[arg(long)]
+        output: PathBuf,
+        /// Directory image paths are relative to (default: the input file's directory).
+        #[arg(long)]
+        image_root: Option<PathBuf>,
+        /// Requests per model pass.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Skip (and report) requests whose image is missing or corrupt.
+        #[arg(long)]
+        skip_bad_images: bool,
+        #[arg(long)]
+        no_guard: bool,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// An HTTP server: POST /v1/classify and OpenAI-style POST /v1/chat/completions.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Largest request body in bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        max_body_bytes: usize,
+        /// Largest `max_tokens` a request may ask for (also the default).
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train { stage, config, device, out, resume_from, lr, epochs, batch_size, grad_accum, seed, quiet } => {
+            let mut cfg = TrainConfig::from_file(&config)?;
+            let wanted = match stage.as_str() {
+                "stage1" => StageName::Stage1,
+                "stage2" => StageName::Stage2,
+                other => bail!("unknown stage {other:?}: expected stage1 or stage2"),
+            };
+            if cfg.stage != wanted {
+                bail!("{} configures {:?}, but `psa train {stage}` was asked for", config.display(), cfg.stage);
+            }
+            cfg.out = out.unwrap_or(cfg.out);
+            cfg.resume_from = resume_from.or(cfg.resume_from);
+            let r = &mut cfg.recipe;
+            r.lr = lr.or(r.lr);
+            r.epochs = epochs.or(r.epochs);
+            r.batch_size = batch_size.or(r.batch_size);
+            r.grad_accum = grad_accum.or(r.grad_accum);
+            r.seed = seed.or(r.seed);
+            cfg.progress = !quiet && cfg.progress;
+            let devices = parse_devices(&device)?;
+            let summary =
+                psa_vlm::train::run(&cfg, &devices).with_context(|| format!("running {}", config.display()))?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Classify { model, ask } => {
+            let p = model.load()?;
+            let verdict = p.classify(&[ask.request()?])?;
+            println!("{}", serde_json::to_string_pretty(&verdict[0])?);
+        }
+        Command::Generate { model, ask, no_guard, max_new_tokens } => {
+            let p = model.load()?;
+            let answer = p.respond(&[ask.request()?], &p.generation_config(max_new_tokens), !no_guard)?;
+            println!("{}", serde_json::to_string_pretty(&answer[0])?);
+        }
+        Command::Batch {
+            model,
+            input,
+            output,
+            image_root,
+            batch_size,
+            skip_bad_images,
+            no_guard,
+            max_new_tokens,
+            quiet,
+        } => {
+            let p = model.load()?;
+            let image_root = image_root.unwrap_or_else(|| input.parent().map(PathBuf::from).unwrap_or_default());
+            let opts = BatchOptions {
+                batch_size,
+                guard: !no_guard,
+                skip_bad_images,
+                image_root,
+                generation: p.generation_config(max_new_tokens),
+                progress: !quiet,
+            };
+            let report = run_batch(&p, &input, &output, &opts)?;
+            for s in &report.skipped {
+                eprintln!("skipped: {s}");
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Serve { model, addr, max_body_bytes, max_new_tokens } => {
+            let p = model.load()?;
+            let cfg = ServeConfig { max_body_bytes, max_new_tokens, ..ServeConfig::default() };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+                eprintln!("psa serve: listening on http://{}", listener.local_addr()?);
+                serve(listener, router(p, cfg)).await?;
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
