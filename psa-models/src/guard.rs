@@ -145,6 +145,25 @@ impl GuardedPipeline {
             ImageProcessorConfig::for_vision(&config.llava.vision)
         };
         let images = cfg.build().map_err(LoadError::from)?;
+        Self::new(model, config, report, text, images, template, device)
+    }
+
+    /// Assembles a pipeline from parts, with the default taxonomy and policy.
+    pub fn new(
+        model: PsaVlm,
+        config: PsaConfig,
+        report: LoadReport,
+        text: TextProcessor,
+        images: ImageProcessor,
+        template: Template,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        let (tokenizer_image, model_image) = (text.image_token_id(), config.llava.image_token_index);
+        if tokenizer_image != model_image {
+            return Err(PipelineError::Load(LoadError::Config(crate::ConfigError::Invalid(format!(
+                "the tokenizer's <image> is id {tokenizer_image}, the model expects image_token_index {model_image}"
+            )))));
+        }
         let taxonomy = Taxonomy::default();
         Self::check_taxonomy(&taxonomy, &config)?;
         let (policy, device) = (SafetyPolicy::default(), device.clone());

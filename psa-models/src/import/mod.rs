@@ -4,6 +4,7 @@
 //!
 //! A load either returns a complete model or an error naming the key, file and shapes involved.
 mod files;
+pub mod gguf;
 pub mod layout;
 mod peft;
 mod psa;
@@ -17,8 +18,8 @@ use burn::store::{
 };
 use burn::tensor::{DType, Device};
 
-use files::read_tensors;
 pub use files::weight_files;
+use files::{FileTensor, read_tensors};
 pub use layout::{Layout, normalize};
 pub use peft::{load_peft_adapter, save_peft_adapter};
 pub use psa::{load_psa, load_psa_with_safety, save_safety_modules, write_f32_safetensors};
@@ -63,7 +64,25 @@ pub fn load_into<M: Module + ModuleSnapshot>(
 
 /// [`load_into`] restricted to the parameters whose module path satisfies `wanted`; the others keep their values.
 pub fn load_matching<M: Module + ModuleSnapshot>(
+    model: M,
+    files: &[PathBuf],
+    layout: Layout,
+    opts: &LoadOptions,
+    device: &Device,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(M, LoadReport), LoadError> {
+    let mut read = Vec::new();
+    for path in files {
+        read.extend(read_tensors(path)?);
+    }
+    apply_tensors(model, read, files, layout, opts, device, wanted)
+}
+
+/// Applies checkpoint tensors (keyed by their checkpoint names) to `model` after normalising the keys with
+/// `layout`; fails naming the key, file and shapes when a parameter is missing or misshapen.
+pub(crate) fn apply_tensors<M: Module + ModuleSnapshot>(
     mut model: M,
+    read: Vec<(String, FileTensor)>,
     files: &[PathBuf],
     layout: Layout,
     opts: &LoadOptions,
@@ -73,17 +92,15 @@ pub fn load_matching<M: Module + ModuleSnapshot>(
     let mut report = LoadReport { files: files.to_vec(), ..Default::default() };
     let mut tensors = BTreeMap::new();
     let mut origin: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
-    for path in files {
-        for (key, ft) in read_tensors(path)? {
-            let Some(name) = normalize(layout, &key) else {
-                report.skipped.push(key);
-                continue;
-            };
-            let mut tensor = ft.tensor;
-            tensor.name = name.clone();
-            origin.insert(name.clone(), (key, ft.path));
-            tensors.insert(name, tensor);
-        }
+    for (key, ft) in read {
+        let Some(name) = normalize(layout, &key) else {
+            report.skipped.push(key);
+            continue;
+        };
+        let mut tensor = ft.tensor;
+        tensor.name = name.clone();
+        origin.insert(name.clone(), (key, ft.path));
+        tensors.insert(name, tensor);
     }
     // Expected names and shapes in PyTorch layout (norm `weight`/`bias`, Linear `[out, in]`).
     let expected: BTreeMap<String, Vec<usize>> = model

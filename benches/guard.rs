@@ -1,0 +1,69 @@
+//! Latency of one guarded request on flex: classify only (vision + safety head), and classify + generate 32
+//! tokens; singly and as a batch of 4. Two models: the tiny PSA fixture and a mid-size random PSA-VLM (CLIP
+//! 384×6 at 224 px, LLaMA 768×8, 64 safety tokens: the configuration of `benches/forward.rs`, with the tiny
+//! tokenizer's `<image>` id).
+//!
+//! `cargo bench --bench guard`. Results: book/src/benchmarks.md.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{draw, fixtures};
+use criterion::{Criterion, criterion_group, criterion_main};
+use psa_vlm::burn::tensor::Device;
+use psa_vlm::models::import::LoadReport;
+use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
+use psa_vlm::models::{GenerationConfig, GuardRequest, GuardedPipeline, LlavaConfig, PsaConfig};
+
+fn tiny(device: &Device) -> GuardedPipeline {
+    let mut p = GuardedPipeline::load(
+        &fixtures().join("tiny_psa/model"),
+        Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
+        Template::by_name("llava_hf").expect("template"),
+        device,
+    )
+    .expect("fixture");
+    p.policy.default_action = psa_vlm::core::Action::Allow;
+    p
+}
+
+fn mid(device: &Device) -> GuardedPipeline {
+    let value = serde_json::json!({
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 384, "intermediate_size": 1536,
+            "num_hidden_layers": 6, "num_attention_heads": 6, "image_size": 224, "patch_size": 14},
+        "text_config": {"model_type": "llama", "vocab_size": 32064, "hidden_size": 768, "intermediate_size": 2048,
+            "num_hidden_layers": 8, "num_attention_heads": 12, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 2048},
+        "image_token_index": 999
+    });
+    let config = PsaConfig::for_llava(LlavaConfig::from_value(&value, "bench".as_ref()).expect("config"));
+    let model = config.init(device).expect("model");
+    let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").expect("tok");
+    let images = ImageProcessorConfig::for_vision(&config.llava.vision).build().expect("processor");
+    let template = Template::by_name("llava_v1").expect("template");
+    GuardedPipeline::new(model, config, LoadReport::default(), text, images, template, device).expect("pipeline")
+}
+
+fn bench(c: &mut Criterion) {
+    let device = Device::flex();
+    let request = |i: u64| GuardRequest {
+        id: None,
+        image: image::DynamicImage::ImageRgb8(draw(i as usize % 5, i)),
+        question: "What is shown in this picture? Answer in one sentence.".into(),
+        policy: None,
+    };
+    let one = vec![request(1)];
+    let four: Vec<GuardRequest> = (1..=4).map(request).collect();
+    let generation = GenerationConfig { max_new_tokens: 32, ..Default::default() };
+    for (name, pipeline) in [("tiny", tiny(&device)), ("mid", mid(&device))] {
+        let mut group = c.benchmark_group(format!("flex/guard-{name}"));
+        group.sample_size(10);
+        group.bench_function("classify/1", |b| b.iter(|| pipeline.classify(&one).expect("classify")));
+        group.bench_function("classify/4", |b| b.iter(|| pipeline.classify(&four).expect("classify")));
+        group.bench_function("generate-32/1", |b| b.iter(|| pipeline.respond(&one, &generation, true).expect("gen")));
+        group.bench_function("generate-32/4", |b| b.iter(|| pipeline.respond(&four, &generation, true).expect("gen")));
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

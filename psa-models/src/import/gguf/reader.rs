@@ -1,0 +1,273 @@
+//! The GGUF container (versions 2 and 3): typed metadata, tensor descriptors, aligned tensor data.
+//! Every read is bounds-checked, so a truncated or corrupt file is an error naming what broke, never a panic.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::quant::GgmlType;
+use crate::error::LoadError;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    /// Unsigned integer (u8, u16, u32, u64).
+    Uint(u64),
+    /// Signed integer (i8, i16, i32, i64).
+    Int(i64),
+    /// Float (f32, f64).
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// UTF-8 string.
+    String(String),
+    /// Array of values.
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    /// As an unsigned integer (non-negative integers only).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::Uint(v) => Some(*v),
+            Self::Int(v) => u64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+
+    /// As a float (integers convert).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Self::Float(v) => Some(*v),
+            Self::Uint(v) => Some(*v as f64),
+            Self::Int(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+
+    /// As a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// As a boolean.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Self::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// As an array.
+    pub fn as_array(&self) -> Option<&[GgufValue]> {
+        match self {
+            Self::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// A tensor descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Tensor name (`blk.0.attn_q.weight`).
+    pub name: String,
+    /// Dimensions as the file lists them, innermost first.
+    pub dims: Vec<u64>,
+    /// Storage type.
+    pub ggml_type: GgmlType,
+    /// Byte offset from the start of the data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.dims.iter().product::<u64>() as usize
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row-major shape, outermost first (PyTorch order: a Linear weight is `[out, in]`).
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+/// A parsed GGUF file; tensor data is read (and dequantised) on demand.
+#[derive(Debug, Clone)]
+pub struct GgufFile {
+    /// Format version.
+    pub version: u32,
+    /// Metadata by key.
+    pub metadata: BTreeMap<String, GgufValue>,
+    /// Tensor descriptors in file order.
+    pub tensors: Vec<TensorInfo>,
+    path: PathBuf,
+    bytes: Arc<Vec<u8>>,
+    data_start: usize,
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("truncated while reading {what} at byte {}", self.pos))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A count of items of at least `min_size` bytes each, checked against the bytes left.
+    fn count(&mut self, what: &str, min_size: usize) -> Result<usize, String> {
+        let n = self.u64(what)?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n.saturating_mul(min_size as u64) > left {
+            return Err(format!("{what} claims {n} items, more than the {left} bytes left"));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, String> {
+        let n = self.count(what, 1)?;
+        let raw = self.take(n, what)?;
+        String::from_utf8(raw.to_vec()).map_err(|e| format!("{what} is not UTF-8: {e}"))
+    }
+
+    fn value(&mut self, kind: u32, what: &str, depth: usize) -> Result<GgufValue, String> {
+        Ok(match kind {
+            0 => GgufValue::Uint(self.array::<1>(what)?[0] as u64),
+            1 => GgufValue::Int(self.array::<1>(what)?[0] as i8 as i64),
+            2 => GgufValue::Uint(u16::from_le_bytes(self.array(what)?) as u64),
+            3 => GgufValue::Int(i16::from_le_bytes(self.array(what)?) as i64),
+            4 => GgufValue::Uint(self.u32(what)? as u64),
+            5 => GgufValue::Int(i32::from_le_bytes(self.array(what)?) as i64),
+            6 => GgufValue::Float(f32::from_le_bytes(self.array(what)?) as f64),
+            7 => GgufValue::Bool(self.array::<1>(what)?[0] != 0),
+            8 => GgufValue::String(self.string(what)?),
+            9 if depth < 4 => {
+                let inner = self.u32(what)?;
+                let n = self.count(what, 1)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(inner, what, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::Uint(self.u64(what)?),
+            11 => GgufValue::Int(i64::from_le_bytes(self.array(what)?)),
+            12 => GgufValue::Float(f64::from_le_bytes(self.array(what)?)),
+            other => return Err(format!("{what} has unknown value type {other}")),
+        })
+    }
+}
+
+impl GgufFile {
+    /// Reads and parses `path`.
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::BadFile { path: path.into(), reason: e.to_string() })?;
+        Self::parse(bytes, path).map_err(|reason| LoadError::BadFile { path: path.into(), reason })
+    }
+
+    fn parse(bytes: Vec<u8>, path: &Path) -> Result<Self, String> {
+        let mut c = Cursor { bytes: &bytes, pos: 0 };
+        if c.take(4, "the magic")? != b"GGUF" {
+            return Err("not a GGUF file (no GGUF magic)".into());
+        }
+        let version = c.u32("the version")?;
+        if !(2..=3).contains(&version) {
+            return Err(format!("GGUF version {version} is not supported (2 and 3 are)"));
+        }
+        let n_tensors = c.count("the tensor count", 24)?;
+        let n_kv = c.count("the metadata count", 12)?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = c.string("a metadata key")?;
+            let kind = c.u32(&key)?;
+            let value = c.value(kind, &key, 0)?;
+            metadata.insert(key, value);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = c.string("a tensor name")?;
+            let n_dims = c.u32(&name)? as usize;
+            if n_dims > 4 {
+                return Err(format!("tensor {name} has {n_dims} dimensions"));
+            }
+            let dims = (0..n_dims).map(|_| c.u64(&name)).collect::<Result<Vec<_>, _>>()?;
+            let ggml_type = GgmlType::from_id(c.u32(&name)?).map_err(|e| format!("tensor {name}: {e}"))?;
+            let offset = c.u64(&name)?;
+            tensors.push(TensorInfo { name, dims, ggml_type, offset });
+        }
+        let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(32) as usize;
+        if alignment == 0 || !alignment.is_power_of_two() {
+            return Err(format!("general.alignment {alignment} is not a power of two"));
+        }
+        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let file = Self { version, metadata, tensors, path: path.into(), bytes: Arc::new(bytes), data_start };
+        for t in &file.tensors {
+            file.raw(t)?;
+        }
+        Ok(file)
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A metadata value.
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    /// A tensor descriptor by name.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The stored bytes of a tensor.
+    fn raw(&self, t: &TensorInfo) -> Result<&[u8], String> {
+        let len = t.ggml_type.byte_len(t.len()).map_err(|e| format!("tensor {}: {e}", t.name))?;
+        let start = self.data_start as u64 + t.offset;
+        let end = start + len as u64;
+        if end > self.bytes.len() as u64 {
+            return Err(format!(
+                "tensor {} ends at byte {end}, past the end of the file ({} bytes): truncated",
+                t.name,
+                self.bytes.len()
+            ));
+        }
+        Ok(&self.bytes[start as usize..end as usize])
+    }
+
+    /// A tensor's values as f32, row-major in [`TensorInfo::shape`] order.
+    pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>, LoadError> {
+        let bad = |reason: String| LoadError::BadFile { path: self.path.clone(), reason };
+        let raw = self.raw(t).map_err(bad)?;
+        Ok(t.ggml_type.dequantize(raw, t.len()))
+    }
+}
