@@ -153,3 +153,15 @@ fn batches_equal_one_at_a_time() {
     assert_eq!(batch[2].finish, Finish::Refused);
     assert!(batch.iter().filter(|r| r.finish != Finish::Refused).all(|r| r.completion_tokens > 0));
 }
+
+#[test]
+fn a_tokenizer_whose_image_id_differs_from_the_model_is_refused() {
+    use psa_vlm::models::import::{LoadOptions, LoadReport, load_psa};
+    let device = Device::flex();
+    let (model, mut config, _) =
+        load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
+    config.llava.image_token_index = 5;
+    let (text, template, images) = tiny_processors();
+    let err = GuardedPipeline::new(model, config, LoadReport::default(), text, images, template, &device).unwrap_err();
+    assert!(err.to_string().contains("<image> is id 999") && err.to_string().contains("image_token_index 5"), "{err}");
+}
