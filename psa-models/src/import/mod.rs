@@ -6,6 +6,7 @@
 mod files;
 pub mod gguf;
 pub mod layout;
+pub mod onnx;
 mod peft;
 mod psa;
 
