@@ -39,7 +39,7 @@ fn onnx_backbone_matches_onnxruntime_and_the_safetensors_weights() {
 fn names_come_from_the_consuming_nodes() {
     let onnx = OnnxWeights::open(&fixtures().join("tiny_onnx/tiny_focus.onnx")).unwrap();
     let tensors = dinov2_tensors(&onnx, "backbone.").unwrap();
-    let names: Vec<&str> = tensors.iter().map(|(n, _, _)| n.as_str()).collect();
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
     for want in [
         "encoder.layer.1.attention.attention.query.weight",
         "encoder.layer.0.attention.output.dense.weight",
@@ -49,10 +49,9 @@ fn names_come_from_the_consuming_nodes() {
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    let (_, shape, _) = tensors.iter().find(|(n, _, _)| n == "embeddings.position_embeddings").unwrap();
-    assert_eq!(shape, &vec![1, 26, 32], "CLS row + the 5×5 grid of the 70-px pretraining size");
-    let (_, shape, _) = tensors.iter().find(|(n, _, _)| n == "encoder.layer.0.mlp.fc1.weight").unwrap();
-    assert_eq!(shape, &vec![128, 32], "transposed back to [out, in]");
+    let shape = |name: &str| tensors.iter().find(|t| t.name == name).unwrap().shape.clone();
+    assert_eq!(shape("embeddings.position_embeddings"), [1, 26, 32], "CLS row + the 70-px pretraining 5×5 grid");
+    assert_eq!(shape("encoder.layer.0.mlp.fc1.weight"), [128, 32], "transposed back to [out, in]");
     let err = dinov2_tensors(&onnx, "encoder.").unwrap_err().to_string();
     assert!(err.contains("position table"), "{err}");
     let dir = scratch("onnx-bad");

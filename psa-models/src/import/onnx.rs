@@ -147,10 +147,9 @@ fn checkpoint_name(name: &str) -> String {
         .replace(".attention.o_proj.", ".attention.output.dense.")
 }
 
-/// The DINOv2 backbone under `prefix` (e.g. `backbone.`) as `Dinov2Model` checkpoint tensors: `(name, shape,
-/// values)` with Hugging Face names and `[out, in]` Linear weights. `embeddings.mask_token` (unused at inference,
-/// absent from exports) is zeros.
-pub fn dinov2_tensors(onnx: &OnnxWeights, prefix: &str) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, LoadError> {
+/// The DINOv2 backbone under `prefix` (e.g. `backbone.`) as `Dinov2Model` checkpoint tensors, with Hugging Face
+/// names and `[out, in]` Linear weights. `embeddings.mask_token` (unused at inference, absent from exports) is zeros.
+pub fn dinov2_tensors(onnx: &OnnxWeights, prefix: &str) -> Result<Vec<Initializer>, LoadError> {
     let bad = |reason: String| LoadError::BadFile { path: onnx.path.clone(), reason };
     let node_prefix = format!("/{}", prefix.trim_end_matches('.').replace('.', "/"));
     let mut out = Vec::new();
@@ -158,7 +157,7 @@ pub fn dinov2_tensors(onnx: &OnnxWeights, prefix: &str) -> Result<Vec<(String, V
     let mut grid_pos = None;
     for init in &onnx.initializers {
         if let Some(rest) = init.name.strip_prefix(prefix) {
-            out.push((checkpoint_name(rest), init.shape.clone(), init.values.clone()));
+            out.push(Initializer { name: checkpoint_name(rest), ..init.clone() });
             continue;
         }
         let consumers = onnx.consumed_by(&init.name);
@@ -174,7 +173,11 @@ pub fn dinov2_tensors(onnx: &OnnxWeights, prefix: &str) -> Result<Vec<(String, V
                     t[c * rows + r] = init.values[r * cols + c];
                 }
             }
-            out.push((checkpoint_name(&format!("{path}.weight")), vec![cols, rows], t));
+            out.push(Initializer {
+                name: checkpoint_name(&format!("{path}.weight")),
+                shape: vec![cols, rows],
+                values: t,
+            });
             continue;
         }
         let in_embeddings = consumers.iter().any(|(n, _)| n.starts_with(&format!("{node_prefix}/embeddings/")));
@@ -195,9 +198,10 @@ pub fn dinov2_tensors(onnx: &OnnxWeights, prefix: &str) -> Result<Vec<(String, V
     let d = cls.shape[2];
     let mut table = cls.values.clone();
     table.extend_from_slice(&grid.values);
-    out.push(("embeddings.position_embeddings".into(), vec![1, 1 + grid.shape[1], d], table));
-    if !out.iter().any(|(n, _, _)| n == "embeddings.mask_token") {
-        out.push(("embeddings.mask_token".into(), vec![1, d], vec![0.0; d]));
+    let shape = vec![1, 1 + grid.shape[1], d];
+    out.push(Initializer { name: "embeddings.position_embeddings".into(), shape, values: table });
+    if !out.iter().any(|t| t.name == "embeddings.mask_token") {
+        out.push(Initializer { name: "embeddings.mask_token".into(), shape: vec![1, d], values: vec![0.0; d] });
     }
     Ok(out)
 }
@@ -214,9 +218,9 @@ pub fn load_dinov2_onnx(
     let onnx = OnnxWeights::open(path)?;
     let read = dinov2_tensors(&onnx, prefix)?
         .into_iter()
-        .map(|(name, shape, values)| {
-            let tensor = bridge::from_data(TensorData::new(values, shape), name.clone(), None);
-            (name, FileTensor { tensor, path: path.into() })
+        .map(|t| {
+            let tensor = bridge::from_data(TensorData::new(t.values, t.shape), t.name.clone(), None);
+            (t.name, FileTensor { tensor, path: path.into() })
         })
         .collect();
     apply_tensors(config.init(device)?, read, &[path.into()], Layout::Dinov2, opts, device, |_| true)
