@@ -3,6 +3,7 @@
 //!
 //! Every model is written against [`burn::tensor::Device`], so one build runs on every backend compiled in.
 pub mod activation;
+pub mod assemble;
 pub mod config;
 pub mod error;
 pub mod generate;
