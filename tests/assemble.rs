@@ -1,6 +1,6 @@
 //! A PSA-VLM assembled from separately loaded towers, as the quickstart builds DINOv2 (ONNX) + SmolLM2 (GGUF): here
 //! the tiny DINOv2 fixture and the tiny byte-level GGUF LLaMA. The assembled model classifies, answers under the
-//! guard, and keeps the towers' weights untouched.
+//! guard (with the LLM's image tokens pooled 2×2), and keeps the towers' weights untouched.
 mod common;
 
 use common::*;
@@ -26,6 +26,7 @@ fn dinov2_plus_gguf_llm_answers_under_the_guard() {
         |c| {
             c.safety = c.safety.clone().with_safety_tokens(4);
             c.safety.num_queries = 16;
+            c.safety.llm_image_pool = 2;
         },
         &device,
     )
@@ -61,8 +62,8 @@ fn dinov2_plus_gguf_llm_answers_under_the_guard() {
     assert!((probs - 1.0).abs() < 1e-5);
     let prompt = out.prompt.as_deref().unwrap();
     assert!(prompt.starts_with("<|im_start|>user\n<image>\nWhat is this?"), "{prompt}");
-    // 4 safety tokens + 16 DINOv2 patches (56 px, CLS dropped) + the prompt's text tokens.
+    // 4 safety tokens + the 4×4 DINOv2 patch grid (56 px, CLS dropped) pooled 2×2 + the prompt's text tokens.
     let text_tokens = p.text.encode_prompt(prompt, None).unwrap().len() - 1;
-    assert_eq!(out.prompt_tokens, 4 + 16 + text_tokens);
+    assert_eq!(out.prompt_tokens, 4 + 4 + text_tokens);
     assert!(out.completion_tokens > 0);
 }

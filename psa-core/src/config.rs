@@ -59,6 +59,14 @@ pub struct SafetyConfig {
     /// How the head pools its query rows.
     #[serde(default)]
     pub query_mode: QueryMode,
+    /// The LLM sees the patch grid average-pooled k×k before the projector (1 = every patch, the paper); the safety
+    /// branch always reads every patch. A psa-vlm option to keep CPU sequences short.
+    #[serde(default = "d_pool")]
+    pub llm_image_pool: usize,
+}
+
+fn d_pool() -> usize {
+    1
 }
 
 fn d_tokens() -> usize {
@@ -108,6 +116,7 @@ impl SafetyConfig {
             num_types: d_types(),
             cls_loss_weight: d_lambda(),
             query_mode: QueryMode::Position0,
+            llm_image_pool: d_pool(),
         }
     }
 
@@ -135,6 +144,9 @@ impl SafetyConfig {
         }
         if self.num_safety_tokens == 0 || self.abstractor_depth == 0 || self.abstractor_mlp_depth == 0 {
             return invalid("token count, abstractor depth and readout depth must be positive".into());
+        }
+        if self.llm_image_pool == 0 {
+            return invalid("llm_image_pool must be at least 1".into());
         }
         if self.num_levels < 2 || self.num_types < 2 {
             return invalid("a classifier needs at least two classes".into());

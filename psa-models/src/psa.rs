@@ -89,8 +89,24 @@ impl PsaConfig {
             safety: self.safety.init(device).map_err(|e| ConfigError::Invalid(e.to_string()))?,
             bos_token_id: self.llava.text.bos_token_id,
             cls_loss_weight: self.safety.cls_loss_weight,
+            llm_image_pool: self.safety.llm_image_pool,
         })
     }
+}
+
+/// Average-pools the square patch grid of `[b, g·g, d]` features by `k×k` → `[b, (g/k)², d]` (`k = 1`: unchanged).
+pub fn pool_grid(features: Tensor<3>, k: usize) -> Result<Tensor<3>, ModelError> {
+    if k <= 1 {
+        return Ok(features);
+    }
+    let [b, n, d] = features.dims();
+    let g = (n as f64).sqrt().round() as usize;
+    if g * g != n || !g.is_multiple_of(k) {
+        return Err(ModelError::Input(format!("{n} image tokens do not form a square grid divisible by {k}")));
+    }
+    let m = g / k;
+    let pooled = features.reshape([b, m, k, m, k * d]).mean_dim(2).reshape([b * m * m, k, d]).mean_dim(1);
+    Ok(pooled.reshape([b, m * m, d]))
 }
 
 fn vision_dims(v: &VisionConfig) -> (usize, usize) {
@@ -109,6 +125,7 @@ pub struct PsaVlm {
     pub safety: SafetyModules,
     bos_token_id: Option<u32>,
     cls_loss_weight: f64,
+    llm_image_pool: usize,
 }
 
 /// Safety labels of a batch.
@@ -227,6 +244,7 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<MergedInputs, ModelError> {
+        let features = pool_grid(features, self.llm_image_pool)?;
         let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
         merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)
     }
@@ -301,5 +319,26 @@ impl PsaVlm {
             (None, None) => None,
         };
         Ok(PsaOutput { logits, concepts, merged, merged_labels, lm_loss, concept_loss, loss })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn pool_grid_averages_k_by_k_blocks() {
+        let device = Device::flex();
+        // 4×4 grid, 2 channels: channel 0 = patch index, channel 1 = 10 × patch index.
+        let values: Vec<f32> = (0..16).flat_map(|i| [i as f32, 10.0 * i as f32]).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(values, [1, 16, 2]), &device);
+        let y = pool_grid(x.clone(), 2).unwrap();
+        assert_eq!(y.dims(), [1, 4, 2]);
+        let got: Vec<f32> = y.into_data().convert::<f32>().to_vec().unwrap();
+        // Block (0, 0) holds patches 0, 1, 4, 5; block (1, 1) holds 10, 11, 14, 15.
+        assert_eq!(got, vec![2.5, 25.0, 4.5, 45.0, 10.5, 105.0, 12.5, 125.0]);
+        assert!(pool_grid(x.clone(), 3).is_err());
+        assert_eq!(pool_grid(x, 1).unwrap().dims(), [1, 16, 2]);
     }
 }
