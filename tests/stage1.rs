@@ -175,3 +175,38 @@ fn data_parallel_replicas_equal_single_device_accumulation() {
         }
     }
 }
+
+#[test]
+fn concept_only_stage1_skips_the_llm_and_leaves_s2_untouched() {
+    let dir = scratch("stage1-concept-only");
+    let train_file = dataset(&dir, "train", 24, 1);
+    let test_file = dataset(&dir, "test", 8, 99_999);
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();
+    let (train, _) = prepare_file(&model, &train_file, &dir, false, &device).unwrap();
+    let (test, _) = prepare_file(&model, &test_file, &dir, false, &device).unwrap();
+    let before = snapshot(&model);
+    let recipe = Recipe {
+        lr: 2e-3,
+        warmup_steps: 3,
+        epochs: 6,
+        batch_size: 8,
+        grad_accum: 1,
+        lm_loss: false,
+        ..Recipe::stage1()
+    };
+    let (model, metrics) = train_stage1(model, &train, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    assert!(metrics.iter().all(|m| m.lm_loss == 0.0), "no LM term");
+    let (level, risk_type) = concept_accuracy(&model, &test, 16).unwrap();
+    eprintln!("concept-only: held-out accuracy level {level:.2}, type {risk_type:.2}");
+    assert!(level >= 0.95 && risk_type >= 0.95, "level {level}, type {risk_type}");
+    let after = snapshot(&model);
+    let s2: Vec<&String> = before.keys().filter(|k| k.contains("safety_query_tokens_2")).collect();
+    assert!(!s2.is_empty());
+    for k in s2 {
+        assert_eq!(before[k], after[k], "{k} is trained only by the LM term");
+    }
+    let s1 = "safety.safety_query_tokens";
+    assert_ne!(before[s1], after[s1], "S1 feeds the head and moves");
+}

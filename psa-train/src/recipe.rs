@@ -28,6 +28,14 @@ pub struct Recipe {
     pub seed: u64,
     /// Maximum tokens per sample before image expansion.
     pub max_len: usize,
+    /// Stage I: include the LM term `L_LLM` (the paper). Without it only the concept loss trains (no LLM pass; the
+    /// LLM-side safety tokens S2, trained only by `L_LLM`, stay as initialised) — a fast CPU variant.
+    #[serde(default = "yes")]
+    pub lm_loss: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Recipe {
@@ -46,6 +54,7 @@ impl Recipe {
             weight_decay: 0.0,
             seed: 42,
             max_len: 2048,
+            lm_loss: true,
         }
     }
 

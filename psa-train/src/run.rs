@@ -51,6 +51,8 @@ pub struct RecipeOverrides {
     pub seed: Option<u64>,
     /// Maximum tokens per sample.
     pub max_len: Option<usize>,
+    /// Stage I: include `L_LLM` (default true, the paper).
+    pub lm_loss: Option<bool>,
 }
 
 impl RecipeOverrides {
@@ -65,6 +67,7 @@ impl RecipeOverrides {
         r.weight_decay = self.weight_decay.unwrap_or(r.weight_decay);
         r.seed = self.seed.unwrap_or(r.seed);
         r.max_len = self.max_len.unwrap_or(r.max_len);
+        r.lm_loss = self.lm_loss.unwrap_or(r.lm_loss);
     }
 }
 

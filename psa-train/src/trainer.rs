@@ -9,6 +9,7 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
+use psa_core::concept_loss;
 use psa_models::lora::LoraConfig;
 use psa_models::{ConceptLabels, ModelError, PsaVlm};
 use rand::SeedableRng;
@@ -196,7 +197,7 @@ fn micro_step(
     stage: &Stage,
     items: &[&Prepared],
     scale: f64,
-    pad_id: u32,
+    (pad_id, lm_loss): (u32, bool),
 ) -> Result<MicroOut, ModelError> {
     let device = model.llava.device();
     let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
@@ -205,6 +206,14 @@ fn micro_step(
     let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
     let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
     let concepts = ConceptLabels { levels: &levels, types: &types };
+    if *stage == Stage::One && !lm_loss {
+        let logits = model.classify_features(features, &ids, Some(&mask))?;
+        let c = concept_loss(&logits, &levels, &types, model.cls_loss_weight());
+        let loss = c.weighted * scale;
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let (level, risk_type) = (scalar(c.level), scalar(c.risk_type));
+        return Ok(MicroOut { grads, loss: scalar(loss) / scale, lm: 0.0, level, risk_type, samples: items.len() });
+    }
     let out = match stage {
         Stage::One | Stage::Two { train_safety: true, .. } => {
             model.forward_features(features, &ids, Some(&mask), Some(&labels), Some(concepts))?
@@ -233,7 +242,7 @@ fn step_micro_batches(
     stage: &Stage,
     data: &[Prepared],
     group: &[&[usize]],
-    (pad_id, seed, step): (u32, u64, usize),
+    (pad_id, seed, step, lm_loss): (u32, u64, usize, bool),
     devices: &[Device],
 ) -> Result<Vec<MicroOut>, ModelError> {
     let scale = 1.0 / group.len() as f64;
@@ -245,7 +254,7 @@ fn step_micro_batches(
             .enumerate()
             .map(|(m, batch)| {
                 device.seed(micro_seed(seed, step, m));
-                micro_step(model, stage, &items(batch), scale, pad_id)
+                micro_step(model, stage, &items(batch), scale, (pad_id, lm_loss))
             })
             .collect();
     }
@@ -262,7 +271,7 @@ fn step_micro_batches(
                     let mut outs = Vec::new();
                     for (m, batch) in group.iter().enumerate().skip(d).step_by(devices.len()) {
                         device.seed(micro_seed(seed, step, m));
-                        let mut out = micro_step(&replica, stage, &items(batch), scale, pad_id)?;
+                        let mut out = micro_step(&replica, stage, &items(batch), scale, (pad_id, lm_loss))?;
                         out.grads = out.grads.to_device(main, &replica);
                         outs.push((m, out));
                     }
@@ -320,7 +329,14 @@ pub fn train(
         while state.group < groups.len() && state.step < limit {
             let group = groups[state.group];
             let start = Instant::now();
-            let outs = step_micro_batches(&model, stage, data, group, (pad_id, recipe.seed, state.step), &run.devices)?;
+            let outs = step_micro_batches(
+                &model,
+                stage,
+                data,
+                group,
+                (pad_id, recipe.seed, state.step, recipe.lm_loss),
+                &run.devices,
+            )?;
             let mut acc = GradientsAccumulator::<PsaVlm>::new();
             let (mut loss, mut lm, mut level, mut risk_type, mut n) = (0.0, 0.0, 0.0, 0.0, 0);
             for out in outs {
