@@ -335,7 +335,7 @@ mod tests {
         let x = Tensor::<3>::from_data(TensorData::new(values, [1, 16, 2]), &device);
         let y = pool_grid(x.clone(), 2).unwrap();
         assert_eq!(y.dims(), [1, 4, 2]);
-        let got: Vec<f32> = y.into_data().convert::<f32>().to_vec().unwrap();
+        let got: Vec<f32> = y.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         // Block (0, 0) holds patches 0, 1, 4, 5; block (1, 1) holds 10, 11, 14, 15.
         assert_eq!(got, vec![2.5, 25.0, 4.5, 45.0, 10.5, 105.0, 12.5, 125.0]);
         assert!(pool_grid(x.clone(), 3).is_err());
