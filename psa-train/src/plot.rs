@@ -44,3 +44,39 @@ pub fn loss_curve(metrics: &[StepMetrics], path: &Path, title: &str) -> Result<(
     chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
+
+/// Draws a confusion matrix (rows: true class, columns: predicted class) as an SVG heat map with counts.
+pub fn confusion_matrix(labels: &[&str], counts: &[Vec<usize>], path: &Path, title: &str) -> Result<(), String> {
+    let n = labels.len();
+    if counts.len() != n || counts.iter().any(|r| r.len() != n) {
+        return Err(format!("a {n}×{n} matrix is needed"));
+    }
+    let cell = 110i32;
+    let (left, top) = (150i32, 70i32);
+    let size = ((left + cell * n as i32 + 20) as u32, (top + cell * n as i32 + 60) as u32);
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let style = ("sans-serif", 16).into_font();
+    root.draw_text(title, &("sans-serif", 20).into_font().color(&BLACK), (12, 12)).map_err(|e| err(&e))?;
+    root.draw_text("predicted →", &style.color(&BLACK), (left, top - 24)).map_err(|e| err(&e))?;
+    for (r, row) in counts.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f64;
+        let y = top + cell * r as i32;
+        root.draw_text(labels[r], &style.color(&BLACK), (12, y + cell / 2 - 8)).map_err(|e| err(&e))?;
+        for (c, &count) in row.iter().enumerate() {
+            let x = left + cell * c as i32;
+            let shade = 255 - (200.0 * count as f64 / total) as u8;
+            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled()))
+                .map_err(|e| err(&e))?;
+            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK)).map_err(|e| err(&e))?;
+            root.draw_text(&count.to_string(), &style.color(&BLACK), (x + cell / 2 - 8, y + cell / 2 - 8))
+                .map_err(|e| err(&e))?;
+        }
+    }
+    for (c, label) in labels.iter().enumerate() {
+        let x = left + cell * c as i32 + 8;
+        root.draw_text(label, &style.color(&BLACK), (x, top + cell * n as i32 + 10)).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))
+}
