@@ -31,7 +31,7 @@ use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::feature_cache::FeatureCache;
 use psa_vlm::train::plot::{confusion_matrix, loss_curve};
 use psa_vlm::train::prepare::{PrepareOptions, Prepared, prepare};
-use psa_vlm::train::trainer::{RunOptions, StepMetrics, train_stage1};
+use psa_vlm::train::trainer::{RunOptions, StepMetrics, predict_concepts, train_stage1};
 
 #[derive(Parser, Debug)]
 #[command(about = "PSA-VLM quickstart: real weights, real images, stage I on a CPU, guarded answers")]
@@ -205,13 +205,7 @@ fn main() -> Result<()> {
     println!("[5/6] held-out evaluation");
     let mut confusion = vec![vec![0usize; 3]; 3];
     let (mut level_ok, mut type_ok) = (0, 0);
-    for p in &held {
-        let (ids, mask, _) = psa_vlm::train::data::collate(&[&p.encoded], pad);
-        let logits = model.classify_features(p.features.clone(), &ids, Some(&mask))?;
-        let arg = |t: psa_vlm::burn::tensor::Tensor<2>| -> usize {
-            t.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().map_or(0, |v| v[0] as usize)
-        };
-        let (l, ty) = (arg(logits.level), arg(logits.risk_type));
+    for (p, (l, ty)) in held.iter().zip(predict_concepts(&model, &held, 16)?) {
         level_ok += (l == p.level) as usize;
         type_ok += (ty == p.risk_type) as usize;
         confusion[concept(p.level, p.risk_type)][concept(l, ty)] += 1;

@@ -45,12 +45,9 @@ fn dinov2_plus_gguf_llm_answers_under_the_guard() {
     .build()
     .unwrap();
     let template = Template::by_name("chatml").unwrap();
-    let mut p = GuardedPipeline::new(model, config, LoadReport::default(), text, images, template, &device).unwrap();
-    for row in p.taxonomy.hints.iter_mut() {
-        for hint in row.iter_mut() {
-            *hint = hint.as_ref().map(|_| "Careful.".into());
-        }
-    }
+    let p = GuardedPipeline::new(model, config, LoadReport::default(), text, images, template, &device)
+        .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
+        .unwrap();
     let request = GuardRequest {
         id: None,
         image: image::DynamicImage::ImageRgb8(draw(1, 2)),

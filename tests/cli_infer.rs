@@ -6,19 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use psa_vlm::core::Taxonomy;
 use serde_json::Value;
 
 /// A taxonomy with short hints (the paper's overflow the tiny model's 128 positions).
 fn short_taxonomy(dir: &Path) -> PathBuf {
-    let mut taxonomy = Taxonomy::default();
-    for row in taxonomy.hints.iter_mut() {
-        for hint in row.iter_mut() {
-            *hint = hint.as_ref().map(|_| "Mind the risk.".to_string());
-        }
-    }
     let path = dir.join("taxonomy.json");
-    std::fs::write(&path, serde_json::to_string(&taxonomy).unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string(&short_hint_taxonomy()).unwrap()).unwrap();
     path
 }
 

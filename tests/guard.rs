@@ -10,19 +10,13 @@ use psa_vlm::models::{Finish, GuardRequest, GuardedPipeline};
 
 /// The tiny model with a taxonomy of short hints (the paper's would overflow its 128 positions).
 fn pipeline(template: &str) -> GuardedPipeline {
-    let mut taxonomy = Taxonomy::default();
-    for (l, row) in taxonomy.hints.iter_mut().enumerate() {
-        for (t, hint) in row.iter_mut().enumerate() {
-            *hint = hint.as_ref().map(|_| format!("Mind risk {l}/{t}."));
-        }
-    }
     GuardedPipeline::load(
         &fixtures().join("tiny_psa/model"),
         Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
         Template::by_name(template).unwrap(),
         &Device::flex(),
     )
-    .and_then(|p| p.with_taxonomy(taxonomy))
+    .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
     .unwrap()
 }
 

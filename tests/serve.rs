@@ -5,7 +5,6 @@ mod common;
 use base64::Engine;
 use common::*;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::core::Taxonomy;
 use psa_vlm::models::processor::Template;
 use psa_vlm::models::{GuardRequest, GuardedPipeline};
 use psa_vlm::serve::{ServeConfig, router, serve};
@@ -13,19 +12,13 @@ use serde_json::{Value, json};
 
 /// The tiny model with short hints (its context is 128 positions).
 fn pipeline() -> GuardedPipeline {
-    let mut taxonomy = Taxonomy::default();
-    for row in taxonomy.hints.iter_mut() {
-        for hint in row.iter_mut() {
-            *hint = hint.as_ref().map(|_| "Mind the risk.".to_string());
-        }
-    }
     GuardedPipeline::load(
         &fixtures().join("tiny_psa/model"),
         Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
         Template::by_name("llava_hf").unwrap(),
         &Device::flex(),
     )
-    .and_then(|p| p.with_taxonomy(taxonomy))
+    .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
     .unwrap()
 }
 

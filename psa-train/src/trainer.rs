@@ -382,13 +382,13 @@ pub fn train(
     Ok((model, metrics))
 }
 
-/// Level and type accuracy of the safety head on prepared samples.
-pub fn concept_accuracy(
+/// The safety head's argmax (level, type) for each prepared sample, in batches (padding id 0 is masked out).
+pub fn predict_concepts(
     model: &PsaVlm,
     data: &[Prepared],
     batch_size: usize,
-) -> Result<(f64, f64), psa_models::ModelError> {
-    let (mut level_ok, mut type_ok) = (0usize, 0usize);
+) -> Result<Vec<(usize, usize)>, psa_models::ModelError> {
+    let mut out = Vec::with_capacity(data.len());
     for chunk in data.chunks(batch_size.max(1)) {
         let encoded: Vec<&Encoded> = chunk.iter().map(|p| &p.encoded).collect();
         let (ids, mask, _) = collate(&encoded, 0);
@@ -404,12 +404,20 @@ pub fn concept_accuracy(
                 .map(|v| v as usize)
                 .collect()
         };
-        let (l, t) = (argmax(logits.level), argmax(logits.risk_type));
-        for (i, p) in chunk.iter().enumerate() {
-            level_ok += (l[i] == p.level) as usize;
-            type_ok += (t[i] == p.risk_type) as usize;
-        }
+        out.extend(argmax(logits.level).into_iter().zip(argmax(logits.risk_type)));
     }
+    Ok(out)
+}
+
+/// Level and type accuracy of the safety head on prepared samples.
+pub fn concept_accuracy(
+    model: &PsaVlm,
+    data: &[Prepared],
+    batch_size: usize,
+) -> Result<(f64, f64), psa_models::ModelError> {
+    let predictions = predict_concepts(model, data, batch_size)?;
+    let level_ok = data.iter().zip(&predictions).filter(|(p, (l, _))| p.level == *l).count();
+    let type_ok = data.iter().zip(&predictions).filter(|(p, (_, t))| p.risk_type == *t).count();
     let n = data.len().max(1) as f64;
     Ok((level_ok as f64 / n, type_ok as f64 / n))
 }

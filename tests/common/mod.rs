@@ -222,3 +222,12 @@ pub fn prepare_file(
     };
     prepare(model, &samples, &opts, device)
 }
+
+/// The paper's taxonomy with every hint shortened to "Mind the risk." (the tiny models hold 128–256 positions).
+pub fn short_hint_taxonomy() -> psa_vlm::core::Taxonomy {
+    let mut taxonomy = psa_vlm::core::Taxonomy::default();
+    for hint in taxonomy.hints.iter_mut().flatten() {
+        *hint = hint.as_ref().map(|_| "Mind the risk.".to_string());
+    }
+    taxonomy
+}
