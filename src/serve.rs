@@ -13,9 +13,9 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -71,14 +71,43 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let code = match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "invalid_json",
-        };
-        Self { status: r.status(), code, message: r.body_text() }
+/// A JSON body, read whole before it is judged (so a refused request never leaves unread bytes that would reset
+/// the connection before the client sees the error).
+struct ApiJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| ApiError {
+            status: e.status(),
+            code: "body_too_large",
+            message: e.body_text(),
+        })?;
+        let limit = state.cfg.max_body_bytes;
+        if bytes.len() > limit {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "body_too_large",
+                message: format!("the request body has {} bytes; the limit is {limit}", bytes.len()),
+            });
+        }
+        if !json {
+            return Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "unsupported_media_type",
+                message: "expected a request with `Content-Type: application/json`".into(),
+            });
+        }
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            let status = if e.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+            ApiError { status, code: "invalid_json", message: format!("invalid JSON body: {e}") }
+        })
     }
 }
 
@@ -90,7 +119,8 @@ pub fn router(pipeline: GuardedPipeline, cfg: ServeConfig) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/classify", post(classify))
         .route("/v1/chat/completions", post(chat))
-        .layer(DefaultBodyLimit::max(limit))
+        // Bodies up to 4× the limit are read whole and refused with a JSON 413; larger ones are cut off by axum.
+        .layer(DefaultBodyLimit::max(limit.saturating_mul(4)))
         .with_state(state)
 }
 
@@ -180,9 +210,8 @@ struct ClassifyBody {
 
 async fn classify(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<ClassifyBody>, JsonRejection>,
+    ApiJson(body): ApiJson<ClassifyBody>,
 ) -> Result<Json<Verdict>, ApiError> {
-    let Json(body) = body?;
     let image = decode_image(&body.image, state.cfg.max_image_side)?;
     run_blocking(&state, move |p| {
         let policy = policy_for(p, body.policy.as_ref())?;
@@ -300,9 +329,8 @@ fn question_and_image(messages: Vec<ChatMessage>, max_side: u32) -> Result<(Stri
 
 async fn chat(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<ChatBody>, JsonRejection>,
+    ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Json<ChatCompletion>, ApiError> {
-    let Json(body) = body?;
     if body.stream == Some(true) {
         return Err(ApiError::bad("unsupported_parameter", "stream is not supported"));
     }
