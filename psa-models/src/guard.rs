@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::LoadError;
 use crate::generate::{FinishReason, GenerationConfig, generate};
 use crate::import::{LoadOptions, LoadReport, load_psa};
-use crate::pipeline::PipelineError;
-use crate::processor::{ImageProcessor, ImageProcessorConfig, PaddingSide, Template, TextProcessor};
+use crate::pipeline::{PipelineError, processors};
+use crate::processor::{ImageProcessor, PaddingSide, Template, TextProcessor};
 use crate::psa::{PsaConfig, PsaVlm};
 
 /// One question about one image, with an optional policy for this request only.
@@ -136,15 +136,7 @@ impl GuardedPipeline {
         device: &Device,
     ) -> Result<Self, PipelineError> {
         let (model, config, report) = load_psa(model_dir, device, &LoadOptions::default())?;
-        let tokenizer = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
-        let text = TextProcessor::from_file(&tokenizer, "<image>")?;
-        let pre = model_dir.join("preprocessor_config.json");
-        let cfg = if pre.is_file() {
-            ImageProcessorConfig::from_file(&pre).map_err(LoadError::from)?
-        } else {
-            ImageProcessorConfig::for_vision(&config.llava.vision)
-        };
-        let images = cfg.build().map_err(LoadError::from)?;
+        let (text, images) = processors(model_dir, tokenizer, &config.llava.vision)?;
         Self::new(model, config, report, text, images, template, device)
     }
 

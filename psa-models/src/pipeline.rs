@@ -67,6 +67,24 @@ pub struct LlavaPipeline {
     device: Device,
 }
 
+/// The tokenizer (`tokenizer`, else `model_dir/tokenizer.json`) and image processor
+/// (`model_dir/preprocessor_config.json`, else the vision tower's own recipe) of a model directory.
+pub fn processors(
+    model_dir: &Path,
+    tokenizer: Option<PathBuf>,
+    vision: &crate::vision::VisionConfig,
+) -> Result<(TextProcessor, ImageProcessor), PipelineError> {
+    let tokenizer = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
+    let text = TextProcessor::from_file(&tokenizer, "<image>")?;
+    let pre = model_dir.join("preprocessor_config.json");
+    let cfg = if pre.is_file() {
+        ImageProcessorConfig::from_file(&pre).map_err(LoadError::from)?
+    } else {
+        ImageProcessorConfig::for_vision(vision)
+    };
+    Ok((text, cfg.build().map_err(LoadError::from)?))
+}
+
 impl LlavaPipeline {
     /// Loads `model_dir`; the tokenizer defaults to `model_dir/tokenizer.json` and the image processor to
     /// `model_dir/preprocessor_config.json`, else to the vision tower's own recipe at its native size.
@@ -77,15 +95,7 @@ impl LlavaPipeline {
         device: &Device,
     ) -> Result<Self, PipelineError> {
         let (model, config, report) = load_llava(model_dir, device, &LoadOptions::default())?;
-        let tokenizer = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
-        let text = TextProcessor::from_file(&tokenizer, "<image>")?;
-        let pre = model_dir.join("preprocessor_config.json");
-        let cfg = if pre.is_file() {
-            ImageProcessorConfig::from_file(&pre).map_err(LoadError::from)?
-        } else {
-            ImageProcessorConfig::for_vision(&config.vision)
-        };
-        let images = cfg.build().map_err(LoadError::from)?;
+        let (text, images) = processors(model_dir, tokenizer, &config.vision)?;
         Ok(Self { model, config, report, text, images, template, device: device.clone() })
     }
 
