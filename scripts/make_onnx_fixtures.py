@@ -51,8 +51,40 @@ class Focus(nn.Module):
         return torch.sigmoid(self.head(torch.relu(self.norm(self.up(grid))))), hidden
 
 
+class VisionTower(nn.Module):
+    """The tiny LLaVA's CLIP vision tower with LLaVA's selected layer (-2) as a second output."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixel_values):
+        out = self.tower(pixel_values=pixel_values, output_hidden_states=True)
+        return out.last_hidden_state, out.hidden_states[-2]
+
+
+def export_clip_tower():
+    """`fixtures/tiny_llava/vision_tower.onnx`, for the optional burn-onnx cross-check (`--features onnx-check`)."""
+    from transformers import LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(str(ROOT / "fixtures" / "tiny_llava" / "model")).eval()
+    path = ROOT / "fixtures" / "tiny_llava" / "vision_tower.onnx"
+    torch.onnx.export(
+        VisionTower(llava.model.vision_tower).eval(),
+        (torch.zeros(1, 3, 56, 56),),
+        str(path),
+        input_names=["pixel_values"],
+        output_names=["last_hidden_state", "selected_hidden_state"],
+        opset_version=17,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    print(f"{path.name}: {path.stat().st_size} bytes")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    export_clip_tower()
     torch.manual_seed(5)
     backbone = Dinov2Model.from_pretrained(str(ROOT / "fixtures" / "tiny_dinov2" / "model")).eval()
     model = Focus(backbone).eval()
