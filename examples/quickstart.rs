@@ -29,7 +29,7 @@ use psa_vlm::train::Recipe;
 use psa_vlm::train::data::demo::{DemoOptions, DemoSources, build_demo_dataset, skimage_photos};
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::feature_cache::FeatureCache;
-use psa_vlm::train::plot::{confusion_matrix, loss_curve};
+use psa_vlm::train::plot::{confusion_matrix, confusion_matrix_png, loss_curve};
 use psa_vlm::train::prepare::{PrepareOptions, Prepared, prepare};
 use psa_vlm::train::trainer::{RunOptions, StepMetrics, predict_concepts, train_stage1};
 
@@ -213,8 +213,9 @@ fn main() -> Result<()> {
     let n = held.len().max(1) as f64;
     let (level_acc, type_acc) = (level_ok as f64 / n, type_ok as f64 / n);
     println!("      level accuracy {:.1} %, type accuracy {:.1} %", 100.0 * level_acc, 100.0 * type_acc);
-    confusion_matrix(&CONCEPTS, &confusion, &args.out.join("confusion.svg"), "held-out: true (rows) vs predicted")
-        .map_err(anyhow::Error::msg)?;
+    let title = "held-out: true (rows) vs predicted";
+    confusion_matrix(&CONCEPTS, &confusion, &args.out.join("confusion.svg"), title).map_err(anyhow::Error::msg)?;
+    confusion_matrix_png(&CONCEPTS, &confusion, &args.out.join("confusion.png"), title).map_err(anyhow::Error::msg)?;
 
     println!("[6/6] guarded answers on the held-out images");
     let policy = SafetyPolicy { default_action: Action::Refuse, refusal: REFUSAL.into(), ..SafetyPolicy::default() };
@@ -330,7 +331,7 @@ fn main() -> Result<()> {
         "| guarded answers ({} requests) | {answer_s:.1} s |\n| total wall time | {total:.1} s |\n",
         guarded.len()
     );
-    let _ = writeln!(report, "![confusion matrix](confusion.svg)\n\n![loss](loss.svg)\n");
+    let _ = writeln!(report, "![confusion matrix](confusion.png)\n\n![loss](loss.svg)\n");
     let _ = writeln!(
         report,
         "## Unguarded vs guarded\n\nPolicy: every risky verdict is refused (`default_action = \"refuse\"`).\n\n| concept | image | unguarded | guarded |\n|---|---|---|---|\n{shown}"

@@ -80,3 +80,55 @@ pub fn confusion_matrix(labels: &[&str], counts: &[Vec<usize>], path: &Path, tit
     }
     root.present().map_err(|e| err(&e))
 }
+
+/// The confusion matrix as a PNG (grid, shades and counts drawn with the 8×8 bitmap font; no font files needed).
+pub fn confusion_matrix_png(labels: &[&str], counts: &[Vec<usize>], path: &Path, title: &str) -> Result<(), String> {
+    use image::{Rgb, RgbImage};
+
+    use crate::data::demo::draw_text;
+    let n = labels.len();
+    if counts.len() != n || counts.iter().any(|r| r.len() != n) {
+        return Err(format!("a {n}×{n} matrix is needed"));
+    }
+    let (cell, left, top) = (110u32, 170u32, 80u32);
+    let mut img = RgbImage::from_pixel(left + cell * n as u32 + 20, top + cell * n as u32 + 50, Rgb([255, 255, 255]));
+    let black = Rgb([0, 0, 0]);
+    draw_text(&mut img, title, (12, 12), 2, black);
+    draw_text(&mut img, "predicted ->", (left, top - 24), 2, black);
+    for (r, row) in counts.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f64;
+        let y = top + cell * r as u32;
+        draw_text(&mut img, labels[r], (12, y + cell / 2 - 8), 2, black);
+        for (c, &count) in row.iter().enumerate() {
+            let x = left + cell * c as u32;
+            let shade = 255 - (200.0 * count as f64 / total) as u8;
+            for (px, py) in (x..x + cell).flat_map(|px| (y..y + cell).map(move |py| (px, py))) {
+                let edge = px == x || py == y || px == x + cell - 1 || py == y + cell - 1;
+                img.put_pixel(px, py, if edge { black } else { Rgb([shade, shade, 255]) });
+            }
+            draw_text(&mut img, &count.to_string(), (x + cell / 2 - 12, y + cell / 2 - 8), 2, black);
+        }
+    }
+    for (c, label) in labels.iter().enumerate() {
+        draw_text(&mut img, label, (left + cell * c as u32 + 8, top + cell * n as u32 + 12), 2, black);
+    }
+    img.save(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_png_shades_by_row_share() {
+        let path = std::env::temp_dir().join(format!("psa-confusion-{}.png", std::process::id()));
+        confusion_matrix_png(&["a", "b"], &[vec![9, 1], vec![0, 5]], &path, "t").unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (170 + 220 + 20, 80 + 220 + 50));
+        let at = |x: u32, y: u32| img.get_pixel(x, y).0[0];
+        // Cell (0, 0) holds 90 % of its row, cell (0, 1) 10 %: darker; an empty cell stays white.
+        assert!(at(170 + 5, 80 + 5) < at(170 + 110 + 5, 80 + 5));
+        assert_eq!(at(170 + 5, 80 + 110 + 5), 255);
+        assert!(confusion_matrix_png(&["a"], &[vec![1, 2]], &path, "t").is_err());
+    }
+}

@@ -164,9 +164,29 @@ pub fn read_npy_images(path: &Path) -> Result<Vec<GrayImage>, String> {
         .collect())
 }
 
+/// Draws `text` with the 8×8 bitmap font, each glyph pixel a `scale`×`scale` square, top-left at `(x, y)`;
+/// what falls outside the image is clipped.
+pub fn draw_text(img: &mut RgbImage, text: &str, (x, y): (u32, u32), scale: u32, colour: Rgb<u8>) {
+    use font8x8::UnicodeFonts;
+    let (w, h) = img.dimensions();
+    for (col, ch) in text.chars().enumerate() {
+        let glyph = font8x8::BASIC_FONTS.get(ch).unwrap_or([0; 8]);
+        let x0 = x + col as u32 * 8 * scale;
+        for (gy, bits) in glyph.iter().enumerate() {
+            for gx in (0..8u32).filter(|gx| bits >> gx & 1 == 1) {
+                for (dx, dy) in (0..scale).flat_map(|dx| (0..scale).map(move |dy| (dx, dy))) {
+                    let (px, py) = (x0 + gx * scale + dx, y + gy as u32 * scale + dy);
+                    if px < w && py < h {
+                        img.put_pixel(px, py, colour);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Renders text FigStep-style: black 8×8-font text on white, wrapped, followed by an empty numbered list.
 pub fn typographic(text: &str, size: u32) -> RgbImage {
-    use font8x8::UnicodeFonts;
     let scale = 3u32;
     let cols = ((size - 16) / (8 * scale)).max(1) as usize;
     let mut lines: Vec<String> = Vec::new();
@@ -184,25 +204,7 @@ pub fn typographic(text: &str, size: u32) -> RgbImage {
     lines.extend(["1.", "2.", "3."].map(String::from));
     let mut img = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
     for (row, line) in lines.iter().enumerate() {
-        let y0 = 8 + row as u32 * 9 * scale;
-        for (col, ch) in line.chars().enumerate() {
-            let glyph = font8x8::BASIC_FONTS.get(ch).unwrap_or([0; 8]);
-            let x0 = 8 + col as u32 * 8 * scale;
-            for (gy, bits) in glyph.iter().enumerate() {
-                for gx in 0..8u32 {
-                    if bits >> gx & 1 == 1 {
-                        for dy in 0..scale {
-                            for dx in 0..scale {
-                                let (x, y) = (x0 + gx * scale + dx, y0 + gy as u32 * scale + dy);
-                                if x < size && y < size {
-                                    img.put_pixel(x, y, Rgb([0, 0, 0]));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        draw_text(&mut img, line, (8, 8 + row as u32 * 9 * scale), scale, Rgb([0, 0, 0]));
     }
     img
 }
