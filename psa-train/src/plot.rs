@@ -90,7 +90,7 @@ pub fn confusion_matrix_png(labels: &[&str], counts: &[Vec<usize>], path: &Path,
     if counts.len() != n || counts.iter().any(|r| r.len() != n) {
         return Err(format!("a {n}×{n} matrix is needed"));
     }
-    let (cell, left, top) = (110u32, 170u32, 80u32);
+    let (cell, left, top) = (130u32, 170u32, 80u32);
     let mut img = RgbImage::from_pixel(left + cell * n as u32 + 20, top + cell * n as u32 + 50, Rgb([255, 255, 255]));
     let black = Rgb([0, 0, 0]);
     draw_text(&mut img, title, (12, 12), 2, black);
@@ -110,7 +110,7 @@ pub fn confusion_matrix_png(labels: &[&str], counts: &[Vec<usize>], path: &Path,
         }
     }
     for (c, label) in labels.iter().enumerate() {
-        draw_text(&mut img, label, (left + cell * c as u32 + 8, top + cell * n as u32 + 12), 2, black);
+        draw_text(&mut img, label, (left + cell * c as u32 + 8, top + cell * n as u32 + 12), 1, black);
     }
     img.save(path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -124,11 +124,11 @@ mod tests {
         let path = std::env::temp_dir().join(format!("psa-confusion-{}.png", std::process::id()));
         confusion_matrix_png(&["a", "b"], &[vec![9, 1], vec![0, 5]], &path, "t").unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (170 + 220 + 20, 80 + 220 + 50));
+        assert_eq!(img.dimensions(), (170 + 260 + 20, 80 + 260 + 50));
         let at = |x: u32, y: u32| img.get_pixel(x, y).0[0];
         // Cell (0, 0) holds 90 % of its row, cell (0, 1) 10 %: darker; an empty cell stays white.
-        assert!(at(170 + 5, 80 + 5) < at(170 + 110 + 5, 80 + 5));
-        assert_eq!(at(170 + 5, 80 + 110 + 5), 255);
+        assert!(at(170 + 5, 80 + 5) < at(170 + 130 + 5, 80 + 5));
+        assert_eq!(at(170 + 5, 80 + 130 + 5), 255);
         assert!(confusion_matrix_png(&["a"], &[vec![1, 2]], &path, "t").is_err());
     }
 }
