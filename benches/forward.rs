@@ -6,24 +6,13 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
 use psa_vlm::device::{compiled_backends, parse_device};
-use psa_vlm::models::LlavaConfig;
 use psa_vlm::models::llama::PaddingMask;
 
-/// The mid-size configuration shared with `scripts/bench_reference.py`.
-fn mid_config() -> LlavaConfig {
-    let config = serde_json::json!({
-        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 384, "intermediate_size": 1536,
-            "num_hidden_layers": 6, "num_attention_heads": 6, "image_size": 224, "patch_size": 14},
-        "text_config": {"model_type": "llama", "vocab_size": 32064, "hidden_size": 768, "intermediate_size": 2048,
-            "num_hidden_layers": 8, "num_attention_heads": 12, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 2048},
-        "image_token_index": 32000
-    });
-    LlavaConfig::from_value(&config, "bench".as_ref()).expect("valid bench config")
-}
+#[path = "common/mid.rs"]
+mod mid;
 
 fn bench(c: &mut Criterion) {
-    let cfg = mid_config();
+    let cfg = mid::mid_config(32000);
     for backend in compiled_backends() {
         let device: Device = parse_device(backend).expect("compiled backend");
         let model = cfg.init(&device).expect("model builds");

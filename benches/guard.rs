@@ -6,13 +6,15 @@
 //! `cargo bench --bench guard`. Results: book/src/benchmarks.md.
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "common/mid.rs"]
+mod mid;
 
 use common::{draw, fixtures};
 use criterion::{Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::models::import::LoadReport;
 use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
-use psa_vlm::models::{GenerationConfig, GuardRequest, GuardedPipeline, LlavaConfig, PsaConfig};
+use psa_vlm::models::{GenerationConfig, GuardRequest, GuardedPipeline, PsaConfig};
 
 fn tiny(device: &Device) -> GuardedPipeline {
     let mut p = GuardedPipeline::load(
@@ -27,15 +29,7 @@ fn tiny(device: &Device) -> GuardedPipeline {
 }
 
 fn mid(device: &Device) -> GuardedPipeline {
-    let value = serde_json::json!({
-        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 384, "intermediate_size": 1536,
-            "num_hidden_layers": 6, "num_attention_heads": 6, "image_size": 224, "patch_size": 14},
-        "text_config": {"model_type": "llama", "vocab_size": 32064, "hidden_size": 768, "intermediate_size": 2048,
-            "num_hidden_layers": 8, "num_attention_heads": 12, "num_key_value_heads": 4, "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 2048},
-        "image_token_index": 999
-    });
-    let config = PsaConfig::for_llava(LlavaConfig::from_value(&value, "bench".as_ref()).expect("config"));
+    let config = PsaConfig::for_llava(mid::mid_config(999));
     let model = config.init(device).expect("model");
     let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").expect("tok");
     let images = ImageProcessorConfig::for_vision(&config.llava.vision).build().expect("processor");

@@ -240,7 +240,6 @@ struct Writer {
 }
 
 impl Writer {
-    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         name: &str,
