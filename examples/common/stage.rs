@@ -74,7 +74,7 @@ impl Common {
             eval: self.eval.clone(),
             image_root: self.image_root.clone(),
             out: self.out.clone(),
-            template: self.template.clone(),
+            template: Some(self.template.clone()),
             clean: None,
             skip_bad_images: self.skip_bad_images,
             feature_cache: self.feature_cache.clone(),

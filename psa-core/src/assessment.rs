@@ -1,7 +1,8 @@
 //! A machine-readable safety verdict: probabilities for level and type and the argmax decisions.
-use burn::tensor::{Tensor, activation};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::{Calibration, softmax_t};
 use crate::head::ConceptLogits;
 use crate::taxonomy::Taxonomy;
 
@@ -22,10 +23,15 @@ pub struct SafetyAssessment {
     pub type_name: String,
 }
 
-fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
+/// The rows of a `[b, classes]` logit tensor, on the host.
+pub fn logit_rows(t: &Tensor<2>) -> Vec<Vec<f32>> {
     let [_, c] = t.dims();
-    let v: Vec<f32> = activation::softmax(t, 1).into_data().convert::<f32>().try_to_vec().expect("float data");
-    v.chunks(c).map(<[f32]>::to_vec).collect()
+    let v: Vec<f32> = t.clone().into_data().convert::<f32>().try_to_vec().expect("float data");
+    v.chunks(c.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+fn probs(logits: &[f32], temperature: f64) -> Vec<f32> {
+    softmax_t(logits, temperature).into_iter().map(|p| p as f32).collect()
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -35,11 +41,25 @@ fn argmax(p: &[f32]) -> usize {
 impl SafetyAssessment {
     /// One assessment per batch row. Panics if the logits do not match the taxonomy's class counts.
     pub fn from_logits(logits: &ConceptLogits, taxonomy: &Taxonomy) -> Vec<Self> {
-        let level = rows(logits.level.clone());
-        let types = rows(logits.risk_type.clone());
+        Self::from_calibrated_logits(logits, taxonomy, &Calibration::default())
+    }
+
+    /// [`from_logits`](Self::from_logits) with each head's logits divided by its temperature before the softmax.
+    pub fn from_calibrated_logits(logits: &ConceptLogits, taxonomy: &Taxonomy, calibration: &Calibration) -> Vec<Self> {
+        Self::from_logit_rows(&logit_rows(&logits.level), &logit_rows(&logits.risk_type), taxonomy, calibration)
+    }
+
+    /// Assessments from host-side logit rows (level and type, one row per sample).
+    pub fn from_logit_rows(
+        level: &[Vec<f32>],
+        types: &[Vec<f32>],
+        taxonomy: &Taxonomy,
+        calibration: &Calibration,
+    ) -> Vec<Self> {
         level
-            .into_iter()
+            .iter()
             .zip(types)
+            .map(|(l, t)| (probs(l, calibration.level_temperature), probs(t, calibration.type_temperature)))
             .map(|(lp, tp)| {
                 assert_eq!((lp.len(), tp.len()), (taxonomy.levels.len(), taxonomy.types.len()), "logits vs taxonomy");
                 let (l, t) = (argmax(&lp), argmax(&tp));

@@ -3,6 +3,7 @@
 //!
 //! Every width comes from [`SafetyConfig`]; modules are written against [`burn::tensor::Device`].
 pub mod assessment;
+pub mod calibration;
 pub mod config;
 pub mod error;
 pub mod head;
@@ -14,6 +15,7 @@ pub mod projector;
 pub mod taxonomy;
 
 pub use assessment::SafetyAssessment;
+pub use calibration::Calibration;
 pub use config::{QueryMode, SafetyConfig};
 pub use error::CoreError;
 pub use head::{ConceptLogits, PackedMultiheadAttention, SafetyHead};

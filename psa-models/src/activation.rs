@@ -20,6 +20,17 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The Hugging Face name of this activation.
+    pub fn hf_name(&self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::GeluTanh => "gelu_pytorch_tanh",
+            Self::QuickGelu => "quick_gelu",
+            Self::Silu => "silu",
+            Self::Relu => "relu",
+        }
+    }
+
     /// Parses a Hugging Face activation name.
     pub fn from_hf(name: &str, key: &'static str) -> Result<Self, ConfigError> {
         Ok(match name {

@@ -146,6 +146,34 @@ impl LlavaConfig {
         Ok(cfg)
     }
 
+    /// The `config.json` value [`from_value`](Self::from_value) reads back (llava-hf keys, `model_type` on both parts).
+    pub fn to_value(&self) -> Value {
+        let tagged = |mut v: Value, model_type: &str| {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("model_type".into(), Value::from(model_type));
+            }
+            v
+        };
+        let vision = match &self.vision {
+            VisionConfig::Clip(c) => tagged(serde_json::to_value(c).unwrap_or_default(), "clip_vision_model"),
+            VisionConfig::Dinov2(c) => tagged(serde_json::to_value(c).unwrap_or_default(), "dinov2"),
+        };
+        serde_json::json!({
+            "model_type": "llava",
+            "vision_config": vision,
+            "text_config": tagged(serde_json::to_value(&self.text).unwrap_or_default(), "llama"),
+            "image_token_index": self.image_token_index,
+            "pad_token_id": self.pad_token_id,
+            "vision_feature_layer": self.vision_feature_layer,
+            "vision_feature_select_strategy": match self.select_strategy {
+                SelectStrategy::Default => "default",
+                SelectStrategy::Full => "full",
+            },
+            "projector_hidden_act": self.projector_act.hf_name(),
+            "multimodal_projector_bias": self.projector_bias,
+        })
+    }
+
     /// Reads `config.json` from a model directory.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");

@@ -1,4 +1,4 @@
-//! Guarded inference (psa-vlm.md §8.2): one vision pass per image, the safety head's assessment, the policy's
+//! Guarded inference: one vision pass per image, the safety head's assessment, the policy's
 //! decision, then the LLM on the (possibly hinted) prompt with the KV cache — or a refusal without the LLM.
 //! Requests are batched: images and prompts of different lengths run in one pass.
 use std::path::{Path, PathBuf};
@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use ::image::DynamicImage;
 use burn::tensor::{Device, Tensor};
-use psa_core::{Action, Decision, SafetyAssessment, SafetyPolicy, Taxonomy};
+use psa_core::assessment::logit_rows;
+use psa_core::{Action, Calibration, Decision, SafetyAssessment, SafetyPolicy, Taxonomy};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
@@ -122,13 +123,25 @@ pub struct GuardedPipeline {
     pub taxonomy: Taxonomy,
     /// The policy requests get unless they bring their own.
     pub policy: SafetyPolicy,
+    /// Per-head temperatures applied before the softmax (identity unless the model directory has
+    /// `calibration.json`); the policy's thresholds read the calibrated probabilities.
+    pub calibration: Calibration,
     device: Device,
+}
+
+/// Raw concept logits of a batch, one host-side row per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogitRows {
+    /// Risk-level logits.
+    pub level: Vec<Vec<f32>>,
+    /// Risk-type logits.
+    pub risk_type: Vec<Vec<f32>>,
 }
 
 impl GuardedPipeline {
     /// Loads a PSA-VLM directory with the default taxonomy and policy; the tokenizer defaults to
-    /// `model_dir/tokenizer.json` and the image processor to `model_dir/preprocessor_config.json`, else to the
-    /// vision tower's own recipe.
+    /// `model_dir/tokenizer.json`, the image processor to `model_dir/preprocessor_config.json` (else the vision
+    /// tower's own recipe), and the temperatures to `model_dir/calibration.json` (else none).
     pub fn load(
         model_dir: &Path,
         tokenizer: Option<PathBuf>,
@@ -137,7 +150,14 @@ impl GuardedPipeline {
     ) -> Result<Self, PipelineError> {
         let (model, config, report) = load_psa(model_dir, device, &LoadOptions::default())?;
         let (text, images) = processors(model_dir, tokenizer, &config.llava.vision)?;
-        Self::new(model, config, report, text, images, template, device)
+        let mut pipeline = Self::new(model, config, report, text, images, template, device)?;
+        let calibration = model_dir.join("calibration.json");
+        if calibration.is_file() {
+            let c = Calibration::from_file(&calibration)
+                .map_err(|e| LoadError::BadFile { path: calibration.clone(), reason: e.to_string() })?;
+            pipeline = pipeline.with_calibration(c)?;
+        }
+        Ok(pipeline)
     }
 
     /// Assembles a pipeline from parts, with the default taxonomy and policy.
@@ -159,7 +179,15 @@ impl GuardedPipeline {
         let taxonomy = Taxonomy::default();
         Self::check_taxonomy(&taxonomy, &config)?;
         let (policy, device) = (SafetyPolicy::default(), device.clone());
-        Ok(Self { model, config, report, text, images, template, taxonomy, policy, device })
+        let calibration = Calibration::default();
+        Ok(Self { model, config, report, text, images, template, taxonomy, policy, calibration, device })
+    }
+
+    /// Replaces the temperatures.
+    pub fn with_calibration(mut self, calibration: Calibration) -> Result<Self, PipelineError> {
+        calibration.validate().map_err(|e| LoadError::Config(crate::ConfigError::Invalid(e.to_string())))?;
+        self.calibration = calibration;
+        Ok(self)
     }
 
     /// Replaces the taxonomy (its class counts must match the heads) and re-checks the policy against it.
@@ -209,17 +237,43 @@ impl GuardedPipeline {
         Ok((features, start.elapsed().as_secs_f64() * 1e3))
     }
 
-    /// Assessments of a batch: the head's queries come from each row's unhinted prompt.
-    fn assess(&self, features: Tensor<3>, questions: &[&str]) -> Result<(Vec<SafetyAssessment>, f64), PipelineError> {
-        let start = Instant::now();
+    /// Raw concept logits of a batch: the head's queries come from each row's unhinted prompt.
+    fn logits(&self, features: Tensor<3>, questions: &[&str]) -> Result<LogitRows, PipelineError> {
         let rows = questions
             .iter()
             .map(|q| self.text.encode_prompt(&self.template.image_prompt(q), None))
             .collect::<Result<Vec<_>, _>>()?;
         let (ids, mask) = TextProcessor::pad(&rows, self.config.llava.pad_token_id.unwrap_or(0), PaddingSide::Right);
         let logits = self.model.classify_features(features, &ids, Some(&mask))?;
-        let assessments = SafetyAssessment::from_logits(&logits, &self.taxonomy);
+        Ok(LogitRows { level: logit_rows(&logits.level), risk_type: logit_rows(&logits.risk_type) })
+    }
+
+    /// Calibrated assessments of a batch and the time they took.
+    fn assess(&self, features: Tensor<3>, questions: &[&str]) -> Result<(Vec<SafetyAssessment>, f64), PipelineError> {
+        let start = Instant::now();
+        let rows = self.logits(features, questions)?;
+        let assessments = self.assessments(&rows);
         Ok((assessments, start.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Calibrated assessments of raw logit rows.
+    pub fn assessments(&self, rows: &LogitRows) -> Vec<SafetyAssessment> {
+        SafetyAssessment::from_logit_rows(&rows.level, &rows.risk_type, &self.taxonomy, &self.calibration)
+    }
+
+    /// The uncalibrated concept logits of a batch of (image, question) pairs: one vision pass, no LLM.
+    pub fn concept_logits(&self, requests: &[GuardRequest]) -> Result<LogitRows, PipelineError> {
+        let (features, _) = self.features(&requests.iter().map(|r| &r.image).collect::<Vec<_>>())?;
+        let questions: Vec<&str> = requests.iter().map(|r| r.question.as_str()).collect();
+        self.logits(features, &questions)
+    }
+
+    /// What `policy` (else the pipeline's) decides for an assessment.
+    pub fn decide_with(&self, policy: Option<&SafetyPolicy>, a: &SafetyAssessment) -> Result<Decision, PipelineError> {
+        policy
+            .unwrap_or(&self.policy)
+            .decide(a, &self.taxonomy)
+            .map_err(|e| PipelineError::Model(crate::ModelError::Input(format!("policy: {e}"))))
     }
 
     /// Classifies a batch of (image, question) pairs and says what the policy would do; the LLM never runs.
@@ -246,10 +300,7 @@ impl GuardedPipeline {
     }
 
     fn decide(&self, r: &GuardRequest, a: &SafetyAssessment) -> Result<Decision, PipelineError> {
-        let policy = r.policy.as_ref().unwrap_or(&self.policy);
-        policy
-            .decide(a, &self.taxonomy)
-            .map_err(|e| PipelineError::Model(crate::ModelError::Input(format!("policy: {e}"))))
+        self.decide_with(r.policy.as_ref(), a)
     }
 
     /// Answers a batch. Guarded: classify, apply each request's policy, refuse or generate with the hint.

@@ -62,6 +62,15 @@ impl PsaConfig {
         Ok(cfg)
     }
 
+    /// The `config.json` value [`from_value`](Self::from_value) reads back: the LLaVA keys plus `safety_config`.
+    pub fn to_value(&self) -> Value {
+        let mut v = self.llava.to_value();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("safety_config".into(), serde_json::to_value(&self.safety).unwrap_or_default());
+        }
+        v
+    }
+
     /// Reads `config.json` from a directory.
     pub fn from_dir(dir: &std::path::Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");

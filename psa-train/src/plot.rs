@@ -115,6 +115,48 @@ pub fn confusion_matrix_png(labels: &[&str], counts: &[Vec<usize>], path: &Path,
     img.save(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A reliability diagram as a PNG: one bar per confidence bin at the bin's accuracy (grey where the bin is empty),
+/// the diagonal of perfect calibration, and each bin's mean confidence as a red tick.
+pub fn reliability_png(bins: &[crate::eval::ReliabilityBin], path: &Path, title: &str) -> Result<(), String> {
+    use image::{Rgb, RgbImage};
+
+    use crate::data::demo::draw_text;
+    if bins.is_empty() {
+        return Err("no bins to plot".into());
+    }
+    let (left, top, side) = (60u32, 50u32, 400u32);
+    let mut img = RgbImage::from_pixel(left + side + 30, top + side + 60, Rgb([255, 255, 255]));
+    let (black, blue, red, grey) = (Rgb([0, 0, 0]), Rgb([90, 120, 220]), Rgb([220, 40, 40]), Rgb([225, 225, 225]));
+    draw_text(&mut img, title, (10, 12), 2, black);
+    let y_of = |v: f64| top + side - (v.clamp(0.0, 1.0) * side as f64).round() as u32;
+    let w = side / bins.len() as u32;
+    for (k, b) in bins.iter().enumerate() {
+        let x0 = left + k as u32 * w;
+        let (colour, height) = if b.count == 0 { (grey, 1.0) } else { (blue, b.accuracy) };
+        for x in x0 + 1..x0 + w - 1 {
+            for y in y_of(height)..top + side {
+                img.put_pixel(x, y, colour);
+            }
+        }
+        if b.count > 0 {
+            let y = y_of(b.confidence).min(top + side - 1);
+            for x in x0 + 1..x0 + w - 1 {
+                img.put_pixel(x, y, red);
+            }
+        }
+    }
+    for i in 0..side {
+        img.put_pixel(left + i, top + side - i, black);
+        img.put_pixel(left, top + i, black);
+        img.put_pixel(left + i, top + side, black);
+    }
+    draw_text(&mut img, "confidence ->", (left + side / 2 - 50, top + side + 12), 1, black);
+    draw_text(&mut img, "0", (left - 12, top + side - 4), 1, black);
+    draw_text(&mut img, "1", (left - 12, top - 4), 1, black);
+    draw_text(&mut img, "bars: accuracy  red: mean confidence", (left, top + side + 32), 1, black);
+    img.save(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +172,20 @@ mod tests {
         assert!(at(170 + 5, 80 + 5) < at(170 + 130 + 5, 80 + 5));
         assert_eq!(at(170 + 5, 80 + 130 + 5), 255);
         assert!(confusion_matrix_png(&["a"], &[vec![1, 2]], &path, "t").is_err());
+    }
+
+    #[test]
+    fn reliability_bars_stand_at_the_bin_accuracy() {
+        let path = std::env::temp_dir().join(format!("psa-reliability-{}.png", std::process::id()));
+        let (_, bins) = crate::eval::metrics::ece(&[0.95, 0.95, 0.15], &[true, false, false]).unwrap();
+        reliability_png(&bins, &path, "t").unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let at = |x: u32, y: u32| img.get_pixel(x, y).0;
+        // Bin 9 (x 420..460) has accuracy 0.5: blue below y = 250, white above; bin 1 has accuracy 0: no bar.
+        assert_eq!(at(440, 300), [90, 120, 220]);
+        assert_eq!(at(440, 200), [255, 255, 255]);
+        assert_eq!(at(60 + 40 + 20, 440), [255, 255, 255]);
+        // Empty bin 5 is a grey full-height bar.
+        assert_eq!(at(60 + 200 + 20, 100), [225, 225, 225]);
     }
 }

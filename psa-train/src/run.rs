@@ -8,9 +8,10 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use psa_core::Taxonomy;
-use psa_models::import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules};
+use psa_models::import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules, saved_template};
 use psa_models::lora::LoraConfig;
-use psa_models::processor::{ImageProcessorConfig, Template, TextProcessor};
+use psa_models::pipeline::processors;
+use psa_models::processor::Template;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Balance, LabelSpace, balance, read_jsonl};
@@ -92,9 +93,9 @@ pub struct TrainConfig {
     pub image_root: PathBuf,
     /// Output directory.
     pub out: PathBuf,
-    /// Conversation template.
-    #[serde(default = "llava_v1")]
-    pub template: String,
+    /// Conversation template (default: the one the model directory records, else `llava_v1`).
+    #[serde(default)]
+    pub template: Option<String>,
     /// Stage-I balancing: clean samples kept (`None` keeps all; stage I default 3000).
     #[serde(default)]
     pub clean: Option<usize>,
@@ -126,9 +127,6 @@ pub struct TrainConfig {
 
 fn dot() -> PathBuf {
     PathBuf::from(".")
-}
-fn llava_v1() -> String {
-    "llava_v1".into()
 }
 fn yes() -> bool {
     true
@@ -224,11 +222,10 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
         .ok_or_else(|| RunError::Config { path: cfg.out.clone(), reason: "no device given".into() })?;
     device.seed(recipe.seed);
     let (model, psa_cfg, _) = load_psa(&cfg.model_dir, &device, &LoadOptions::default())?;
-    let tokenizer = cfg.tokenizer.clone().unwrap_or_else(|| cfg.model_dir.join("tokenizer.json"));
-    let text = TextProcessor::from_file(&tokenizer, "<image>")?;
-    let template = Template::by_name(&cfg.template)?;
-    let images =
-        ImageProcessorConfig::for_vision(&psa_cfg.llava.vision).build().map_err(psa_models::LoadError::from)?;
+    let (text, images) = processors(&cfg.model_dir, cfg.tokenizer.clone(), &psa_cfg.llava.vision)
+        .map_err(|e| RunError::Config { path: cfg.model_dir.clone(), reason: e.to_string() })?;
+    let name = cfg.template.clone().or_else(|| saved_template(&cfg.model_dir)).unwrap_or_else(|| "llava_v1".into());
+    let template = Template::by_name(&name)?;
     let labels = LabelSpace { levels: psa_cfg.safety.num_levels, types: psa_cfg.safety.num_types };
     let mut samples = read_jsonl(&cfg.data, &cfg.image_root, labels)?;
     let clean = cfg.clean.or((cfg.stage == StageName::Stage1).then_some(3000));

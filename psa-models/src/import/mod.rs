@@ -23,7 +23,10 @@ pub use files::weight_files;
 use files::{FileTensor, read_tensors};
 pub use layout::{Layout, normalize};
 pub use peft::{load_peft_adapter, save_peft_adapter};
-pub use psa::{load_psa, load_psa_with_safety, save_safety_modules, write_f32_safetensors};
+pub use psa::{
+    ModelDirParts, TEMPLATE_KEY, load_psa, load_psa_with_safety, save_psa, save_safety_modules, saved_template,
+    write_f32_safetensors,
+};
 
 use crate::config::{LlavaConfig, parse, read_json};
 use crate::error::LoadError;

@@ -1,13 +1,15 @@
-//! PSA-VLM checkpoints in the authors' `SafeLlavaModel` naming (psa-vlm.md §2.9): a full checkpoint, or a
-//! safety-modules file on top of a base llava-hf directory; and export of our safety modules in that naming.
+//! PSA-VLM checkpoints in the authors' `SafeLlavaModel` naming: a full checkpoint, or a safety-modules file on top
+//! of a base llava-hf directory; export of our safety modules in that naming; and complete model directories
+//! (weights, config, tokenizer, preprocessing, calibration) that every `psa` command loads.
 use std::path::{Path, PathBuf};
 
 use burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
 use burn::tensor::{DType, Device};
-use psa_core::{SafetyConfig, SafetyModules};
+use psa_core::{Calibration, SafetyConfig, SafetyModules};
 use safetensors::{Dtype, View};
+use tokenizers::Tokenizer;
 
-use super::layout::{Layout, safety_path_to_key};
+use super::layout::{Layout, denormalize, safety_path_to_key};
 use super::{LoadOptions, LoadReport, load_into, weight_files};
 use crate::config::{LlavaConfig, parse, read_json};
 use crate::error::LoadError;
@@ -59,6 +61,81 @@ fn same_dir(config: &Path, dir: &Path) -> bool {
     config.parent().and_then(|p| p.canonicalize().ok()) == dir.canonicalize().ok()
 }
 
+/// The config key naming the conversation template a model directory was trained with.
+pub const TEMPLATE_KEY: &str = "psa_template";
+
+/// What a complete model directory holds besides the weights and the model configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelDirParts<'a> {
+    /// The tokenizer, `<image>` included.
+    pub tokenizer: &'a Tokenizer,
+    /// The image preprocessing the model was trained with.
+    pub image_processor: &'a crate::processor::ImageProcessorConfig,
+    /// The conversation template's name (`chatml`, `llava_v1`, …).
+    pub template: &'a str,
+    /// Fitted temperatures, when there are any.
+    pub calibration: Option<&'a Calibration>,
+}
+
+/// Writes a complete PSA-VLM directory that [`load_psa`] and the guarded pipeline read back: `model.safetensors`
+/// (every parameter in f32, llava-hf keys plus the reference's safety keys), `config.json` (with the template's
+/// name under [`TEMPLATE_KEY`]), `tokenizer.json`, `preprocessor_config.json` and `calibration.json`. Returns the
+/// paths written.
+pub fn save_psa(
+    model: &PsaVlm,
+    config: &PsaConfig,
+    parts: ModelDirParts<'_>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |path: &Path, e: String| LoadError::BadFile { path: path.into(), reason: e };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e.to_string()))?;
+    let layout = layout(&config.llava);
+    let weights = dir.join("model.safetensors");
+    write_tensors(&weights, pytorch_tensors(model, |path| denormalize(layout, path))?)?;
+    let mut value = config.to_value();
+    if let Some(o) = value.as_object_mut() {
+        o.insert(TEMPLATE_KEY.into(), serde_json::Value::from(parts.template));
+    }
+    let write_json = |name: &str, v: &serde_json::Value| -> Result<PathBuf, LoadError> {
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(v).map_err(|e| io(&path, e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| io(&path, e.to_string()))?;
+        Ok(path)
+    };
+    let mut written = vec![weights, write_json("config.json", &value)?];
+    let pre = serde_json::to_value(parts.image_processor).map_err(|e| io(dir, e.to_string()))?;
+    written.push(write_json("preprocessor_config.json", &pre)?);
+    let tok = dir.join("tokenizer.json");
+    parts.tokenizer.save(&tok, false).map_err(|e| io(&tok, e.to_string()))?;
+    written.push(tok);
+    if let Some(c) = parts.calibration {
+        let path = dir.join("calibration.json");
+        c.save(&path).map_err(|e| io(&path, e.to_string()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The template name a model directory records under [`TEMPLATE_KEY`], if any.
+pub fn saved_template(dir: &Path) -> Option<String> {
+    let value = read_json(&dir.join("config.json")).ok()?;
+    value.get(TEMPLATE_KEY)?.as_str().map(str::to_string)
+}
+
+/// Every parameter of `module` in PyTorch layout as f32, keyed by `key(module path)`.
+fn pytorch_tensors<M: ModuleSnapshot>(
+    module: &M,
+    key: impl Fn(&str) -> String,
+) -> Result<Vec<(String, OwnedTensor)>, LoadError> {
+    let mut tensors = Vec::new();
+    for t in module.collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true) {
+        let data = bridge::to_data(&t).map_err(|e| LoadError::Tensor { key: t.name.clone(), reason: e.to_string() })?;
+        let data = data.convert_dtype(DType::F32);
+        tensors.push((key(&t.name), OwnedTensor { shape: t.shape.to_vec(), bytes: data.as_bytes().to_vec() }));
+    }
+    Ok(tensors)
+}
+
 /// Writes the safety modules as safetensors in the reference naming and PyTorch layout (f32), plus
 /// `config.json` (`{"safety_config": …}`) beside it. Returns the paths written.
 pub fn save_safety_modules(
@@ -68,17 +145,8 @@ pub fn save_safety_modules(
 ) -> Result<(PathBuf, PathBuf), LoadError> {
     let io = |path: &Path, e: String| LoadError::BadFile { path: path.into(), reason: e };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e.to_string()))?;
-    let mut tensors = Vec::new();
-    for t in safety.collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true) {
-        let data = bridge::to_data(&t).map_err(|e| LoadError::Tensor { key: t.name.clone(), reason: e.to_string() })?;
-        let data = data.convert_dtype(DType::F32);
-        tensors.push((
-            safety_path_to_key(&t.name),
-            OwnedTensor { shape: t.shape.to_vec(), bytes: data.as_bytes().to_vec() },
-        ));
-    }
     let weights = dir.join("safety_modules.safetensors");
-    write_tensors(&weights, tensors)?;
+    write_tensors(&weights, pytorch_tensors(safety, safety_path_to_key)?)?;
     let cfg_path = dir.join("config.json");
     // Our config, plus the reference's top-level projector keys for PyTorch-side readers.
     let json = serde_json::json!({

