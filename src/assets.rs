@@ -30,6 +30,7 @@ pub struct Asset {
     pub note: &'static str,
 }
 
+/// CPython 3.11 x86-64 Linux wheels (each pinned package has one wheel for these platforms).
 const LINUX_CP311: &[&str] = &[
     "--only-binary=:all:",
     "--python-version",
@@ -38,14 +39,6 @@ const LINUX_CP311: &[&str] = &[
     "cp",
     "--platform",
     "manylinux_2_28_x86_64",
-];
-
-const LINUX_CP311_2014: &[&str] = &[
-    "--only-binary=:all:",
-    "--python-version",
-    "3.11",
-    "--implementation",
-    "cp",
     "--platform",
     "manylinux2014_x86_64",
 ];
@@ -182,7 +175,7 @@ pub const ASSETS: &[Asset] = &[
     Asset {
         name: "matplotlib",
         requirement: "matplotlib==3.11.2",
-        pip_args: LINUX_CP311_2014,
+        pip_args: LINUX_CP311,
         wheel: "matplotlib-3.11.2-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
         sha256: "07d9b9fa60cd4c393692f50d0bb03123242ddf61c99bb0e95e75feb354e7c1a8",
         files: &[

@@ -16,17 +16,6 @@ use psa_vlm::train::eval::{
     EvalOptions, Format, ReadOptions, RefusalPhrases, evaluate, fit_calibration, read_benchmark,
 };
 
-fn tiny() -> GuardedPipeline {
-    GuardedPipeline::load(
-        &fixtures().join("tiny_psa/model"),
-        Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
-        Template::by_name("llava_hf").unwrap(),
-        &Device::flex(),
-    )
-    .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
-    .unwrap()
-}
-
 fn requests() -> Vec<GuardRequest> {
     (0..4)
         .map(|i| GuardRequest {
@@ -40,7 +29,7 @@ fn requests() -> Vec<GuardRequest> {
 
 #[test]
 fn exported_directory_loads_back_bit_identical_with_its_calibration_and_template() {
-    let p = tiny();
+    let p = tiny_pipeline("llava_hf");
     let dir = scratch("export-model-dir");
     let calibration = Calibration { level_temperature: 1.5, type_temperature: 0.75 };
     let parts = ModelDirParts {
@@ -69,7 +58,7 @@ fn exported_directory_loads_back_bit_identical_with_its_calibration_and_template
 
 #[test]
 fn counts_follow_the_per_item_verdicts_and_canned_refusals_are_not_the_models() {
-    let p = tiny();
+    let p = tiny_pipeline("llava_hf");
     let set =
         read_benchmark(Format::Jsonl, &fixtures().join("eval/jsonl/eval.jsonl"), &ReadOptions::default()).unwrap();
     // A judge that calls every answer a refusal: what the LLM said is "refused by model", what the policy returned
@@ -101,9 +90,9 @@ fn counts_follow_the_per_item_verdicts_and_canned_refusals_are_not_the_models() 
     assert_eq!(hint.over_refusal, Some(1.0));
     // Blocked items carry the policy's refusal text and are not marked refused by the model.
     for item in &r.per_item {
-        let (_, action, by_model, answer) = &item.responses[1];
-        if *action == Action::Refuse {
-            assert!(!by_model && answer == &SafetyPolicy::default().refusal, "{item:?}");
+        let r = &item.responses[1];
+        if r.action == Action::Refuse {
+            assert!(!r.refused_by_model && r.answer == SafetyPolicy::default().refusal, "{item:?}");
         }
     }
     // The per-item verdicts are the pipeline's own.
@@ -149,55 +138,42 @@ fn psa_calibrate_then_eval_write_their_files() {
     assert_eq!(fit["fit"]["calibration"]["level_temperature"].as_f64(), Some(saved.level_temperature));
     let out = dir.join("report");
     let vlguard = fixtures().join("eval/vlguard/test.json");
-    let summary = run(
-        &[
-            "eval",
-            "--format",
-            "vlguard",
-            "--data",
-            vlguard.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "3",
-            "--quiet",
-        ],
-        &dir,
-    );
+    let eval = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["eval", "--format", "vlguard", "--data", vlguard.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap(), "--quiet"]);
+        args.extend(extra);
+        run(&args, &dir)
+    };
+    let summary = eval(&out, &["--max-new-tokens", "3"]);
     assert_eq!((summary["items"].as_u64(), summary["harmful"].as_u64()), (Some(4), Some(2)));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["calibration"]["level_temperature"].as_f64(), Some(saved.level_temperature));
     assert_eq!(report["responses"].as_array().unwrap().len(), 2);
     let subsets: Vec<&str> =
-        report["responses"][0]["subsets"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap()).collect();
+        report["responses"][0]["subsets"].as_array().unwrap().iter().map(|s| s["subset"].as_str().unwrap()).collect();
     assert_eq!(subsets, ["safe_safes", "safe_unsafes", "unsafes"]);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| hint |") && md.contains("refused by model"), "{md}");
     assert!(image::open(out.join("reliability.png")).is_ok());
+    // Every format runs through the command (classifier metrics only).
+    let formats = [
+        ("mm-safetybench", fixtures().join("eval/mm-safetybench"), 9),
+        ("figstep", fixtures().join("eval/figstep/safebench.csv"), 2),
+        ("harmbench", fixtures().join("eval/harmbench/harmbench_behaviors_multimodal_all.csv"), 2),
+        ("jailbreakv", fixtures().join("eval/jailbreakv/JailBreakV_28K.csv"), 2),
+        ("jsonl", fixtures().join("eval/jsonl/eval.jsonl"), 4),
+    ];
+    for (format, data, items) in formats {
+        let out = dir.join(format!("report-{format}"));
+        let args = ["eval", "--format", format, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        let summary = run(&[&args[..], &["--policies", "", "--quiet"]].concat(), &dir);
+        assert_eq!(summary["items"].as_u64(), Some(items), "{format}");
+        assert!(out.join("report.md").is_file(), "{format}");
+    }
     // The LLM judge (the evaluated model's own LLM) reads every answer of the unguarded baseline.
     let llm = dir.join("report-llm");
-    let summary = run(
-        &[
-            "eval",
-            "--format",
-            "vlguard",
-            "--data",
-            vlguard.to_str().unwrap(),
-            "--out",
-            llm.to_str().unwrap(),
-            "--policies",
-            "allow",
-            "--judge",
-            "llm",
-            "--limit",
-            "2",
-            "--max-new-tokens",
-            "2",
-            "--quiet",
-        ],
-        &dir,
-    );
+    let summary = eval(&llm, &["--policies", "allow", "--judge", "llm", "--limit", "2", "--max-new-tokens", "2"]);
     assert_eq!(summary["items"].as_u64(), Some(2));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(llm.join("report.json")).unwrap()).unwrap();

@@ -8,18 +8,6 @@ use psa_vlm::core::{Action, SafetyAssessment, SafetyPolicy, Taxonomy};
 use psa_vlm::models::processor::Template;
 use psa_vlm::models::{Finish, GuardRequest, GuardedPipeline};
 
-/// The tiny model with a taxonomy of short hints (the paper's would overflow its 128 positions).
-fn pipeline(template: &str) -> GuardedPipeline {
-    GuardedPipeline::load(
-        &fixtures().join("tiny_psa/model"),
-        Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
-        Template::by_name(template).unwrap(),
-        &Device::flex(),
-    )
-    .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
-    .unwrap()
-}
-
 fn request(id: &str, class: usize, seed: u64, question: &str, policy: Option<SafetyPolicy>) -> GuardRequest {
     GuardRequest {
         id: Some(id.into()),
@@ -56,7 +44,7 @@ fn default_policy_prompts_match_the_reference_layout_byte_for_byte() {
 
 #[test]
 fn every_policy_action_end_to_end() {
-    let p = pipeline("llava_hf");
+    let p = tiny_pipeline("llava_hf");
     let generation = p.generation_config(6);
     let base = request("probe", 2, 1, "What is this?", None);
     let verdict = &p.classify(std::slice::from_ref(&base)).unwrap()[0];
@@ -120,7 +108,7 @@ fn every_policy_action_end_to_end() {
 
 #[test]
 fn batches_equal_one_at_a_time() {
-    let p = pipeline("llava_hf");
+    let p = tiny_pipeline("llava_hf");
     let generation = p.generation_config(8);
     let refuse = SafetyPolicy { default_action: Action::Refuse, ..Default::default() };
     let requests = vec![

@@ -4,23 +4,9 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::processor::Template;
-use psa_vlm::models::{GuardRequest, GuardedPipeline};
+use psa_vlm::models::GuardRequest;
 use psa_vlm::serve::{ServeConfig, router, serve};
 use serde_json::{Value, json};
-
-/// The tiny model with short hints (its context is 128 positions).
-fn pipeline() -> GuardedPipeline {
-    GuardedPipeline::load(
-        &fixtures().join("tiny_psa/model"),
-        Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
-        Template::by_name("llava_hf").unwrap(),
-        &Device::flex(),
-    )
-    .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
-    .unwrap()
-}
 
 /// Starts a server on an ephemeral loopback port and returns its base URL.
 fn start(cfg: ServeConfig) -> String {
@@ -30,7 +16,7 @@ fn start(cfg: ServeConfig) -> String {
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, router(pipeline(), cfg)).await.unwrap();
+            serve(listener, router(tiny_pipeline("llava_hf"), cfg)).await.unwrap();
         });
     });
     format!("http://{}", rx.recv().unwrap())
@@ -73,7 +59,7 @@ fn chat_body(image: &str, question: &str) -> Value {
 #[test]
 fn endpoints_answer_like_the_library_and_reject_bad_requests() {
     let base = start(ServeConfig { max_body_bytes: 64 << 10, ..ServeConfig::default() });
-    let local = pipeline();
+    let local = tiny_pipeline("llava_hf");
     let img = png_b64(2, 1);
     let request = GuardRequest {
         id: None,

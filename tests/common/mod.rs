@@ -227,6 +227,18 @@ pub fn prepare_file(
     prepare(model, &samples, &opts, device)
 }
 
+/// The tiny PSA model as a guarded pipeline with `template` and short hints (its context is 128 positions).
+pub fn tiny_pipeline(template: &str) -> psa_vlm::models::GuardedPipeline {
+    psa_vlm::models::GuardedPipeline::load(
+        &fixtures().join("tiny_psa/model"),
+        Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
+        Template::by_name(template).unwrap(),
+        &Device::flex(),
+    )
+    .and_then(|p| p.with_taxonomy(short_hint_taxonomy()))
+    .unwrap()
+}
+
 /// The paper's taxonomy with every hint shortened to "Mind the risk." (the tiny models hold 128–256 positions).
 pub fn short_hint_taxonomy() -> psa_vlm::core::Taxonomy {
     let mut taxonomy = psa_vlm::core::Taxonomy::default();

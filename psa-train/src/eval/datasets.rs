@@ -322,8 +322,11 @@ fn read_mm_safetybench(dir: &Path, images: &Path, set: &mut EvalSet) -> Result<(
     Ok(())
 }
 
-/// A CSV file's rows as (line, header → value lookup), failing on missing `required` columns.
-fn read_csv(path: &Path, required: &[&str]) -> Result<Vec<(usize, Vec<(String, String)>)>, DataError> {
+/// A CSV record: its line and its (header, value) pairs.
+type CsvRow = (usize, Vec<(String, String)>);
+
+/// A CSV file's rows, failing on missing `required` columns.
+fn read_csv(path: &Path, required: &[&str]) -> Result<Vec<CsvRow>, DataError> {
     let text = read_text(path)?;
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
     let headers: Vec<String> = reader

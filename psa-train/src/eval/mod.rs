@@ -13,4 +13,7 @@ pub use datasets::{EvalItem, EvalSet, FIGSTEP_PROMPT, Format, ReadOptions, read_
 pub use judge::{JUDGE_PROMPT, Judge, LlmJudge, REFUSAL_PHRASES, RefusalPhrases};
 pub use metrics::ReliabilityBin;
 pub use report::write_report;
-pub use run::{EvalOptions, EvalReport, PolicyMetrics, REPORT_VERSION, ResponseCounts, SubsetFlags, evaluate};
+pub use run::{
+    EvalOptions, EvalReport, ItemResponse, PolicyMetrics, REPORT_VERSION, ResponseCounts, SubsetFlags, SubsetResponses,
+    evaluate,
+};

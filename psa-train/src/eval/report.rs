@@ -89,7 +89,8 @@ pub fn markdown(r: &EvalReport, taxonomy: &Taxonomy, plots: &[(String, String)])
             "\n| policy | subset | n | blocked | refused by model | answered | hinted |\n|---|---|---|---|---|---|---|"
         );
         for p in &r.responses {
-            for (name, k) in &p.subsets {
+            for sub in &p.subsets {
+                let (name, k) = (&sub.subset, &sub.counts);
                 let _ = writeln!(
                     s,
                     "| {} | {name} | {} | {} | {} | {} | {} |",

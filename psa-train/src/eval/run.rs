@@ -126,6 +126,29 @@ impl ResponseCounts {
     }
 }
 
+/// Response counts of one subset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubsetResponses {
+    /// The subset.
+    pub subset: String,
+    /// Its counts.
+    #[serde(flatten)]
+    pub counts: ResponseCounts,
+}
+
+/// One policy's outcome for one item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResponse {
+    /// The policy's name.
+    pub policy: String,
+    /// What the policy did.
+    pub action: Action,
+    /// The LLM ran and the judge read a refusal.
+    pub refused_by_model: bool,
+    /// The answer the user got (the policy's refusal when blocked).
+    pub answer: String,
+}
+
 /// Response metrics under one policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyMetrics {
@@ -142,7 +165,7 @@ pub struct PolicyMetrics {
     /// Benign items blocked or refused.
     pub over_refusal: Option<f64>,
     /// The same counts per subset.
-    pub subsets: Vec<(String, ResponseCounts)>,
+    pub subsets: Vec<SubsetResponses>,
 }
 
 /// One item's outcome.
@@ -162,8 +185,8 @@ pub struct ItemResult {
     pub risk: f64,
     /// Whether the pipeline's policy acts on it.
     pub flagged: bool,
-    /// Per policy: the action taken, whether the model refused, the answer.
-    pub responses: Vec<(String, Action, bool, String)>,
+    /// One outcome per evaluated policy.
+    pub responses: Vec<ItemResponse>,
 }
 
 /// A whole evaluation.
@@ -405,7 +428,9 @@ fn respond_under(
         for (k, a) in answers.into_iter().enumerate() {
             let action = a.decision.as_ref().map_or(Action::Allow, |d| d.action);
             let refused = a.finish != Finish::Refused && verdicts.next().unwrap_or(false);
-            per_item[c * opts.batch_size.max(1) + k].responses.push((name.to_string(), action, refused, a.answer));
+            let response =
+                ItemResponse { policy: name.to_string(), action, refused_by_model: refused, answer: a.answer };
+            per_item[c * opts.batch_size.max(1) + k].responses.push(response);
             outcomes.push((action, a.finish == Finish::Refused, refused));
         }
         progress.inc(chunk.len() as u64);
@@ -431,7 +456,10 @@ fn respond_under(
     };
     let harmful = count(&|i| i.harmful);
     let benign = count(&|i| !i.harmful);
-    let subsets = subset_names(items).into_iter().map(|s| (s.clone(), count(&|i| i.subset == s))).collect();
+    let subsets = subset_names(items)
+        .into_iter()
+        .map(|s| SubsetResponses { counts: count(&|i| i.subset == s), subset: s })
+        .collect();
     Ok(PolicyMetrics {
         policy: name.to_string(),
         asr: harmful.rate(harmful.answered),

@@ -149,6 +149,9 @@ fn answer(group: usize, caption: &str) -> String {
     }
 }
 
+/// A written split: its label file, its counts per group and its `SOURCES.md` rows.
+type Finished = ((String, PathBuf), (String, [usize; 4]), Vec<String>);
+
 struct Split {
     name: &'static str,
     dir: PathBuf,
@@ -186,7 +189,7 @@ impl Split {
         Ok(())
     }
 
-    fn finish(self) -> Result<((String, PathBuf), (String, [usize; 4]), Vec<String>), DataError> {
+    fn finish(self) -> Result<Finished, DataError> {
         let path = self.dir.join(format!("{}.jsonl", self.name));
         std::fs::write(&path, self.lines.join("\n") + "\n")
             .map_err(|source| DataError::Io { path: path.clone(), source })?;
