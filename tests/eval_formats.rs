@@ -39,7 +39,7 @@ fn vlguard_subsets_and_ground_truth() {
     assert_eq!(summary(&set), want);
     assert_eq!(set.items[1].question, "Stand-in unsafe request about this picture.");
     assert_eq!(set.items[2].category.as_deref(), Some("privacy"));
-    assert_eq!(set.items[2].source, format!("{}:17", file.display()));
+    assert_eq!(set.items[2].source(), format!("{}:17", file.display()));
     assert_eq!(image_name(&set.items[3].image), "safe_2.png");
     let err =
         read_benchmark(Format::Vlguard, &eval_dir().join("vlguard/test_missing_safe.json"), &ReadOptions::default())
@@ -63,7 +63,7 @@ fn mm_safetybench_three_image_kinds_in_file_order() {
         ]
     );
     assert_eq!(ids[6], "01-Illegal_Activitiy/SD/10");
-    assert!(set.items[6].source.ends_with("01-Illegal_Activitiy.json:18"), "{}", set.items[6].source);
+    assert!(set.items[6].source().ends_with("01-Illegal_Activitiy.json:18"), "{}", set.items[6].source());
     assert_eq!(set.items[0].question, "The image shows an activity 0. List steps.");
     assert_eq!(set.items[1].question, "The bottom of the image shows a phrase of an activity 0. List steps.");
     assert!(set.items.iter().all(|i| i.harmful && i.category.as_deref() == Some("01-Illegal_Activitiy")));
@@ -81,7 +81,7 @@ fn figstep_harmbench_and_jailbreakv_csvs() {
     let hb = read(Format::Harmbench, &file);
     assert_eq!(hb.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["behaviour_a", "behaviour_b"]);
     assert_eq!(hb.items[1].question, "Quoted behaviour, with a comma");
-    assert_eq!(hb.items[1].source, format!("{}:4", file.display()));
+    assert_eq!(hb.items[1].source(), format!("{}:4", file.display()));
     assert_eq!(hb.skipped, vec![format!("{}:3: text-only behaviour (no ImageFileName)", file.display())]);
 
     let jb = read(Format::Jailbreakv, &eval_dir().join("jailbreakv/JailBreakV_28K.csv"));

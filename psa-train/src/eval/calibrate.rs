@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::datasets::EvalItem;
 use super::metrics::{ece, top_label};
-use crate::data::images;
+use super::run::requests;
 use crate::error::DataError;
 
 /// The fitted temperatures and what they changed on the validation split.
@@ -60,19 +60,12 @@ pub fn fit_calibration(
     let mut logits = LogitRows { level: Vec::new(), risk_type: Vec::new() };
     let (mut levels, mut types) = (Vec::new(), Vec::new());
     for chunk in items.chunks(batch_size.max(1)) {
-        let mut batch = Vec::with_capacity(chunk.len());
         for item in chunk {
-            let (l, t) = item.concepts.ok_or_else(|| err(format!("{}: no concept labels", item.source)))?;
+            let (l, t) = item.concepts.ok_or_else(|| err(format!("{}: no concept labels", item.source())))?;
             levels.push(l);
             types.push(t);
-            let image = images::load(&item.image).map_err(|e| err(format!("{}: {e}", item.source)))?;
-            batch.push(GuardRequest {
-                id: Some(item.id.clone()),
-                image,
-                question: item.question.clone(),
-                policy: None,
-            });
         }
+        let batch: Vec<GuardRequest> = requests(chunk, false, &mut Vec::new())?.into_iter().map(|(_, r)| r).collect();
         let rows = pipeline.concept_logits(&batch).map_err(|e| err(e.to_string()))?;
         logits.level.extend(rows.level);
         logits.risk_type.extend(rows.risk_type);

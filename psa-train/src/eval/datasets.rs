@@ -86,8 +86,17 @@ pub struct EvalItem {
     pub category: Option<String>,
     /// Risk (level, type) labels, when the set has them (the project's JSONL).
     pub concepts: Option<(usize, usize)>,
-    /// `file:line` the item came from.
-    pub source: String,
+    /// The file the item came from.
+    pub file: PathBuf,
+    /// Its 1-based line in that file.
+    pub line: usize,
+}
+
+impl EvalItem {
+    /// `file:line`, for messages.
+    pub fn source(&self) -> String {
+        format!("{}:{}", self.file.display(), self.line)
+    }
 }
 
 /// A benchmark read into items, with what was skipped.
@@ -134,12 +143,11 @@ fn check_images(set: EvalSet, skip: bool) -> Result<EvalSet, DataError> {
         };
         match files.into_iter().find(|p| !p.is_file()) {
             None => out.items.push(item),
-            Some(p) if skip => out.skipped.push(format!("{}: image {} not found", item.source, p.display())),
+            Some(p) if skip => out.skipped.push(format!("{}: image {} not found", item.source(), p.display())),
             Some(p) => {
-                let (file, line) = item.source.rsplit_once(':').unwrap_or((&item.source, "0"));
                 return Err(DataError::Line {
-                    path: file.into(),
-                    line: line.parse().unwrap_or(0),
+                    path: item.file.clone(),
+                    line: item.line,
                     reason: format!(
                         "image {} not found (pass --skip-missing-images to skip and count it)",
                         p.display()
@@ -262,7 +270,8 @@ fn read_vlguard(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), DataE
                 subset: subset.into(),
                 category: category.clone(),
                 concepts: None,
-                source: format!("{}:{line}", path.display()),
+                file: path.into(),
+                line,
             });
         }
     }
@@ -314,7 +323,8 @@ fn read_mm_safetybench(dir: &Path, images: &Path, set: &mut EvalSet) -> Result<(
                     subset: kind.into(),
                     category: Some(scenario.clone()),
                     concepts: None,
-                    source: format!("{}:{line}", file.display()),
+                    file: file.clone(),
+                    line,
                 });
             }
         }
@@ -384,7 +394,8 @@ fn read_figstep(path: &Path, images: &Path, set: &mut EvalSet) -> Result<(), Dat
             subset: "safebench".into(),
             category,
             concepts: None,
-            source: format!("{}:{line}", path.display()),
+            file: path.into(),
+            line,
         });
     }
     Ok(())
@@ -406,7 +417,8 @@ fn read_harmbench(path: &Path, images: &Path, set: &mut EvalSet) -> Result<(), D
             subset: col(&row, "FunctionalCategory").trim().to_string(),
             category,
             concepts: None,
-            source: format!("{}:{line}", path.display()),
+            file: path.into(),
+            line,
         });
     }
     Ok(())
@@ -424,7 +436,8 @@ fn read_jailbreakv(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), Da
             subset: nonempty(path, line, &row, "format")?.to_string(),
             category,
             concepts: None,
-            source: format!("{}:{line}", path.display()),
+            file: path.into(),
+            line,
         });
     }
     Ok(())
@@ -456,7 +469,8 @@ fn read_own_jsonl(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), Dat
             subset: subset_of(s.line).unwrap_or_else(|| taxonomy.types[s.risk_type].name.clone()),
             category: None,
             concepts: Some((s.level, s.risk_type)),
-            source: format!("{}:{}", path.display(), s.line),
+            file: path.into(),
+            line: s.line,
         });
     }
     Ok(())

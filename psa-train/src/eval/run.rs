@@ -227,24 +227,23 @@ fn model_err(e: impl std::fmt::Display) -> DataError {
     DataError::Line { path: "model".into(), line: 0, reason: e.to_string() }
 }
 
-/// Loads the images of a batch; undecodable ones fail or, with `skip`, are dropped and listed.
-fn requests(
-    items: &[EvalItem],
+/// Loads the images of a batch into requests (with each item's index); undecodable ones fail or, with `skip`, are
+/// dropped and listed.
+pub(super) fn requests<T: std::borrow::Borrow<EvalItem>>(
+    items: &[T],
     skip: bool,
     skipped: &mut Vec<String>,
 ) -> Result<Vec<(usize, GuardRequest)>, DataError> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
+        let item = item.borrow();
         match images::load(&item.image) {
             Ok(image) => out.push((
                 i,
                 GuardRequest { id: Some(item.id.clone()), image, question: item.question.clone(), policy: None },
             )),
-            Err(e) if skip => skipped.push(format!("{}: {e}", item.source)),
-            Err(e) => {
-                let (file, line) = item.source.rsplit_once(':').unwrap_or((&item.source, "0"));
-                return Err(DataError::Image { path: file.into(), line: line.parse().unwrap_or(0), source: e });
-            }
+            Err(e) if skip => skipped.push(format!("{}: {e}", item.source())),
+            Err(e) => return Err(DataError::Image { path: item.file.clone(), line: item.line, source: e }),
         }
     }
     Ok(out)
@@ -409,14 +408,11 @@ fn respond_under(
     let progress = bar(items.len(), &format!("answered ({name})"), opts.progress);
     let mut outcomes = Vec::with_capacity(items.len());
     for (c, chunk) in items.chunks(opts.batch_size.max(1)).enumerate() {
-        let batch = chunk
-            .iter()
-            .map(|item| {
-                let image = images::load(&item.image).map_err(|e| model_err(format!("{}: {e}", item.source)))?;
-                let policy = Some(policy.clone());
-                Ok(GuardRequest { id: Some(item.id.clone()), image, question: item.question.clone(), policy })
-            })
-            .collect::<Result<Vec<_>, DataError>>()?;
+        // The items were decoded once already, so a failure here is an error, not a skip.
+        let batch: Vec<GuardRequest> = requests(chunk, false, &mut Vec::new())?
+            .into_iter()
+            .map(|(_, r)| GuardRequest { policy: Some(policy.clone()), ..r })
+            .collect();
         let answers = pipeline.respond(&batch, &opts.generation, true).map_err(model_err)?;
         let ran: Vec<(&str, &str)> = batch
             .iter()

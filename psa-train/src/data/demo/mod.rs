@@ -264,6 +264,13 @@ fn text_image(
     (img, name.clone())
 }
 
+/// A photo's file stem (for ids) and its `SOURCES.md` entry.
+fn describe(p: &Photo) -> (String, String) {
+    let stem = p.path.file_stem().and_then(|s| s.to_str()).unwrap_or("photo").to_string();
+    let name = p.path.file_name().and_then(|s| s.to_str()).unwrap_or("?");
+    (stem, format!("`{name}` ({})", p.licence))
+}
+
 fn open(p: &Photo) -> Result<RgbImage, DataError> {
     image::open(&p.path)
         .map(|i| i.to_rgb8())
@@ -334,8 +341,7 @@ pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> 
         let views = if k == 0 { opts.views_per_photo } else { 3 };
         for p in part {
             let img = open(p)?;
-            let stem = p.path.file_stem().and_then(|s| s.to_str()).unwrap_or("photo").to_string();
-            let source = format!("`{}` ({})", p.path.file_name().and_then(|s| s.to_str()).unwrap_or("?"), p.licence);
+            let (stem, source) = describe(p);
             for v in 0..views {
                 let view = augment(&img, size, &mut rng);
                 splits[k].add(&format!("photo_{stem}_v{v}"), &view, 0, &p.caption, &source, &mut rng)?;
@@ -345,8 +351,7 @@ pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> 
     }
     for p in &src.faces {
         let img = open(p)?;
-        let stem = p.path.file_stem().and_then(|s| s.to_str()).unwrap_or("face").to_string();
-        let source = format!("`{}` ({})", p.path.file_name().and_then(|s| s.to_str()).unwrap_or("?"), p.licence);
+        let (stem, source) = describe(p);
         for (k, views) in [(0, opts.views_per_photo), (1, 1), (2, 2)] {
             for v in 0..views {
                 let view = face_view(&img, size, backdrops[k].choose(&mut rng), &mut rng);
@@ -408,8 +413,7 @@ fn build_ood(ood: &OodSources, split: &mut Split, opts: &DemoOptions, rng: &mut 
     let mut backdrops = Vec::new();
     for p in &ood.photos {
         let img = open(p)?;
-        let stem = p.path.file_stem().and_then(|s| s.to_str()).unwrap_or("photo").to_string();
-        let source = format!("`{}` ({})", p.path.file_name().and_then(|s| s.to_str()).unwrap_or("?"), p.licence);
+        let (stem, source) = describe(p);
         let whole = imageops::resize(&img, size, size, imageops::FilterType::CatmullRom);
         split.add(&format!("photo_{stem}_v0"), &whole, 0, &p.caption, &source, rng)?;
         split.add(&format!("photo_{stem}_v1"), &augment(&img, size, rng), 0, &p.caption, &source, rng)?;
@@ -417,8 +421,7 @@ fn build_ood(ood: &OodSources, split: &mut Split, opts: &DemoOptions, rng: &mut 
     }
     for p in &ood.faces {
         let img = open(p)?;
-        let stem = p.path.file_stem().and_then(|s| s.to_str()).unwrap_or("face").to_string();
-        let source = format!("`{}` ({})", p.path.file_name().and_then(|s| s.to_str()).unwrap_or("?"), p.licence);
+        let (stem, source) = describe(p);
         for v in 0..opts.ood_face_views {
             let view = face_view(&img, size, backdrops.choose(rng), rng);
             split.add(&format!("face_{stem}_v{v}"), &view, 2, &p.caption, &source, rng)?;
