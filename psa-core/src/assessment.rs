@@ -30,7 +30,12 @@ pub fn logit_rows(t: &Tensor<2>) -> Vec<Vec<f32>> {
     v.chunks(c.max(1)).map(<[f32]>::to_vec).collect()
 }
 
+/// The softmax of a row; a row with a NaN or infinite logit gives NaN probabilities, which [`SafetyAssessment::fault`]
+/// reports (a `-inf` logit would otherwise pass as a clean zero).
 fn probs(logits: &[f32], temperature: f64) -> Vec<f32> {
+    if logits.iter().any(|z| !z.is_finite()) {
+        return vec![f32::NAN; logits.len()];
+    }
     softmax_t(logits, temperature).into_iter().map(|p| p as f32).collect()
 }
 
@@ -75,6 +80,31 @@ impl SafetyAssessment {
             .collect()
     }
 
+    /// Why this assessment cannot be trusted, if it cannot: probabilities that are not finite, not in [0, 1],
+    /// do not sum to 1 or do not fit the taxonomy, or an argmax that is not the most likely class.
+    pub fn fault(&self, taxonomy: &Taxonomy) -> Option<String> {
+        let heads = [
+            ("level", &self.level_probs, self.level, taxonomy.levels.len()),
+            ("type", &self.type_probs, self.risk_type, taxonomy.types.len()),
+        ];
+        for (head, p, arg, classes) in heads {
+            if p.len() != classes {
+                return Some(format!("{} {head} probabilities for {classes} classes", p.len()));
+            }
+            if let Some(x) = p.iter().find(|x| !x.is_finite() || !(0.0..=1.0).contains(*x)) {
+                return Some(format!("{head} probability {x} is not a probability"));
+            }
+            let sum: f32 = p.iter().sum();
+            if (sum - 1.0).abs() > 1e-3 {
+                return Some(format!("{head} probabilities sum to {sum}"));
+            }
+            if p.get(arg).is_none_or(|&x| p.iter().any(|&y| y > x)) {
+                return Some(format!("{head} {arg} is not the most likely class"));
+            }
+        }
+        None
+    }
+
     /// Whether the verdict is the safe level or the safe type (the reference's "no hint" rule).
     pub fn is_safe(&self, taxonomy: &Taxonomy) -> bool {
         self.level == taxonomy.safe_level || self.risk_type == taxonomy.safe_type
@@ -104,5 +134,24 @@ mod tests {
         let json = serde_json::to_string(&v[0]).unwrap();
         assert!(json.contains("\"level_name\":\"medium\""), "{json}");
         assert_eq!(serde_json::from_str::<SafetyAssessment>(&json).unwrap(), v[0]);
+        assert_eq!(v[0].fault(&tax), None);
+    }
+
+    #[test]
+    fn non_finite_logits_give_a_faulty_assessment_not_a_safe_one() {
+        let tax = Taxonomy::default();
+        let cal = Calibration::default();
+        let types = vec![vec![0.0; 7]];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let a = &SafetyAssessment::from_logit_rows(&[vec![bad, 0.0, 0.0, 0.0]], &types, &tax, &cal)[0];
+            assert!(a.fault(&tax).is_some(), "{bad}: {a:?}");
+        }
+        let mut a = SafetyAssessment::from_logit_rows(&[vec![1.0, 0.0, 0.0, 0.0]], &types, &tax, &cal).remove(0);
+        assert_eq!(a.fault(&tax), None);
+        a.level = 1;
+        assert!(a.fault(&tax).unwrap().contains("not the most likely"));
+        a.level = 0;
+        a.type_probs.pop();
+        assert!(a.fault(&tax).unwrap().contains("6 type probabilities for 7"));
     }
 }

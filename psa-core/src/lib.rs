@@ -6,6 +6,7 @@ pub mod assessment;
 pub mod calibration;
 pub mod config;
 pub mod error;
+pub mod finite;
 pub mod head;
 pub mod init;
 pub mod loss;

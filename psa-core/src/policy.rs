@@ -107,7 +107,7 @@ impl Default for SafetyPolicy {
 pub struct Decision {
     /// What happens.
     pub action: Action,
-    /// Which rule decided: `safe_level`, `safe_type`, `level_threshold`, `type_threshold`, `type_disabled`,
+    /// Which rule decided: `invalid_assessment` (a refusal, whatever the policy), `safe_level`, `safe_type`, `level_threshold`, `type_threshold`, `type_disabled`,
     /// `no_hint_text`, `rules[i]` or `default_action`.
     pub rule: String,
     /// The hint's cell, `"level/type"` by name, when a hint is used.
@@ -175,7 +175,13 @@ impl SafetyPolicy {
     }
 
     /// Decides what to do with an assessment. The checks run in the order of [`Decision::rule`]'s list.
+    /// An assessment that cannot be trusted ([`SafetyAssessment::fault`]) is refused whatever the policy says:
+    /// the guard fails closed.
     pub fn decide(&self, a: &SafetyAssessment, taxonomy: &Taxonomy) -> Result<Decision, CoreError> {
+        if a.fault(taxonomy).is_some() {
+            let refusal = Some(self.refusal.clone());
+            return Ok(Decision { action: Action::Refuse, rule: "invalid_assessment".into(), hint_id: None, hint: None, refusal });
+        }
         taxonomy.check(a.level, a.risk_type)?;
         if a.level == taxonomy.safe_level {
             return Ok(Decision::allow("safe_level"));

@@ -98,6 +98,13 @@ pub fn save(
     stage: &Stage,
 ) -> Result<PathBuf, CheckpointError> {
     let final_dir = dir.join(format!("checkpoint-{}", state.step));
+    let bad = psa_core::finite::non_finite_params(model, |p| stage.is_trainable(p));
+    if let Some(first) = bad.first() {
+        return Err(CheckpointError::Invalid {
+            path: final_dir,
+            reason: format!("not written: {} trainable tensor(s) hold NaN or infinite values, first `{first}`", bad.len()),
+        });
+    }
     let tmp = dir.join(format!(".checkpoint-{}.tmp", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -156,6 +163,13 @@ pub fn load(
                 result.errors.len(),
                 result.applied.len()
             ),
+        });
+    }
+    let bad = psa_core::finite::non_finite_params(&model, |p| stage.is_trainable(p));
+    if let Some(first) = bad.first() {
+        return Err(CheckpointError::Invalid {
+            path: weights,
+            reason: format!("{} trainable tensor(s) hold NaN or infinite values, first `{first}`", bad.len()),
         });
     }
     let mut mapper = SetIds { ids: &ids, path: Vec::new(), set: 0 };

@@ -63,6 +63,29 @@ impl Recipe {
         Self { warmup_steps: 300, ..Self::stage1() }
     }
 
+    /// Checks every value can train: a NaN learning rate or a zero batch size is refused before any work.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite_non_negative = [("lr", self.lr), ("weight_decay", f64::from(self.weight_decay))];
+        if let Some((name, v)) = finite_non_negative.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+            return Err(format!("{name} = {v}: must be finite and non-negative"));
+        }
+        let positive = [("max_grad_norm", self.max_grad_norm), ("epsilon", self.epsilon)];
+        if let Some((name, v)) = positive.iter().find(|(_, v)| !v.is_finite() || *v <= 0.0) {
+            return Err(format!("{name} = {v}: must be finite and positive"));
+        }
+        if let Some((name, v)) = [("beta_1", self.beta_1), ("beta_2", self.beta_2)]
+            .iter()
+            .find(|(_, v)| !(0.0..1.0).contains(v))
+        {
+            return Err(format!("{name} = {v}: must lie in [0, 1)"));
+        }
+        let counts = [("batch_size", self.batch_size), ("grad_accum", self.grad_accum), ("max_len", self.max_len)];
+        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// Learning rate at optimizer step `step` of `total`: linear warm-up from 0, then linear decay to 0
     /// (transformers' `get_linear_schedule_with_warmup`).
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
@@ -88,5 +111,22 @@ mod tests {
         assert!((r.lr_at(20, 100) - 1e-5).abs() < 1e-18);
         assert!((r.lr_at(60, 100) - 5e-6).abs() < 1e-18);
         assert_eq!(r.lr_at(100, 100), 0.0);
+    }
+
+    #[test]
+    fn recipes_that_cannot_train_are_refused() {
+        assert_eq!(Recipe::stage1().validate(), Ok(()));
+        let bad = [
+            (Recipe { lr: f64::NAN, ..Recipe::stage1() }, "lr = NaN"),
+            (Recipe { lr: -1.0, ..Recipe::stage1() }, "lr = -1"),
+            (Recipe { batch_size: 0, ..Recipe::stage1() }, "batch_size"),
+            (Recipe { grad_accum: 0, ..Recipe::stage1() }, "grad_accum"),
+            (Recipe { max_grad_norm: f32::INFINITY, ..Recipe::stage1() }, "max_grad_norm = inf"),
+            (Recipe { beta_2: 1.0, ..Recipe::stage1() }, "beta_2 = 1"),
+        ];
+        for (r, message) in bad {
+            let err = r.validate().unwrap_err();
+            assert!(err.starts_with(message), "{err}");
+        }
     }
 }

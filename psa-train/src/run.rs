@@ -215,6 +215,7 @@ pub struct RunSummary {
 /// step's micro-batches are spread over all of them (data parallel).
 pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError> {
     let recipe = cfg.recipe();
+    recipe.validate().map_err(crate::trainer::TrainError::Recipe)?;
     let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let device = devices
         .first()

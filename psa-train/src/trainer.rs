@@ -100,6 +100,8 @@ pub struct StepMetrics {
     pub ce_level: f64,
     /// Mean type cross-entropy.
     pub ce_type: f64,
+    /// Global L2 norm of the step's gradients, before clipping.
+    pub grad_norm: f64,
     /// Samples per second over the step.
     pub samples_per_s: f64,
 }
@@ -134,6 +136,24 @@ pub enum TrainError {
     /// Saving or loading a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The recipe cannot train.
+    #[error("invalid recipe: {0}")]
+    Recipe(String),
+    /// The run diverged: the step's loss, a gradient or an updated weight is NaN or infinite. Nothing of this step
+    /// was saved.
+    #[error("training diverged at step {step}: {what}; no checkpoint of this step was written")]
+    NonFinite {
+        /// The optimizer step (1-based).
+        step: usize,
+        /// What is not finite.
+        what: String,
+    },
+}
+
+fn names(paths: &[String]) -> String {
+    let shown: Vec<&str> = paths.iter().take(4).map(String::as_str).collect();
+    let more = paths.len().saturating_sub(shown.len());
+    if more > 0 { format!("{} and {more} more", shown.join(", ")) } else { shown.join(", ") }
 }
 
 /// The sample order of an epoch: a permutation seeded by (seed, epoch), so a resumed run sees the same order.
@@ -299,6 +319,7 @@ pub fn train(
     run: &RunOptions,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<(PsaVlm, Vec<StepMetrics>), TrainError> {
+    recipe.validate().map_err(TrainError::Recipe)?;
     let mut model = stage.prepare_model(model);
     if let Some(main) = run.devices.first() {
         model = model.fork(main);
@@ -345,11 +366,24 @@ pub fn train(
                     (loss + out.loss, lm + out.lm, level + out.level, risk_type + out.risk_type);
                 n += out.samples;
             }
+            let diverged = |what: String| TrainError::NonFinite { step: state.step + 1, what };
+            let k = group.len() as f64;
+            if !loss.is_finite() {
+                return Err(diverged(format!("loss = {}", loss / k)));
+            }
+            let grads = acc.grads();
+            let (grad_norm, bad) = psa_core::finite::grad_norm(&model, &grads);
+            if !bad.is_empty() || !grad_norm.is_finite() {
+                return Err(diverged(format!("non-finite gradient of {}", names(&bad))));
+            }
             let lr = recipe.lr_at(state.step, total);
-            model = optim.step(lr, model, acc.grads());
+            model = optim.step(lr, model, grads);
+            let bad = psa_core::finite::non_finite_params(&model, |p| stage.is_trainable(p));
+            if !bad.is_empty() {
+                return Err(diverged(format!("non-finite weights in {} after the update", names(&bad))));
+            }
             state.step += 1;
             state.group += 1;
-            let k = group.len() as f64;
             let m = StepMetrics {
                 step: state.step,
                 epoch: state.epoch,
@@ -358,6 +392,7 @@ pub fn train(
                 lm_loss: lm / k,
                 ce_level: level / k,
                 ce_type: risk_type / k,
+                grad_norm,
                 samples_per_s: n as f64 / start.elapsed().as_secs_f64(),
             };
             on_step(&m);

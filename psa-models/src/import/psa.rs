@@ -27,7 +27,21 @@ fn layout(cfg: &LlavaConfig) -> Layout {
 pub fn load_psa(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<(PsaVlm, PsaConfig, LoadReport), LoadError> {
     let config = PsaConfig::from_dir(dir)?;
     let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, layout(&config.llava), opts, device)?;
+    refuse_non_finite(&model, dir)?;
     Ok((model, config, report))
+}
+
+/// A model whose safety modules or LoRA adapters hold NaN or infinite values is never returned: its verdicts
+/// would be meaningless.
+fn refuse_non_finite(model: &PsaVlm, source: &Path) -> Result<(), LoadError> {
+    let bad = psa_core::finite::non_finite_params(model, |p| p.starts_with("safety.") || p.contains("_lora."));
+    match bad.first() {
+        None => Ok(()),
+        Some(first) => Err(LoadError::BadFile {
+            path: source.into(),
+            reason: format!("{} parameter(s) hold NaN or infinite values, first `{first}`", bad.len()),
+        }),
+    }
 }
 
 /// Loads a base llava-hf directory plus a safety-modules file in reference naming. The safety sizes come from
@@ -54,6 +68,7 @@ pub fn load_psa_with_safety(
     let mut files = weight_files(base_dir)?;
     files.push(safety_file.to_path_buf());
     let (model, report) = load_into(config.init(device)?, &files, layout(&config.llava), opts, device)?;
+    refuse_non_finite(&model, safety_file)?;
     Ok((model, config, report))
 }
 
@@ -131,6 +146,12 @@ fn pytorch_tensors<M: ModuleSnapshot>(
     for t in module.collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true) {
         let data = bridge::to_data(&t).map_err(|e| LoadError::Tensor { key: t.name.clone(), reason: e.to_string() })?;
         let data = data.convert_dtype(DType::F32);
+        if data.as_slice::<f32>().is_ok_and(|v| v.iter().any(|x| !x.is_finite())) {
+            return Err(LoadError::Tensor {
+                key: t.name.clone(),
+                reason: "holds NaN or infinite values; a diverged model is not saved".into(),
+            });
+        }
         tensors.push((key(&t.name), OwnedTensor { shape: t.shape.to_vec(), bytes: data.as_bytes().to_vec() }));
     }
     Ok(tensors)
