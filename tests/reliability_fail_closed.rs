@@ -43,7 +43,8 @@ fn diverging_training_stops_with_an_error_and_writes_no_checkpoint_of_the_bad_st
     model.safety.safety_query_tokens = nan_tokens(&model.safety.safety_query_tokens, &device);
     let err = train_stage1(model, &data, &base, 998, &run, |_| {}).unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { step: 1, .. }) && err.to_string().contains("loss = NaN"), "{err}");
-    let written: Vec<_> = std::fs::read_dir(&ckpt).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let written: Vec<_> =
+        std::fs::read_dir(&ckpt).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(written.is_empty(), "no checkpoint may be written by a diverged run: {written:?}");
 
     // A sane run still trains and checkpoints.

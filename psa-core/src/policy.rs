@@ -180,7 +180,13 @@ impl SafetyPolicy {
     pub fn decide(&self, a: &SafetyAssessment, taxonomy: &Taxonomy) -> Result<Decision, CoreError> {
         if a.fault(taxonomy).is_some() {
             let refusal = Some(self.refusal.clone());
-            return Ok(Decision { action: Action::Refuse, rule: "invalid_assessment".into(), hint_id: None, hint: None, refusal });
+            return Ok(Decision {
+                action: Action::Refuse,
+                rule: "invalid_assessment".into(),
+                hint_id: None,
+                hint: None,
+                refusal,
+            });
         }
         taxonomy.check(a.level, a.risk_type)?;
         if a.level == taxonomy.safe_level {

@@ -125,6 +125,13 @@ pub enum ImageError {
     Invalid(String),
 }
 
+impl ImageError {
+    /// An I/O failure while reading image bytes from memory.
+    pub fn from_io(e: std::io::Error) -> Self {
+        Self::DecodeBytes(image::ImageError::IoError(e))
+    }
+}
+
 /// Why text processing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {

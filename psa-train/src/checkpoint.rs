@@ -102,7 +102,10 @@ pub fn save(
     if let Some(first) = bad.first() {
         return Err(CheckpointError::Invalid {
             path: final_dir,
-            reason: format!("not written: {} trainable tensor(s) hold NaN or infinite values, first `{first}`", bad.len()),
+            reason: format!(
+                "not written: {} trainable tensor(s) hold NaN or infinite values, first `{first}`",
+                bad.len()
+            ),
         });
     }
     let tmp = dir.join(format!(".checkpoint-{}.tmp", state.step));

@@ -73,9 +73,8 @@ impl Recipe {
         if let Some((name, v)) = positive.iter().find(|(_, v)| !v.is_finite() || *v <= 0.0) {
             return Err(format!("{name} = {v}: must be finite and positive"));
         }
-        if let Some((name, v)) = [("beta_1", self.beta_1), ("beta_2", self.beta_2)]
-            .iter()
-            .find(|(_, v)| !(0.0..1.0).contains(v))
+        if let Some((name, v)) =
+            [("beta_1", self.beta_1), ("beta_2", self.beta_2)].iter().find(|(_, v)| !(0.0..1.0).contains(v))
         {
             return Err(format!("{name} = {v}: must lie in [0, 1)"));
         }

@@ -5,7 +5,7 @@ use std::path::Path;
 use ::image::imageops::{self, FilterType};
 
 use super::resample::{PilFilter, pil_resize};
-use ::image::{DynamicImage, ImageReader, Rgb, RgbImage};
+use ::image::{DynamicImage, Rgb, RgbImage};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,6 +21,10 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet normalisation std (DINOv2).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Most pixels the intermediate resize may produce (16 M: a 336-px shortest edge with a 1:150 aspect ratio); a
+/// thin strip would otherwise resize to gigabytes.
+pub const MAX_RESIZED_PIXELS: u64 = 16 << 20;
 
 /// `preprocessor_config.json`, key for key; unknown keys are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,13 +180,6 @@ pub struct ImageProcessor {
     filter: PilFilter,
 }
 
-/// Opens and decodes an image file; a missing or undecodable file is an error naming it.
-pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
-    let decode = |source| ImageError::Decode { path: path.into(), source };
-    let reader = ImageReader::open(path).map_err(|e| decode(::image::ImageError::IoError(e)))?;
-    reader.with_guessed_format().map_err(|e| decode(::image::ImageError::IoError(e)))?.decode().map_err(decode)
-}
-
 impl ImageProcessor {
     /// The configuration it was built from.
     pub fn config(&self) -> &ImageProcessorConfig {
@@ -193,6 +190,12 @@ impl ImageProcessor {
     pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
         let (h, w) = self.resized_size(height, width);
         self.crop.unwrap_or((h, w))
+    }
+
+    /// Pixels of the intermediate resized image (before the crop) for an input of the given size.
+    pub fn resized_pixels(&self, height: usize, width: usize) -> u64 {
+        let (h, w) = self.resized_size(height, width);
+        h as u64 * w as u64
     }
 
     fn resized_size(&self, height: usize, width: usize) -> (usize, usize) {
@@ -214,6 +217,17 @@ impl ImageProcessor {
     pub fn pixels(&self, image: &DynamicImage) -> Result<(Vec<f32>, usize, usize), ImageError> {
         if image.width() == 0 || image.height() == 0 {
             return Err(ImageError::Invalid("the image has no pixels".into()));
+        }
+        let side = if self.cfg.pad_to_square { image.width().max(image.height()) } else { 0 };
+        let (ih, iw) = if side > 0 { (side, side) } else { (image.height(), image.width()) };
+        let resized = self.resized_pixels(ih as usize, iw as usize);
+        if resized > MAX_RESIZED_PIXELS {
+            return Err(ImageError::Invalid(format!(
+                "a {}×{} image resizes to {resized} pixels before the crop; the limit is {MAX_RESIZED_PIXELS} \
+                 (an extreme aspect ratio)",
+                image.width(),
+                image.height()
+            )));
         }
         let mut rgb = image.to_rgb8();
         if self.cfg.pad_to_square {

@@ -1,9 +1,11 @@
 //! Processors: pixels from images (CLIP / DINOv2 recipes) and token ids from conversations.
+pub mod decode;
 pub mod image;
 pub mod resample;
 pub mod template;
 pub mod text;
 
-pub use image::{ImageProcessor, ImageProcessorConfig, load_image};
+pub use decode::{ImageLimits, decode_image, load_image, load_image_within};
+pub use image::{ImageProcessor, ImageProcessorConfig};
 pub use template::{Message, Role, Template};
 pub use text::{PaddingSide, TextProcessor};

@@ -1,0 +1,241 @@
+//! Strict image decoding shared by every entry point (CLI, batch, server, training data, evaluation): declared
+//! dimensions are checked against limits before any pixel is decoded, and a truncated or corrupt file is an error,
+//! never a partly grey image.
+use std::io::Cursor;
+use std::path::Path;
+
+use ::image::{DynamicImage, ImageFormat, ImageReader, Limits};
+
+use crate::error::ImageError;
+
+/// Bounds on an image, checked from its header before decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest width or height, pixels.
+    pub max_side: u32,
+    /// Largest width × height.
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    /// 16384 per side and 64 megapixels (192 MiB of RGB8): far above any camera photo, far below an allocation
+    /// that could take the process down.
+    fn default() -> Self {
+        Self { max_side: 16_384, max_pixels: 64 << 20 }
+    }
+}
+
+/// Opens and strictly decodes an image file within the default limits; every failure names the file.
+pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
+    load_image_within(path, &ImageLimits::default())
+}
+
+/// [`load_image`] within `limits`.
+pub fn load_image_within(path: &Path, limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ImageError::Decode { path: path.into(), source: ::image::ImageError::IoError(e) })?;
+    decode_image(&bytes, limits).map_err(|e| match e {
+        ImageError::DecodeBytes(source) => ImageError::Decode { path: path.into(), source },
+        ImageError::Invalid(reason) => ImageError::Invalid(format!("{}: {reason}", path.display())),
+        other => other,
+    })
+}
+
+/// Strictly decodes PNG or JPEG bytes within `limits`.
+pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
+    let reader = || ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(ImageError::from_io);
+    let format = match reader()?.format() {
+        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => f,
+        Some(other) => {
+            return Err(ImageError::Invalid(format!("{other:?} images are not supported (PNG or JPEG expected)")));
+        }
+        None => return Err(ImageError::Invalid("image format not recognised (PNG or JPEG expected)".into())),
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(ImageError::DecodeBytes)?;
+    if width == 0 || height == 0 {
+        return Err(ImageError::Invalid(format!("the image declares {width}×{height} pixels")));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if width.max(height) > limits.max_side || pixels > limits.max_pixels {
+        return Err(ImageError::Invalid(format!(
+            "the image declares {width}×{height} pixels; the limits are {} per side and {} in all",
+            limits.max_side, limits.max_pixels
+        )));
+    }
+    match format {
+        ImageFormat::Jpeg => {
+            check_jpeg_complete(bytes)?;
+            return decode_jpeg_strict(bytes, limits);
+        }
+        ImageFormat::Png if !bytes.windows(IEND.len()).any(|w| w == IEND) => {
+            return Err(ImageError::Invalid("the PNG is truncated (no IEND chunk)".into()));
+        }
+        _ => {}
+    }
+    let mut r = reader()?;
+    let mut l = Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    // Decoded RGBA16 of the largest allowed image, plus the decoder's own buffers.
+    l.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    r.limits(l);
+    r.decode().map_err(ImageError::DecodeBytes)
+}
+
+/// The end of every complete PNG: the `IEND` chunk type and its fixed CRC.
+const IEND: [u8; 8] = [0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82];
+
+/// Decodes a JPEG with the decoder's strict mode on: a scan that runs out of data or a marker inside entropy-coded
+/// data is an error. Colour spaces map as in `image`'s own JPEG decoder, so pixels are identical to it.
+fn decode_jpeg_strict(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
+    use zune_core::colorspace::ColorSpace;
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| ImageError::Invalid(format!("corrupt JPEG: {e}"));
+    let side = limits.max_side as usize;
+    let options =
+        zune_core::options::DecoderOptions::default().set_strict_mode(true).set_max_width(side).set_max_height(side);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(corrupt)?;
+    let space = decoder.input_colorspace().unwrap_or(ColorSpace::RGB);
+    let out = match space {
+        ColorSpace::RGB | ColorSpace::RGBA | ColorSpace::Luma | ColorSpace::LumaA => space,
+        _ => ColorSpace::RGB,
+    };
+    decoder.set_options(decoder.options().jpeg_set_out_colorspace(out));
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions().ok_or_else(|| ImageError::Invalid("JPEG without dimensions".into()))?;
+    let (w, h) = (w as u32, h as u32);
+    let wrong = || ImageError::Invalid("the JPEG decoder returned a buffer of the wrong size".into());
+    Ok(match out {
+        ColorSpace::Luma => DynamicImage::ImageLuma8(::image::GrayImage::from_raw(w, h, pixels).ok_or_else(wrong)?),
+        ColorSpace::LumaA => {
+            DynamicImage::ImageLumaA8(::image::GrayAlphaImage::from_raw(w, h, pixels).ok_or_else(wrong)?)
+        }
+        ColorSpace::RGBA => DynamicImage::ImageRgba8(::image::RgbaImage::from_raw(w, h, pixels).ok_or_else(wrong)?),
+        _ => DynamicImage::ImageRgb8(::image::RgbImage::from_raw(w, h, pixels).ok_or_else(wrong)?),
+    })
+}
+
+/// Checks a JPEG's structure before decoding, because decoders fill missing data with grey and report success:
+/// - its last scan must end with an end-of-image marker (entropy-coded data stuffs every `0xFF` byte, so an
+///   `FF D9` after the last start-of-scan `FF DA` is the real end; a thumbnail's end marker comes earlier);
+/// - its scans must be long enough for the frame it declares: every 8×8 block costs at least one bit (its DC
+///   code), so a header that claims 4000×4000 pixels over a few hundred bytes of data is refused.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), ImageError> {
+    let invalid = |reason: &str| Err(ImageError::Invalid(format!("the JPEG {reason}")));
+    let (blocks, first_scan) = jpeg_frame(bytes).ok_or_else(|| {
+        ImageError::Invalid("the JPEG has no frame header or no image data (no start-of-scan marker)".into())
+    })?;
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(scan), Some(end)) if end > scan => {
+            if ((end - first_scan) as u64) * 8 < blocks {
+                return invalid(&format!(
+                    "is corrupt: {} bytes of scan data cannot hold the {blocks} blocks its frame declares",
+                    end - first_scan
+                ));
+            }
+            Ok(())
+        }
+        _ => invalid("is truncated (no end-of-image marker after its last scan)"),
+    }
+}
+
+/// The number of 8×8 blocks the first frame header declares and the offset of the first start-of-scan marker,
+/// found by walking the marker segments.
+fn jpeg_frame(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut at = 2;
+    let mut blocks = None;
+    loop {
+        while *bytes.get(at)? == 0xFF && *bytes.get(at + 1)? == 0xFF {
+            at += 1;
+        }
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        if marker == 0xDA {
+            return blocks.map(|b| (b, at));
+        }
+        let len = usize::from(u16::from_be_bytes([*bytes.get(at + 2)?, *bytes.get(at + 3)?]));
+        let segment = bytes.get(at + 4..at + 2 + len)?;
+        let is_frame = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+        if is_frame && blocks.is_none() {
+            blocks = Some(frame_blocks(segment)?);
+        }
+        at += 2 + len;
+    }
+}
+
+/// Blocks of a frame header body: `P Y(2) X(2) Nf` then `Nf × (C, HV, Tq)`.
+fn frame_blocks(sof: &[u8]) -> Option<u64> {
+    let (height, width) =
+        (u16::from_be_bytes([*sof.get(1)?, *sof.get(2)?]), u16::from_be_bytes([*sof.get(3)?, *sof.get(4)?]));
+    let components: Vec<(u64, u64)> = sof
+        .get(6..6 + 3 * usize::from(*sof.get(5)?))?
+        .chunks(3)
+        .map(|c| (u64::from(c[1] >> 4), u64::from(c[1] & 15)))
+        .collect();
+    let h_max = components.iter().map(|c| c.0).max()?.max(1);
+    let v_max = components.iter().map(|c| c.1).max()?.max(1);
+    let (w, h) = (u64::from(width), u64::from(height));
+    Some(
+        components
+            .iter()
+            .map(|&(hs, vs)| (w * hs).div_ceil(h_max).div_ceil(8) * (h * vs).div_ceil(v_max).div_ceil(8))
+            .sum(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::image::{Rgb, RgbImage};
+
+    fn encoded(format: ImageFormat, w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8]));
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img).write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    /// The error text of a decode that must fail (never the image: a dump would flood the output).
+    fn error(bytes: &[u8], limits: &ImageLimits) -> String {
+        match decode_image(bytes, limits) {
+            Ok(img) => panic!("decoded a {}×{} image", img.width(), img.height()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn whole_images_decode_and_truncated_or_oversized_ones_are_errors() {
+        let limits = ImageLimits::default();
+        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let bytes = encoded(format, 64, 48);
+            let img = decode_image(&bytes, &limits).map_err(|e| e.to_string()).unwrap();
+            assert_eq!((img.width(), img.height()), (64, 48));
+            for keep in [bytes.len() * 3 / 4, bytes.len() / 2, bytes.len() - 2] {
+                let decoded = decode_image(&bytes[..keep], &limits).is_ok();
+                assert!(!decoded, "{format:?} cut to {keep} of {} bytes decoded", bytes.len());
+            }
+            let small = ImageLimits { max_side: 63, ..limits };
+            assert!(error(&bytes, &small).contains("declares 64×48"));
+            let few = ImageLimits { max_pixels: 64 * 48 - 1, ..limits };
+            assert!(error(&bytes, &few).contains("declares 64×48"));
+        }
+        assert!(error(b"GIF89a not really", &limits).contains("PNG or JPEG expected"));
+        assert!(error(b"plain text", &limits).contains("not recognised"));
+    }
+
+    #[test]
+    fn a_jpeg_header_claiming_a_huge_image_without_data_is_refused_before_decoding() {
+        let mut bytes = encoded(ImageFormat::Jpeg, 16, 16);
+        // Rewrite the SOF0 frame size to 4000 × 4000 and drop everything after the frame header.
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0x0F, 0xA0, 0x0F, 0xA0]);
+        let err = error(&bytes, &ImageLimits::default());
+        assert!(err.contains("cannot hold the 750000 blocks"), "{err}");
+        error(&bytes[..sof + 19], &ImageLimits::default());
+        let tight = ImageLimits { max_side: 4096, max_pixels: 4 << 20 };
+        assert!(error(&bytes, &tight).contains("declares 4000×4000"));
+    }
+}
