@@ -78,6 +78,17 @@ fn yes() -> bool {
 }
 
 /// Reads and parses a JSON file.
+/// Checks that each `(name, value, most)` lies in `1..=most`: a zero size divides by zero and an absurd one
+/// allocates without bound, so both are refused before anything is built.
+pub(crate) fn check_sizes(what: &str, sizes: &[(&str, usize, usize)]) -> Result<(), ConfigError> {
+    match sizes.iter().find(|(_, v, most)| *v == 0 || v > most) {
+        Some((name, value, most)) => {
+            Err(ConfigError::Invalid(format!("{what} {name} = {value} must lie in 1..={most}")))
+        }
+        None => Ok(()),
+    }
+}
+
 pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
     serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), what: "JSON file", source })

@@ -176,6 +176,7 @@ impl GuardedPipeline {
                 "the tokenizer's <image> is id {tokenizer_image}, the model expects image_token_index {model_image}"
             )))));
         }
+        crate::pipeline::check_processor(&images, &config.llava.vision).map_err(LoadError::from)?;
         let taxonomy = Taxonomy::default();
         Self::check_taxonomy(&taxonomy, &config)?;
         let (policy, device) = (SafetyPolicy::default(), device.clone());

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::config::LlavaConfig;
-use crate::error::{ImageError, LoadError, ModelError, TextError};
+use crate::error::{ConfigError, ImageError, LoadError, ModelError, TextError};
 use crate::generate::{FinishReason, GenerationConfig, generate};
 use crate::import::{LoadOptions, LoadReport, load_llava};
 use crate::llava::LlavaForConditionalGeneration;
@@ -82,7 +82,36 @@ pub fn processors(
     } else {
         ImageProcessorConfig::for_vision(vision)
     };
-    Ok((text, cfg.build().map_err(LoadError::from)?))
+    let images = cfg.build().map_err(LoadError::from)?;
+    check_processor(&images, vision).map_err(LoadError::from)?;
+    Ok((text, images))
+}
+
+/// Checks that the image processor's output fits the vision tower, for square and oblong inputs alike: CLIP's
+/// position table holds one fixed patch grid; DINOv2 interpolates its table but needs at least one patch.
+pub fn check_processor(images: &ImageProcessor, vision: &crate::vision::VisionConfig) -> Result<(), ConfigError> {
+    use crate::vision::VisionConfig;
+    let (patch, native) = match vision {
+        VisionConfig::Clip(c) => (c.patch_size, Some(c.image_size / c.patch_size)),
+        VisionConfig::Dinov2(c) => (c.patch_size, None),
+    };
+    for (h, w) in [(640, 640), (480, 640), (640, 480)] {
+        let (oh, ow) = images.output_size(h, w);
+        let grid = (oh / patch, ow / patch);
+        let fits = match native {
+            Some(g) => grid == (g, g),
+            None => grid.0 > 0 && grid.1 > 0,
+        };
+        if !fits {
+            let want = native.map_or("at least one patch".to_string(), |g| format!("a {g}×{g} grid"));
+            return Err(ConfigError::Invalid(format!(
+                "the image processor turns a {w}×{h} image into {ow}×{oh} pixels, a {}×{} grid of {patch}-pixel \
+                 patches; the vision tower needs {want} (check preprocessor_config.json against the vision config)",
+                grid.1, grid.0
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl LlavaPipeline {

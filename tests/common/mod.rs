@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests: fixture paths, reference tensors, devices, tolerances.
 #![allow(dead_code)]
+pub mod http;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

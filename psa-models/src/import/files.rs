@@ -104,19 +104,43 @@ fn check_safetensors(path: &Path) -> Result<(), String> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|e| format!("truncated header: {e}"))?;
+    check_safetensors_header(&header, size - 8 - n)
+}
+
+/// Validates a safetensors JSON header against `data` bytes of tensor data: every entry has a known dtype, a shape
+/// whose byte size (checked arithmetic) equals its offset range, and a range inside the data.
+pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<(), String> {
     let value: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| format!("corrupt safetensors header: {e}"))?;
+        serde_json::from_slice(header).map_err(|e| format!("corrupt safetensors header: {e}"))?;
     let entries = value.as_object().ok_or("corrupt safetensors header: not a JSON object")?;
     let mut end = 0u64;
     for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let corrupt = |what: &str| format!("corrupt safetensors header: tensor `{name}` {what}");
         let offsets = entry
             .get("data_offsets")
             .and_then(|o| o.as_array())
             .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)))
-            .ok_or_else(|| format!("corrupt safetensors header: tensor `{name}` has no data_offsets"))?;
+            .ok_or_else(|| corrupt("has no data_offsets"))?;
+        let width = match entry.get("dtype").and_then(|d| d.as_str()) {
+            Some("F64" | "I64" | "U64") => 8,
+            Some("F32" | "I32" | "U32") => 4,
+            Some("F16" | "BF16" | "I16" | "U16") => 2,
+            Some("I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2") => 1,
+            other => return Err(corrupt(&format!("has an unsupported dtype {other:?}"))),
+        };
+        let shape = entry.get("shape").and_then(|s| s.as_array()).ok_or_else(|| corrupt("has no shape"))?;
+        let bytes = shape
+            .iter()
+            .try_fold(width, |n: u64, d| n.checked_mul(d.as_u64()?))
+            .ok_or_else(|| corrupt(&format!("has an invalid shape {shape:?}")))?;
+        if offsets.0 > offsets.1 || offsets.1 - offsets.0 != bytes {
+            return Err(corrupt(&format!(
+                "spans bytes {}..{} but its shape {shape:?} needs {bytes} bytes",
+                offsets.0, offsets.1
+            )));
+        }
         end = end.max(offsets.1);
     }
-    let data = size - 8 - n;
     if end > data {
         return Err(format!("truncated: the header describes {end} bytes of tensor data but only {data} are present"));
     }

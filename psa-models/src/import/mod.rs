@@ -19,8 +19,8 @@ use burn::store::{
 };
 use burn::tensor::{DType, Device};
 
-pub use files::weight_files;
 use files::{FileTensor, read_tensors};
+pub use files::{check_safetensors_header, weight_files};
 pub use layout::{Layout, normalize};
 pub use peft::{load_peft_adapter, save_peft_adapter};
 pub use psa::{
@@ -64,6 +64,25 @@ pub fn load_into<M: Module + ModuleSnapshot>(
     device: &Device,
 ) -> Result<(M, LoadReport), LoadError> {
     load_matching(model, files, layout, opts, device, |_| true)
+}
+
+/// Refuses a configuration whose language model has more parameters than the weight files hold values, before
+/// any memory is allocated for it: a corrupt `vocab_size` would otherwise allocate without bound.
+pub(crate) fn check_fits(text: &LlamaConfig, files: &[PathBuf]) -> Result<(), LoadError> {
+    let mut held: u128 = 0;
+    for path in files {
+        for t in read_tensors(path)?.values() {
+            held += t.tensor.shape.iter().map(|&d| d as u128).product::<u128>();
+        }
+    }
+    let needed = text.parameter_count();
+    if needed > held + held / 100 + (1 << 20) {
+        return Err(LoadError::Config(crate::ConfigError::Invalid(format!(
+            "the text config describes {needed} parameters but the weight files hold only {held} values: the \
+             config does not belong to these weights"
+        ))));
+    }
+    Ok(())
 }
 
 /// [`load_into`] restricted to the parameters whose module path satisfies `wanted`; the others keep their values.
@@ -175,7 +194,9 @@ pub fn load_llava(
         VisionConfig::Clip(_) => Layout::LlavaClip,
         VisionConfig::Dinov2(_) => Layout::LlavaDinov2,
     };
-    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, layout, opts, device)?;
+    let files = weight_files(dir)?;
+    check_fits(&config.text, &files)?;
+    let (model, report) = load_into(config.init(device)?, &files, layout, opts, device)?;
     Ok((model, config, report))
 }
 
@@ -213,6 +234,9 @@ pub fn load_llama(
 ) -> Result<(LlamaForCausalLM, LlamaConfig, LoadReport), LoadError> {
     let path = dir.join("config.json");
     let config: LlamaConfig = parse(&read_json(&path)?, &path, "LLaMA config")?;
-    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, Layout::Llama, opts, device)?;
+    config.validate()?;
+    let files = weight_files(dir)?;
+    check_fits(&config, &files)?;
+    let (model, report) = load_into(config.init(device)?, &files, Layout::Llama, opts, device)?;
     Ok((model, config, report))
 }

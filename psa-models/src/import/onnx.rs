@@ -81,11 +81,20 @@ pub struct OnnxWeights {
     path: PathBuf,
 }
 
+/// Elements of a shape: `None` for a negative dimension or a count beyond 2^40.
+fn element_count(dims: &[i64]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+        .filter(|&n| n <= 1 << 40)
+        .map(|n| n as usize)
+}
+
 fn decode(t: &TensorProto) -> Result<Vec<f32>, String> {
     if t.data_location == 1 {
         return Err(format!("initializer {} keeps its data in an external file, which is not supported", t.name));
     }
-    let n: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
+    let n =
+        element_count(&t.dims).ok_or_else(|| format!("initializer {} has invalid dimensions {:?}", t.name, t.dims))?;
     let values: Vec<f32> = match t.data_type {
         1 if !t.raw_data.is_empty() => {
             t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
@@ -110,9 +119,14 @@ fn decode(t: &TensorProto) -> Result<Vec<f32>, String> {
 impl OnnxWeights {
     /// Reads the float initializers of an ONNX model (integer ones, shape constants for example, are left out).
     pub fn open(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::BadFile { path: path.into(), reason: e.to_string() })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Reads the float initializers of ONNX model bytes; `path` names them in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, LoadError> {
         let bad = |reason: String| LoadError::BadFile { path: path.into(), reason };
-        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let model = ModelProto::decode(bytes.as_slice()).map_err(|e| bad(format!("not a readable ONNX model: {e}")))?;
+        let model = ModelProto::decode(bytes).map_err(|e| bad(format!("not a readable ONNX model: {e}")))?;
         let graph = model.graph.ok_or_else(|| bad("the ONNX model has no graph".into()))?;
         let mut consumers: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for node in &graph.node {
@@ -123,7 +137,7 @@ impl OnnxWeights {
         let mut initializers = Vec::new();
         for t in graph.initializer.iter().filter(|t| matches!(t.data_type, 1 | 10 | 11 | 16)) {
             let values = decode(t).map_err(bad)?;
-            let shape = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+            let shape = t.dims.iter().map(|&d| d as usize).collect();
             initializers.push(Initializer { name: t.name.clone(), shape, values });
         }
         Ok(Self { initializers, consumers, path: path.into() })

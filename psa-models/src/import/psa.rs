@@ -10,7 +10,7 @@ use safetensors::{Dtype, View};
 use tokenizers::Tokenizer;
 
 use super::layout::{Layout, denormalize, safety_path_to_key};
-use super::{LoadOptions, LoadReport, load_into, weight_files};
+use super::{LoadOptions, LoadReport, check_fits, load_into, weight_files};
 use crate::config::{LlavaConfig, parse, read_json};
 use crate::error::LoadError;
 use crate::psa::{PsaConfig, PsaVlm};
@@ -26,7 +26,9 @@ fn layout(cfg: &LlavaConfig) -> Layout {
 /// Loads a full PSA-VLM checkpoint directory (LLaVA and safety keys together, any LLaVA layout).
 pub fn load_psa(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<(PsaVlm, PsaConfig, LoadReport), LoadError> {
     let config = PsaConfig::from_dir(dir)?;
-    let (model, report) = load_into(config.init(device)?, &weight_files(dir)?, layout(&config.llava), opts, device)?;
+    let files = weight_files(dir)?;
+    check_fits(&config.llava.text, &files)?;
+    let (model, report) = load_into(config.init(device)?, &files, layout(&config.llava), opts, device)?;
     refuse_non_finite(&model, dir)?;
     Ok((model, config, report))
 }
@@ -67,6 +69,7 @@ pub fn load_psa_with_safety(
     config.validate()?;
     let mut files = weight_files(base_dir)?;
     files.push(safety_file.to_path_buf());
+    check_fits(&config.llava.text, &files)?;
     let (model, report) = load_into(config.init(device)?, &files, layout(&config.llava), opts, device)?;
     refuse_non_finite(&model, safety_file)?;
     Ok((model, config, report))

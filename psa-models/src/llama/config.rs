@@ -122,9 +122,21 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Parameters of the model this configuration builds (exact for the LLaMA layout), without building it.
+    pub fn parameter_count(&self) -> u128 {
+        let [v, h, i, l] =
+            [self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers].map(|x| x as u128);
+        let (q, kv) =
+            ((self.num_attention_heads * self.head_size()) as u128, (self.kv_heads() * self.head_size()) as u128);
+        let embeddings = if self.tie_word_embeddings { v * h } else { 2 * v * h };
+        let attention = h * q + 2 * h * kv + q * h + if self.attention_bias { q + 2 * kv + h } else { 0 };
+        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
+        embeddings + l * (attention + mlp + 2 * h) + h
+    }
+
     /// Per-head width.
     pub fn head_size(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or_else(|| self.hidden_size.checked_div(self.num_attention_heads).unwrap_or(0))
     }
 
     /// The RoPE base, from `rope_parameters` or `rope_theta` (10 000 when neither is given).
@@ -159,6 +171,19 @@ impl LlamaConfig {
                 hint: "LLaMA uses silu",
             });
         }
+        crate::config::check_sizes(
+            "text config",
+            &[
+                ("vocab_size", self.vocab_size, 1 << 22),
+                ("hidden_size", self.hidden_size, 1 << 16),
+                ("intermediate_size", self.intermediate_size, 1 << 18),
+                ("num_hidden_layers", self.num_hidden_layers, 1024),
+                ("num_attention_heads", self.num_attention_heads, 1024),
+                ("num_key_value_heads", self.kv_heads(), 1024),
+                ("head_dim", self.head_size(), 1 << 12),
+                ("max_position_embeddings", self.max_position_embeddings, 1 << 22),
+            ],
+        )?;
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
         if h == 0 || kv == 0 || h % kv != 0 {
             return Err(ConfigError::Invalid(format!(

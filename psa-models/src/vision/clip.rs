@@ -68,8 +68,25 @@ impl ClipVisionConfig {
         self.image_size / self.patch_size
     }
 
+    /// Checks every size is positive and sane and the patch fits the image.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::check_sizes(
+            "vision config",
+            &[
+                ("hidden_size", self.hidden_size, 1 << 14),
+                ("intermediate_size", self.intermediate_size, 1 << 16),
+                ("num_hidden_layers", self.num_hidden_layers, 256),
+                ("num_attention_heads", self.num_attention_heads, 256),
+                ("num_channels", self.num_channels, 4),
+                ("image_size", self.image_size, 4096),
+                ("patch_size", self.patch_size, self.image_size.max(1)),
+            ],
+        )
+    }
+
     /// Builds the model with random weights.
     pub fn init(&self, device: &Device) -> Result<ClipVisionModel, ConfigError> {
+        self.validate()?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ConfigError::Invalid(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",

@@ -82,6 +82,18 @@ impl Dinov2Config {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::check_sizes(
+            "dinov2 config",
+            &[
+                ("hidden_size", self.hidden_size, 1 << 14),
+                ("mlp_ratio", self.mlp_ratio, 16),
+                ("num_hidden_layers", self.num_hidden_layers, 256),
+                ("num_attention_heads", self.num_attention_heads, 256),
+                ("num_channels", self.num_channels, 4),
+                ("image_size", self.image_size, 4096),
+                ("patch_size", self.patch_size, self.image_size.max(1)),
+            ],
+        )?;
         if self.use_swiglu_ffn {
             return Err(ConfigError::Unsupported {
                 key: "use_swiglu_ffn",

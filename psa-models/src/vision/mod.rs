@@ -35,12 +35,18 @@ impl VisionConfig {
     pub fn from_value(value: &Value) -> Result<Self, ConfigError> {
         let model_type = value.get("model_type").and_then(Value::as_str).unwrap_or("clip_vision_model");
         match model_type {
-            "clip_vision_model" => Ok(Self::Clip(parse(value, "clip vision config")?)),
+            "clip_vision_model" => {
+                let cfg: ClipVisionConfig = parse(value, "clip vision config")?;
+                cfg.validate()?;
+                Ok(Self::Clip(cfg))
+            }
             "clip" => {
                 let vc = value
                     .get("vision_config")
                     .ok_or_else(|| ConfigError::Invalid("a `clip` config needs a `vision_config`".into()))?;
-                Ok(Self::Clip(parse(vc, "clip vision config")?))
+                let cfg: ClipVisionConfig = parse(vc, "clip vision config")?;
+                cfg.validate()?;
+                Ok(Self::Clip(cfg))
             }
             "dinov2" => {
                 let cfg: Dinov2Config = parse(value, "dinov2 config")?;

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use infer::{Ask, ModelArgs};
 use psa_vlm::batch::{BatchOptions, run_batch};
 use psa_vlm::device::parse_devices;
-use psa_vlm::serve::{ServeConfig, router, serve};
+use psa_vlm::serve::{ApiKey, Batching, ServeConfig, Server, shutdown_signal};
 use psa_vlm::train::TrainConfig;
 use psa_vlm::train::run::StageName;
 
@@ -134,6 +134,22 @@ enum Command {
         /// Largest `max_tokens` a request may ask for (also the default).
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
+        /// Let requests bring their own policy (`policy`, `psa_policy`) or switch the guard off (`psa_guard: false`);
+        /// without it such requests get 403.
+        #[arg(long)]
+        allow_client_policy: bool,
+        /// A file holding the bearer key every /v1 request must present (`Authorization: Bearer KEY`).
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
+        /// Most requests held at once (reading, queued or running); the next gets 503.
+        #[arg(long, default_value_t = 64)]
+        max_pending: usize,
+        /// Most requests in one model pass.
+        #[arg(long, default_value_t = 8)]
+        max_batch: usize,
+        /// Longest time a request may take, in seconds.
+        #[arg(long, default_value_t = 120)]
+        request_timeout_secs: u64,
     },
 }
 
@@ -233,14 +249,41 @@ fn main() -> Result<()> {
             let fetched = psa_vlm::assets::fetch_all(&dir, &only, downloader.as_ref())?;
             println!("{}", serde_json::to_string_pretty(&fetched)?);
         }
-        Command::Serve { model, addr, max_body_bytes, max_new_tokens } => {
+        Command::Serve {
+            model,
+            addr,
+            max_body_bytes,
+            max_new_tokens,
+            allow_client_policy,
+            api_key_file,
+            max_pending,
+            max_batch,
+            request_timeout_secs,
+        } => {
+            let api_key = match &api_key_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    Some(ApiKey::new(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+                }
+                None => None,
+            };
+            let defaults = ServeConfig::default();
+            let cfg = ServeConfig {
+                max_body_bytes,
+                max_new_tokens,
+                allow_client_policy,
+                api_key,
+                max_pending,
+                batching: Batching { max_batch, ..defaults.batching },
+                request_timeout: std::time::Duration::from_secs(request_timeout_secs),
+                ..defaults
+            };
             let p = model.load()?;
-            let cfg = ServeConfig { max_body_bytes, max_new_tokens, ..ServeConfig::default() };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-                eprintln!("psa serve: listening on http://{}", listener.local_addr()?);
-                serve(listener, router(p, cfg)).await?;
+                eprintln!("psa serve: listening on http://{} (ready once /health says so)", listener.local_addr()?);
+                Server::new(p, cfg).run(listener, shutdown_signal()).await?;
                 anyhow::Ok(())
             })?;
         }

@@ -109,7 +109,16 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig, LoadError> {
     if let Some(kind) = file.get("llama.rope.scaling.type").and_then(GgufValue::as_str).filter(|k| *k != "none") {
         value["rope_scaling"] = json!({"type": kind, "factor": float("rope.scaling.factor")});
     }
-    Ok(parse(&value, file.path(), "LLaMA config from GGUF metadata")?)
+    let config: LlamaConfig = parse(&value, file.path(), "LLaMA config from GGUF metadata")?;
+    config.validate().map_err(|e| bad(format!("metadata: {e}")))?;
+    let held: u128 = file.tensors.iter().map(|t| t.len() as u128).sum();
+    if config.parameter_count() > held + held / 100 + (1 << 20) {
+        return Err(bad(format!(
+            "the metadata describes {} parameters but the file holds only {held} values",
+            config.parameter_count()
+        )));
+    }
+    Ok(config)
 }
 
 /// Loads a LLaMA-architecture GGUF file: the model (weights dequantised onto `device`), its configuration, and

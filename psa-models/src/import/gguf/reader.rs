@@ -99,6 +99,9 @@ impl TensorInfo {
     }
 }
 
+/// Most elements one tensor may declare (2^40: far beyond any real tensor, far below an overflow).
+const MAX_ELEMENTS: u64 = 1 << 40;
+
 /// A parsed GGUF file; tensor data is read (and dequantised) on demand.
 #[derive(Debug, Clone)]
 pub struct GgufFile {
@@ -189,6 +192,11 @@ impl GgufFile {
     /// Reads and parses `path`.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::BadFile { path: path.into(), reason: e.to_string() })?;
+        Self::from_bytes(bytes, path)
+    }
+
+    /// Parses GGUF bytes, checking every count, size and offset against the bytes present; `path` names them.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, LoadError> {
         Self::parse(bytes, path).map_err(|reason| LoadError::BadFile { path: path.into(), reason })
     }
 
@@ -218,14 +226,19 @@ impl GgufFile {
                 return Err(format!("tensor {name} has {n_dims} dimensions"));
             }
             let dims = (0..n_dims).map(|_| c.u64(&name)).collect::<Result<Vec<_>, _>>()?;
+            let elements = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            if elements.is_none_or(|n| n > MAX_ELEMENTS) {
+                return Err(format!("tensor {name} has dimensions {dims:?}: more than {MAX_ELEMENTS} elements"));
+            }
             let ggml_type = GgmlType::from_id(c.u32(&name)?).map_err(|e| format!("tensor {name}: {e}"))?;
             let offset = c.u64(&name)?;
             tensors.push(TensorInfo { name, dims, ggml_type, offset });
         }
-        let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(32) as usize;
-        if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(format!("general.alignment {alignment} is not a power of two"));
+        let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(32);
+        if alignment == 0 || !alignment.is_power_of_two() || alignment > 1 << 20 {
+            return Err(format!("general.alignment {alignment} is not a power of two up to 2^20"));
         }
+        let alignment = alignment as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let file = Self { version, metadata, tensors, path: path.into(), bytes: Arc::new(bytes), data_start };
         for t in &file.tensors {
@@ -252,15 +265,16 @@ impl GgufFile {
     /// The stored bytes of a tensor.
     fn raw(&self, t: &TensorInfo) -> Result<&[u8], String> {
         let len = t.ggml_type.byte_len(t.len()).map_err(|e| format!("tensor {}: {e}", t.name))?;
-        let start = self.data_start as u64 + t.offset;
-        let end = start + len as u64;
-        if end > self.bytes.len() as u64 {
+        let end =
+            (self.data_start as u64).checked_add(t.offset).and_then(|s| s.checked_add(len as u64).map(|e| (s, e)));
+        let Some((start, end)) = end.filter(|&(_, e)| e <= self.bytes.len() as u64) else {
             return Err(format!(
-                "tensor {} ends at byte {end}, past the end of the file ({} bytes): truncated",
+                "tensor {} (offset {}, {len} bytes) does not lie within the file ({} bytes): truncated or corrupt",
                 t.name,
+                t.offset,
                 self.bytes.len()
             ));
-        }
+        };
         Ok(&self.bytes[start as usize..end as usize])
     }
 

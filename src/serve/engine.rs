@@ -1,0 +1,236 @@
+//! The model side of the server: two worker threads share one loaded pipeline, one for classify requests and one
+//! for chat requests, so a classification never waits behind a long generation. Each worker takes what has queued
+//! (up to a batch limit, waiting a short window for more) and runs it as one model pass. A batch that fails is
+//! retried one request at a time, so one bad request never fails the others; a panic becomes a plain 500.
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use image::{DynamicImage, RgbImage};
+use psa_models::pipeline::PipelineError;
+use psa_models::{GenerationConfig, GuardRequest, GuardedPipeline, GuardedResponse, ModelError, Verdict};
+use tokio::sync::oneshot;
+
+use super::api::ApiError;
+
+/// Where the model stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// The warm-up inference is running.
+    WarmingUp,
+    /// The warm-up succeeded: requests are served.
+    Ready,
+    /// The warm-up failed (the reason); every request gets 503.
+    Failed(String),
+}
+
+/// How the workers batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most requests in one model pass.
+    pub max_batch: usize,
+    /// How long a worker waits for more requests after the first.
+    pub window: Duration,
+}
+
+struct Job<W, T> {
+    work: W,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<T, ApiError>>,
+}
+
+struct ChatWork {
+    request: GuardRequest,
+    generation: GenerationConfig,
+    guard: bool,
+}
+
+type ClassifyJob = Job<GuardRequest, Verdict>;
+type ChatJob = Job<ChatWork, GuardedResponse>;
+
+/// The loaded pipeline and its two request lanes.
+pub struct Engine {
+    pipeline: Arc<GuardedPipeline>,
+    classify: Sender<ClassifyJob>,
+    chat: Sender<ChatJob>,
+    state: Arc<(AtomicU8, Mutex<Option<String>>)>,
+}
+
+const WARMING: u8 = 0;
+const READY: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Engine {
+    /// Starts the workers; the classify worker first runs a warm-up (one classification and one generated token on
+    /// a grey image) and only then reports ready.
+    pub fn start(pipeline: GuardedPipeline, batching: Batching) -> Arc<Self> {
+        let pipeline = Arc::new(pipeline);
+        let (classify, classify_rx) = channel::<ClassifyJob>();
+        let (chat, chat_rx) = channel::<ChatJob>();
+        let state = Arc::new((AtomicU8::new(WARMING), Mutex::new(None)));
+        let (p, s) = (pipeline.clone(), state.clone());
+        std::thread::spawn(move || {
+            match catch_unwind(AssertUnwindSafe(|| warm_up(&p))) {
+                Ok(Ok(())) => s.0.store(READY, Ordering::SeqCst),
+                outcome => {
+                    let reason = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the model panicked on a test input".to_string(),
+                    };
+                    eprintln!("psa serve: warm-up failed: {reason}");
+                    *s.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                    s.0.store(FAILED, Ordering::SeqCst);
+                    return;
+                }
+            }
+            serve_lane(&classify_rx, batching, |jobs| run_classify(&p, jobs));
+        });
+        let p = pipeline.clone();
+        std::thread::spawn(move || serve_lane(&chat_rx, batching, |jobs| run_chat(&p, jobs)));
+        Arc::new(Self { pipeline, classify, chat, state })
+    }
+
+    /// The pipeline (tokenizer, processors and policy are read by the request handlers).
+    pub fn pipeline(&self) -> &GuardedPipeline {
+        &self.pipeline
+    }
+
+    /// Where the model stands.
+    pub fn readiness(&self) -> Readiness {
+        match self.state.0.load(Ordering::SeqCst) {
+            WARMING => Readiness::WarmingUp,
+            READY => Readiness::Ready,
+            _ => Readiness::Failed(self.state.1.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()),
+        }
+    }
+
+    /// Classifies one request; waits at most until `deadline`.
+    pub async fn classify(&self, request: GuardRequest, deadline: Instant) -> Result<Verdict, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.classify.send(Job { work: request, deadline, reply }).map_err(|_| ApiError::unavailable("stopped"))?;
+        wait(rx, deadline).await
+    }
+
+    /// Answers one chat request; waits at most until `deadline`.
+    pub async fn chat(
+        &self,
+        request: GuardRequest,
+        generation: GenerationConfig,
+        guard: bool,
+        deadline: Instant,
+    ) -> Result<GuardedResponse, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let work = ChatWork { request, generation, guard };
+        self.chat.send(Job { work, deadline, reply }).map_err(|_| ApiError::unavailable("stopped"))?;
+        wait(rx, deadline).await
+    }
+}
+
+async fn wait<T>(rx: oneshot::Receiver<Result<T, ApiError>>, deadline: Instant) -> Result<T, ApiError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ApiError::internal()),
+        Err(_) => Err(ApiError::timeout()),
+    }
+}
+
+fn warm_up(p: &GuardedPipeline) -> Result<(), PipelineError> {
+    let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])));
+    let request = GuardRequest { id: None, image, question: "Describe the image.".into(), policy: None };
+    p.classify(std::slice::from_ref(&request))?;
+    p.respond(&[request], &p.generation_config(1), false)?;
+    Ok(())
+}
+
+/// Serves a lane until every sender is gone.
+fn serve_lane<W, T>(rx: &Receiver<Job<W, T>>, batching: Batching, mut run: impl FnMut(Vec<Job<W, T>>)) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let until = Instant::now() + batching.window;
+        while batch.len() < batching.max_batch.max(1) {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Jobs whose client left or whose deadline passed are not computed.
+        let now = Instant::now();
+        batch.retain(|j| !j.reply.is_closed() && j.deadline > now);
+        if !batch.is_empty() {
+            run(batch);
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Runs `f` over the batch; on failure (error or panic) of a batch of several, runs each request alone.
+fn run_batch<W, T>(works: &[W], replies: Vec<Reply<T>>, f: &impl Fn(&[W]) -> Result<Vec<T>, PipelineError>) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| f(works)));
+    match outcome {
+        Ok(Ok(outs)) if outs.len() == replies.len() => {
+            for (reply, out) in replies.into_iter().zip(outs) {
+                let _ = reply.send(Ok(out));
+            }
+        }
+        _ if replies.len() > 1 => {
+            for (i, reply) in replies.into_iter().enumerate() {
+                run_batch(&works[i..=i], vec![reply], f);
+            }
+        }
+        Ok(Err(e)) => send_all(replies, model_error(e)),
+        _ => {
+            eprintln!("psa serve: the model failed on a request (panic)");
+            send_all(replies, ApiError::internal());
+        }
+    }
+}
+
+fn send_all<T>(replies: Vec<Reply<T>>, e: ApiError) {
+    for reply in replies {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+fn model_error(e: PipelineError) -> ApiError {
+    match e {
+        PipelineError::Model(m @ ModelError::TooLong { .. }) => ApiError::bad("context_length_exceeded", m.to_string()),
+        other => {
+            eprintln!("psa serve: model error: {other}");
+            ApiError::internal()
+        }
+    }
+}
+
+fn run_classify(p: &GuardedPipeline, jobs: Vec<ClassifyJob>) {
+    let (works, replies): (Vec<GuardRequest>, Vec<_>) = jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
+    run_batch(&works, replies, &|requests: &[GuardRequest]| p.classify(requests));
+}
+
+/// One model pass's worth of chat requests: they share sampling settings and the guard flag.
+struct ChatGroup {
+    generation: GenerationConfig,
+    guard: bool,
+    requests: Vec<GuardRequest>,
+    replies: Vec<Reply<GuardedResponse>>,
+}
+
+fn run_chat(p: &GuardedPipeline, jobs: Vec<ChatJob>) {
+    let mut groups: Vec<ChatGroup> = Vec::new();
+    for Job { work, reply, .. } in jobs {
+        let ChatWork { request, generation, guard } = work;
+        match groups.iter_mut().find(|g| g.generation == generation && g.guard == guard) {
+            Some(g) => {
+                g.requests.push(request);
+                g.replies.push(reply);
+            }
+            None => groups.push(ChatGroup { generation, guard, requests: vec![request], replies: vec![reply] }),
+        }
+    }
+    for g in groups {
+        run_batch(&g.requests, g.replies, &|requests: &[GuardRequest]| p.respond(requests, &g.generation, g.guard));
+    }
+}

@@ -1,0 +1,455 @@
+//! `psa serve`: guarded inference over HTTP.
+//!
+//! - `POST /v1/classify`: `{"image": base64 or data URL, "question"?, "policy"?, "id"?}` → the verdict.
+//! - `POST /v1/chat/completions`: OpenAI-style chat request with one `image_url` (a base64 data URL) in the user
+//!   message → a `chat.completion` whose extra `psa` object carries the assessment, decision and timings.
+//! - `GET /health`: 200 once a warm-up inference succeeded, 503 before (or when it failed).
+//!
+//! The operator owns the policy: per-request overrides (`policy`, `psa_policy`, `psa_guard: false`) are refused
+//! with 403 unless the server allows them, and an optional bearer key guards the `/v1` routes. Every request is
+//! bounded — body size and read time, declared and resized image pixels, question bytes and tokens, generated
+//! tokens, total time — and at most `max_pending` requests are held at once; the next gets 503 at once. Images
+//! are decoded and the model runs off the async runtime; requests that arrive together share one model pass.
+mod api;
+mod engine;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use psa_models::processor::ImageLimits;
+use psa_models::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, Verdict};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+pub use api::{ApiError, InputLimits};
+pub use engine::{Batching, Readiness};
+
+use api::{ApiJson, BodyLimits, ChatMessage, check_question, image_from_base64, question_and_image};
+use engine::Engine;
+
+/// A bearer key; only its SHA-256 is kept, and keys are compared in constant time.
+#[derive(Clone)]
+pub struct ApiKey([u8; 32]);
+
+impl ApiKey {
+    /// A key from its text (surrounding whitespace ignored); an empty key is refused.
+    pub fn new(key: &str) -> Result<Self, String> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err("the API key is empty".into());
+        }
+        Ok(Self(Sha256::digest(key.as_bytes()).into()))
+    }
+
+    /// Whether `presented` is the key.
+    pub fn verify(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Limits, security and batching of the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Name reported as `model`.
+    pub model_name: String,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Image and question limits.
+    pub limits: InputLimits,
+    /// Largest `max_tokens` a request may ask for (also the default).
+    pub max_new_tokens: usize,
+    /// Whether requests may bring their own policy or switch the guard off.
+    pub allow_client_policy: bool,
+    /// The bearer key the `/v1` routes require, if any.
+    pub api_key: Option<ApiKey>,
+    /// Most requests held at once (reading, queued or running); the next gets 503.
+    pub max_pending: usize,
+    /// How requests are grouped into model passes.
+    pub batching: Batching,
+    /// Longest time a request may take in all, after its headers.
+    pub request_timeout: Duration,
+    /// Longest time to receive a request's headers; also how long an idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Longest time to receive a request's body.
+    pub body_timeout: Duration,
+    /// Most open connections; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a shutdown waits for requests in progress.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model_name: "psa-vlm".into(),
+            max_body_bytes: 8 << 20,
+            limits: InputLimits {
+                image: ImageLimits { max_side: 4096, max_pixels: 4096 * 3072 },
+                max_resized_pixels: 4 << 20,
+                max_question_bytes: 16 << 10,
+                max_question_tokens: 1024,
+            },
+            max_new_tokens: 256,
+            allow_client_policy: false,
+            api_key: None,
+            max_pending: 64,
+            batching: Batching { max_batch: 8, window: Duration::from_millis(2) },
+            request_timeout: Duration::from_secs(120),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+struct AppState {
+    engine: Arc<Engine>,
+    cfg: ServeConfig,
+    pending: Arc<Semaphore>,
+}
+
+impl BodyLimits for Arc<AppState> {
+    fn max_body_bytes(&self) -> usize {
+        self.cfg.max_body_bytes
+    }
+    fn body_timeout(&self) -> Duration {
+        self.cfg.body_timeout
+    }
+}
+
+impl AppState {
+    fn client_policy_allowed(&self, what: &str) -> Result<(), ApiError> {
+        if self.cfg.allow_client_policy {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "client_policy_disabled",
+            format!("{what} is not accepted: this server applies its own policy (start it with --allow-client-policy)"),
+        ))
+    }
+
+    fn policy(&self, patch: Option<&Value>) -> Result<Option<psa_core::SafetyPolicy>, ApiError> {
+        let p = self.engine.pipeline();
+        patch
+            .map(|v| {
+                p.policy.with_overrides(v, &p.taxonomy).map_err(|e| ApiError::bad("invalid_policy", e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+/// A loaded model behind the HTTP API.
+pub struct Server {
+    router: Router,
+    cfg: ServeConfig,
+}
+
+impl Server {
+    /// Starts the model workers (the warm-up runs in the background) and builds the routes.
+    pub fn new(pipeline: GuardedPipeline, cfg: ServeConfig) -> Self {
+        let engine = Engine::start(pipeline, cfg.batching);
+        let pending = Arc::new(Semaphore::new(cfg.max_pending.max(1)));
+        let state = Arc::new(AppState { engine, cfg: cfg.clone(), pending });
+        let api = Router::new()
+            .route("/v1/classify", post(classify))
+            .route("/v1/chat/completions", post(chat))
+            .layer(middleware::from_fn_with_state(state.clone(), gate))
+            // Bodies up to 4× the limit are read whole and refused with a JSON 413; larger ones are cut off by axum.
+            .layer(DefaultBodyLimit::max(cfg.max_body_bytes.saturating_mul(4)));
+        let router = Router::new().route("/health", get(health)).merge(api).with_state(state);
+        Self { router, cfg }
+    }
+
+    /// The routes, to mount in another axum application (without this server's connection limits).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then lets requests in progress finish for at most
+    /// `shutdown_grace` and returns.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && self.cfg.api_key.is_none() {
+            eprintln!(
+                "psa serve: warning: listening on {addr} without an API key; anyone who can reach it can use the \
+                 model (use --api-key-file)"
+            );
+        }
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(self.cfg.header_timeout);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = connections.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+                () = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        eprintln!("psa serve: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let service = TowerToHyperService::new(self.router.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(self.cfg.shutdown_grace, graceful.shutdown()).await.is_err() {
+            eprintln!("psa serve: requests still running after {:?}; closing them", self.cfg.shutdown_grace);
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { () = ctrl_c => {}, () = term => {} }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+/// Authentication, readiness and the pending-request bound of the `/v1` routes, then the request time limit.
+async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.cfg.api_key {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| key.verify(p)) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "a valid `Authorization: Bearer` key is required",
+            )
+            .into_response();
+        }
+    }
+    match state.engine.readiness() {
+        Readiness::Ready => {}
+        Readiness::WarmingUp => return ApiError::unavailable("the model is warming up; retry shortly").into_response(),
+        Readiness::Failed(_) => return ApiError::unavailable("the model failed its warm-up").into_response(),
+    }
+    let Ok(_permit) = state.pending.clone().try_acquire_owned() else {
+        let message = format!("the server is busy ({} requests pending); retry later", state.cfg.max_pending);
+        let mut response = ApiError::unavailable(message).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    match tokio::time::timeout(state.cfg.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout().into_response(),
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.readiness() {
+        Readiness::Ready => {
+            let pending = state.cfg.max_pending.max(1) - state.pending.available_permits();
+            Json(json!({"status": "ready", "model": state.cfg.model_name, "pending": pending})).into_response()
+        }
+        Readiness::WarmingUp => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "warming_up"}))).into_response()
+        }
+        Readiness::Failed(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "error": reason}))).into_response()
+        }
+    }
+}
+
+/// Runs request preparation (image decoding, tokenizing) on the blocking pool, off the async runtime.
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(job).await.map_err(|_| ApiError::internal())?
+}
+
+/// `POST /v1/classify` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyBody {
+    image: String,
+    #[serde(default)]
+    question: Option<String>,
+    #[serde(default)]
+    policy: Option<Value>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<ClassifyBody>,
+) -> Result<Json<Verdict>, ApiError> {
+    if body.policy.is_some() {
+        state.client_policy_allowed("`policy`")?;
+    }
+    let deadline = Instant::now() + state.cfg.request_timeout;
+    let s = state.clone();
+    let request = blocking(move || {
+        let p = s.engine.pipeline();
+        let question = body.question.unwrap_or_else(|| "Describe the image.".into());
+        check_question(&question, p, &s.cfg.limits)?;
+        let policy = s.policy(body.policy.as_ref())?;
+        let image = image_from_base64(&body.image, p, &s.cfg.limits)?;
+        Ok(GuardRequest { id: body.id, image, question, policy })
+    })
+    .await?;
+    state.engine.classify(request, deadline).await.map(Json)
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatBody {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    psa_policy: Option<Value>,
+    #[serde(default)]
+    psa_guard: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChatCompletion {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    choices: Vec<Value>,
+    usage: Value,
+    psa: GuardedResponse,
+}
+
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> Result<Json<ChatCompletion>, ApiError> {
+    if body.psa_policy.is_some() {
+        state.client_policy_allowed("`psa_policy`")?;
+    }
+    if body.psa_guard == Some(false) {
+        state.client_policy_allowed("`psa_guard: false`")?;
+    }
+    if body.stream == Some(true) {
+        return Err(ApiError::bad("unsupported_parameter", "stream is not supported"));
+    }
+    let limit = state.cfg.max_new_tokens;
+    let max_tokens = body.max_completion_tokens.or(body.max_tokens).unwrap_or(limit);
+    if max_tokens == 0 || max_tokens > limit {
+        return Err(ApiError::bad("invalid_max_tokens", format!("max_tokens must lie in 1..={limit}")));
+    }
+    if body.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t))
+        || body.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p))
+    {
+        return Err(ApiError::bad("invalid_sampling", "temperature must lie in [0, 2] and top_p in [0, 1]"));
+    }
+    let deadline = Instant::now() + state.cfg.request_timeout;
+    let model = body.model.clone().unwrap_or_else(|| state.cfg.model_name.clone());
+    let s = state.clone();
+    let (request, generation) = blocking(move || {
+        let p = s.engine.pipeline();
+        let (question, url) = question_and_image(body.messages)?;
+        check_question(&question, p, &s.cfg.limits)?;
+        let policy = s.policy(body.psa_policy.as_ref())?;
+        let image = image_from_base64(&url, p, &s.cfg.limits)?;
+        let mut generation = p.generation_config(max_tokens);
+        generation.temperature = body.temperature.unwrap_or(0.0);
+        generation.top_p = body.top_p;
+        generation.seed = body.seed.unwrap_or(generation.seed);
+        Ok((GuardRequest { id: None, image, question, policy }, generation))
+    })
+    .await?;
+    let guard = body.psa_guard.unwrap_or(true);
+    let response = state.engine.chat(request, generation, guard, deadline).await?;
+    Ok(Json(completion(response, model)))
+}
+
+fn completion(response: GuardedResponse, model: String) -> ChatCompletion {
+    let finish = match response.finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+        Finish::Refused => "content_filter",
+    };
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    ChatCompletion {
+        id: format!("chatcmpl-{created}-{:x}", response.timings.total_ms.to_bits()),
+        object: "chat.completion",
+        created,
+        model,
+        choices: vec![json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": response.answer},
+            "finish_reason": finish,
+        })],
+        usage: json!({
+            "prompt_tokens": response.prompt_tokens,
+            "completion_tokens": response.completion_tokens,
+            "total_tokens": response.prompt_tokens + response.completion_tokens,
+        }),
+        psa: response,
+    }
+}
