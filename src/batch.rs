@@ -2,7 +2,9 @@
 //!
 //! Input lines: `{"id": "...", "image": "path", "question": "...", "policy"?: {merge patch}}`, image paths
 //! relative to an image root. Each output line is a [`GuardedResponse`] (with the request's `id`). Ids already in
-//! the output are skipped, so an interrupted run continues where it stopped; a torn last line from a crash is cut.
+//! the output are skipped, so an interrupted run continues where it stopped; a torn last line from a crash is cut
+//! and a last line without its newline gets one. The output is locked for the run, so two runs never interleave.
+//! A request the model fails on is retried alone and then named by `file:line` and id (an error, or a listed skip).
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,8 +22,9 @@ pub struct BatchOptions {
     pub batch_size: usize,
     /// Apply the policy (else answer every prompt as asked, still reporting the assessment).
     pub guard: bool,
-    /// Skip and report requests whose image is missing or undecodable instead of stopping.
-    pub skip_bad_images: bool,
+    /// Skip and report requests whose image is missing or corrupt, or that the model refuses (a prompt longer than
+    /// its context, say), instead of stopping.
+    pub skip_bad: bool,
     /// Directory image paths are relative to.
     pub image_root: PathBuf,
     /// Sampling and length.
@@ -39,9 +42,9 @@ pub struct BatchReport {
     pub already_done: usize,
     /// Requests answered by this run.
     pub answered: usize,
-    /// `file:line: reason` of each skipped request.
+    /// `file:line (id): reason` of each skipped request.
     pub skipped: Vec<String>,
-    /// Whether a torn last output line was removed.
+    /// Whether the output's last line was repaired (a torn line cut, or a missing newline added).
     pub repaired_output: bool,
 }
 
@@ -67,9 +70,18 @@ pub enum BatchError {
         /// What is wrong.
         reason: String,
     },
-    /// The model failed.
-    #[error(transparent)]
-    Model(#[from] PipelineError),
+    /// The output file is being written by another run.
+    #[error("{}: another run holds this output file; wait for it or choose another output", .path.display())]
+    Locked {
+        /// The output file.
+        path: PathBuf,
+    },
+    /// Input and output are the same file.
+    #[error("{}: the input and the output are the same file", .path.display())]
+    SameFile {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +98,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BatchError + '_ {
     move |source| BatchError::Io { path: path.into(), source }
 }
 
-/// Ids already answered in `output`; cuts a torn final line (no newline, not JSON).
+/// Ids already answered in `output`; cuts a torn final line (no newline, not JSON) and ends a whole final line
+/// that lost its newline, so the next answer starts on a line of its own.
 fn done_ids(output: &Path) -> Result<(HashSet<String>, bool), BatchError> {
     let text = match std::fs::read_to_string(output) {
         Ok(t) => t,
@@ -104,6 +117,11 @@ fn done_ids(output: &Path) -> Result<(HashSet<String>, bool), BatchError> {
             Ok(v) => match v.get("id").and_then(Value::as_str) {
                 Some(id) => {
                     ids.insert(id.to_string());
+                    if i + 1 == lines.len() && !raw.ends_with('\n') {
+                        let mut f = std::fs::OpenOptions::new().append(true).open(output).map_err(io(output))?;
+                        f.write_all(b"\n").map_err(io(output))?;
+                        repaired = true;
+                    }
                 }
                 None => {
                     return Err(BatchError::Line { path: output.into(), line: i + 1, reason: "no \"id\"".into() });
@@ -121,14 +139,24 @@ fn done_ids(output: &Path) -> Result<(HashSet<String>, bool), BatchError> {
     Ok((ids, repaired))
 }
 
-/// Answers every request of `input` not yet in `output`, appending one JSON line per answer.
-pub fn run_batch(
-    pipeline: &GuardedPipeline,
-    input: &Path,
-    output: &Path,
-    opts: &BatchOptions,
-) -> Result<BatchReport, BatchError> {
+/// Whether two paths name one file (the output may not exist yet: then its directory and name are compared).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| {
+        p.canonicalize().ok().or_else(|| {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(dir.canonicalize().ok()?.join(p.file_name()?))
+        })
+    };
+    canonical(a).is_some_and(|x| Some(x) == canonical(b))
+}
+
+/// One input line: its number, the request and its policy.
+type InputLine = (usize, Line, Option<psa_core::SafetyPolicy>);
+
+/// Reads and checks every input line (a UTF-8 byte-order mark is accepted).
+fn read_input(pipeline: &GuardedPipeline, input: &Path) -> Result<Vec<InputLine>, BatchError> {
     let text = std::fs::read_to_string(input).map_err(io(input))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut lines = Vec::new();
     let mut seen = HashSet::new();
     for (i, raw) in text.lines().enumerate() {
@@ -148,45 +176,109 @@ pub fn run_batch(
         };
         lines.push((i + 1, line, policy));
     }
+    Ok(lines)
+}
+
+/// Answers a chunk; when the pass fails, answers each request alone so one bad request fails only itself.
+fn answer_chunk(
+    pipeline: &GuardedPipeline,
+    requests: &[(usize, GuardRequest)],
+    opts: &BatchOptions,
+) -> Vec<(usize, Result<GuardedResponse, PipelineError>)> {
+    let all: Vec<GuardRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
+    match pipeline.respond(&all, &opts.generation, opts.guard) {
+        Ok(answers) => requests.iter().map(|(n, _)| *n).zip(answers.into_iter().map(Ok)).collect(),
+        Err(e) if requests.len() == 1 => vec![(requests[0].0, Err(e))],
+        Err(_) => requests
+            .iter()
+            .map(|(n, r)| {
+                let one = pipeline.respond(std::slice::from_ref(r), &opts.generation, opts.guard);
+                (
+                    *n,
+                    one.and_then(|mut a| {
+                        a.pop().ok_or_else(|| PipelineError::Model(psa_models::ModelError::Input("no answer".into())))
+                    }),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Answers every request of `input` not yet in `output`, appending one JSON line per answer.
+pub fn run_batch(
+    pipeline: &GuardedPipeline,
+    input: &Path,
+    output: &Path,
+    opts: &BatchOptions,
+) -> Result<BatchReport, BatchError> {
+    if same_file(input, output) {
+        return Err(BatchError::SameFile { path: output.into() });
+    }
+    let mut lines = read_input(pipeline, input)?;
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(output).map_err(io(output))?;
+    match out.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(BatchError::Locked { path: output.into() }),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(output)(e)),
+    }
     let (done, repaired_output) = done_ids(output)?;
     let mut report = BatchReport { total: lines.len(), repaired_output, ..Default::default() };
     lines.retain(|(_, l, _)| !done.contains(&l.id));
     report.already_done = report.total - lines.len();
-    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(output).map_err(io(output))?;
     let bar = if opts.progress { ProgressBar::new(lines.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} requests {elapsed_precise} ETA {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let ids: std::collections::HashMap<usize, &str> = lines.iter().map(|(n, l, _)| (*n, l.id.as_str())).collect();
+    let skip = |n: usize, reason: String, report: &mut BatchReport| {
+        let what = format!("{}:{n} (id {:?}): {reason}", input.display(), ids[&n]);
+        if opts.skip_bad {
+            report.skipped.push(what);
+            Ok(())
+        } else {
+            Err(BatchError::Line { path: input.into(), line: n, reason: format!("id {:?}: {reason}", ids[&n]) })
+        }
+    };
     for chunk in lines.chunks(opts.batch_size.max(1)) {
         let mut requests = Vec::with_capacity(chunk.len());
         for (n, line, policy) in chunk {
             let path = opts.image_root.join(&line.image);
             match psa_models::processor::load_image(&path) {
-                Ok(image) => requests.push(GuardRequest {
-                    id: Some(line.id.clone()),
-                    image,
-                    question: line.question.clone(),
-                    policy: policy.clone(),
-                }),
-                Err(e) if opts.skip_bad_images => report.skipped.push(format!("{}:{n}: {e}", input.display())),
-                Err(e) => return Err(BatchError::Line { path: input.into(), line: *n, reason: e.to_string() }),
+                Ok(image) => requests.push((
+                    *n,
+                    GuardRequest {
+                        id: Some(line.id.clone()),
+                        image,
+                        question: line.question.clone(),
+                        policy: policy.clone(),
+                    },
+                )),
+                Err(e) => skip(*n, e.to_string(), &mut report)?,
             }
         }
-        if !requests.is_empty() {
-            let answers: Vec<GuardedResponse> = pipeline.respond(&requests, &opts.generation, opts.guard)?;
-            let mut buf = String::new();
-            for a in &answers {
-                let json = serde_json::to_string(a).map_err(|e| BatchError::Line {
-                    path: output.into(),
-                    line: 0,
-                    reason: e.to_string(),
-                })?;
-                buf.push_str(&json);
-                buf.push('\n');
+        let mut buf = String::new();
+        let mut failure = None;
+        for (n, answer) in answer_chunk(pipeline, &requests, opts) {
+            let result = match answer {
+                Ok(a) => serde_json::to_string(&a)
+                    .map(|json| {
+                        buf.push_str(&json);
+                        buf.push('\n');
+                        report.answered += 1;
+                    })
+                    .map_err(|e| BatchError::Line { path: output.into(), line: 0, reason: e.to_string() }),
+                Err(e) => skip(n, e.to_string(), &mut report),
+            };
+            if let Err(e) = result {
+                failure = Some(e);
+                break;
             }
-            out.write_all(buf.as_bytes()).and_then(|_| out.flush()).map_err(io(output))?;
-            report.answered += answers.len();
+        }
+        // The answers before a failure are kept: a rerun resumes after them.
+        out.write_all(buf.as_bytes()).and_then(|_| out.flush()).map_err(io(output))?;
+        if let Some(e) = failure {
+            return Err(e);
         }
         bar.inc(chunk.len() as u64);
         bar.set_message(format!("{} skipped", report.skipped.len()));

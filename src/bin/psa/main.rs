@@ -100,9 +100,9 @@ enum Command {
         /// Requests per model pass.
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
-        /// Skip (and report) requests whose image is missing or corrupt.
-        #[arg(long)]
-        skip_bad_images: bool,
+        /// Skip (and report) requests whose image is missing or corrupt or that the model refuses.
+        #[arg(long, alias = "skip-bad-images")]
+        skip_bad: bool,
         #[arg(long)]
         no_guard: bool,
         #[arg(long, default_value_t = 128)]
@@ -207,23 +207,13 @@ fn main() -> Result<()> {
             let answer = p.respond(&[ask.request()?], &p.generation_config(max_new_tokens), !no_guard)?;
             println!("{}", serde_json::to_string_pretty(&answer[0])?);
         }
-        Command::Batch {
-            model,
-            input,
-            output,
-            image_root,
-            batch_size,
-            skip_bad_images,
-            no_guard,
-            max_new_tokens,
-            quiet,
-        } => {
+        Command::Batch { model, input, output, image_root, batch_size, skip_bad, no_guard, max_new_tokens, quiet } => {
             let p = model.load()?;
             let image_root = image_root.unwrap_or_else(|| input.parent().map(PathBuf::from).unwrap_or_default());
             let opts = BatchOptions {
                 batch_size,
                 guard: !no_guard,
-                skip_bad_images,
+                skip_bad,
                 image_root,
                 generation: p.generation_config(max_new_tokens),
                 progress: !quiet,
