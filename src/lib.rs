@@ -16,6 +16,8 @@ pub mod assets;
 pub mod batch;
 pub mod device;
 #[cfg(feature = "serve")]
+pub mod fuzzing;
+#[cfg(feature = "serve")]
 pub mod serve;
 
 pub use burn;

@@ -50,6 +50,7 @@ fn zero_absurd_and_foreign_sizes_in_configs_are_errors_before_allocation() {
     ];
     for (name, edit, needle) in cases {
         let err = load_error(&model_with_config(name, edit));
+        eprintln!("{name}: {err}");
         assert!(err.contains(needle), "{name}: {err:?} should mention {needle:?}");
     }
 }

@@ -128,10 +128,17 @@ impl SafetyPolicy {
     /// Reads a `.toml` or `.json` policy and checks it against the taxonomy.
     pub fn from_file(path: &Path, taxonomy: &Taxonomy) -> Result<Self, CoreError> {
         let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io { path: path.into(), source })?;
-        let parse = |reason: String| CoreError::Parse { path: path.into(), reason };
-        let p: Self = match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => toml::from_str(&text).map_err(|e| parse(e.to_string()))?,
-            _ => serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?,
+        let toml = path.extension().and_then(|e| e.to_str()) == Some("toml");
+        Self::parse(&text, toml, taxonomy).map_err(|e| CoreError::Parse { path: path.into(), reason: e.to_string() })
+    }
+
+    /// Parses TOML (`toml`) or JSON policy text and checks it against the taxonomy.
+    pub fn parse(text: &str, toml: bool, taxonomy: &Taxonomy) -> Result<Self, CoreError> {
+        let invalid = |reason: String| CoreError::Invalid { what: "policy", reason };
+        let p: Self = if toml {
+            toml::from_str(text).map_err(|e| invalid(e.to_string()))?
+        } else {
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?
         };
         p.validate(taxonomy)?;
         Ok(p)

@@ -136,6 +136,25 @@ pub struct InputLimits {
 
 /// Decodes a base64 image (raw or `data:image/...;base64,` URL) strictly, within the limits, as RGB.
 pub fn image_from_base64(source: &str, p: &GuardedPipeline, limits: &InputLimits) -> Result<DynamicImage, ApiError> {
+    let image = decode_base64_image(source, &limits.image)?;
+    let resized = p.images.resized_pixels(image.height() as usize, image.width() as usize);
+    if resized > limits.max_resized_pixels {
+        return Err(ApiError::bad(
+            "invalid_image",
+            format!(
+                "a {}×{} image resizes to {resized} pixels; this server's limit is {} (an extreme aspect ratio)",
+                image.width(),
+                image.height(),
+                limits.max_resized_pixels
+            ),
+        ));
+    }
+    // Keep only RGB8: the smallest form the processor reads, so a queued request holds 3 bytes a pixel.
+    Ok(DynamicImage::ImageRgb8(image.to_rgb8()))
+}
+
+/// Decodes a base64 image (raw or `data:image/...;base64,` URL) strictly within the declared-size limits.
+pub fn decode_base64_image(source: &str, limits: &ImageLimits) -> Result<DynamicImage, ApiError> {
     let payload = if let Some(rest) = source.strip_prefix("data:") {
         let (meta, data) =
             rest.split_once(',').ok_or_else(|| ApiError::bad("invalid_image", "data URL without a comma"))?;
@@ -151,21 +170,7 @@ pub fn image_from_base64(source: &str, p: &GuardedPipeline, limits: &InputLimits
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(payload.trim())
         .map_err(|e| ApiError::bad("invalid_image", format!("image is not valid base64: {e}")))?;
-    let image = decode_image(&bytes, &limits.image).map_err(|e| ApiError::bad("invalid_image", e.to_string()))?;
-    let resized = p.images.resized_pixels(image.height() as usize, image.width() as usize);
-    if resized > limits.max_resized_pixels {
-        return Err(ApiError::bad(
-            "invalid_image",
-            format!(
-                "a {}×{} image resizes to {resized} pixels; this server's limit is {} (an extreme aspect ratio)",
-                image.width(),
-                image.height(),
-                limits.max_resized_pixels
-            ),
-        ));
-    }
-    // Keep only RGB8: the smallest form the processor reads, so a queued request holds 3 bytes a pixel.
-    Ok(DynamicImage::ImageRgb8(image.to_rgb8()))
+    decode_image(&bytes, limits).map_err(|e| ApiError::bad("invalid_image", e.to_string()))
 }
 
 /// Checks a question's length in bytes, then in tokens.

@@ -36,7 +36,9 @@ use tokio::sync::Semaphore;
 pub use api::{ApiError, InputLimits};
 pub use engine::{Batching, Readiness};
 
-use api::{ApiJson, BodyLimits, ChatMessage, check_question, image_from_base64, question_and_image};
+use api::{
+    ApiJson, BodyLimits, ChatMessage, check_question, decode_base64_image, image_from_base64, question_and_image,
+};
 use engine::Engine;
 
 /// A bearer key; only its SHA-256 is kept, and keys are compared in constant time.
@@ -305,6 +307,19 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "error": reason}))).into_response()
         }
     }
+}
+
+/// A route's request body, checked as the route checks it up to the model: the JSON schema, the conversation
+/// (chat), and strict base64 image decoding within `limits`. What the fuzz targets exercise.
+pub fn check_body(chat: bool, body: &[u8], limits: &ImageLimits) -> Result<(), ApiError> {
+    let invalid = |e: serde_json::Error| ApiError::bad("invalid_json", e.to_string());
+    let image = if chat {
+        let body: ChatBody = serde_json::from_slice(body).map_err(invalid)?;
+        question_and_image(body.messages)?.1
+    } else {
+        serde_json::from_slice::<ClassifyBody>(body).map_err(invalid)?.image
+    };
+    decode_base64_image(&image, limits).map(|_| ())
 }
 
 /// Runs request preparation (image decoding, tokenizing) on the blocking pool, off the async runtime.

@@ -52,6 +52,12 @@ impl Default for LabelSpace {
 /// Reads a JSONL label file. Blank lines are skipped; anything else malformed is an error naming the line.
 pub fn read_jsonl(path: &Path, image_root: &Path, labels: LabelSpace) -> Result<Vec<Sample>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    parse_jsonl(&text, path, image_root, labels)
+}
+
+/// Parses JSONL label text (a leading byte-order mark is accepted); `path` names the lines in errors.
+pub fn parse_jsonl(text: &str, path: &Path, image_root: &Path, labels: LabelSpace) -> Result<Vec<Sample>, DataError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut samples = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {

@@ -6,5 +6,5 @@ pub mod jsonl;
 pub mod tokenize;
 
 pub use balance::{Balance, balance};
-pub use jsonl::{ImageRef, LabelSpace, Sample, read_jsonl};
+pub use jsonl::{ImageRef, LabelSpace, Sample, parse_jsonl, read_jsonl};
 pub use tokenize::{Encoded, collate, encode_conversation};
