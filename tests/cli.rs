@@ -83,4 +83,16 @@ fn psa_train_runs_both_stages_from_toml() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("configures Stage1"));
+    // A learning rate that cannot train fails before any work, writing nothing.
+    let nan_out = dir.join("nan-run");
+    let out = Command::new(env!("CARGO_BIN_EXE_psa"))
+        .args(["train", "stage1", "--config"])
+        .arg(config(&dir, "stage1", ""))
+        .args(["--quiet", "--lr", "nan", "--out"])
+        .arg(&nan_out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lr = NaN"), "{err}");
+    assert!(!nan_out.join("safety_modules.safetensors").exists());
 }

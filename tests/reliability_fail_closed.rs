@@ -27,9 +27,13 @@ fn diverging_training_stops_with_an_error_and_writes_no_checkpoint_of_the_bad_st
     let ckpt = dir.join("ckpt");
     let run = RunOptions { checkpoint_dir: Some(ckpt.clone()), checkpoint_every: Some(1), ..Default::default() };
 
-    let nan_lr = Recipe { lr: f64::NAN, ..base.clone() };
-    let err = train_stage1(load(), &data, &nan_lr, 998, &run, |_| {}).unwrap_err();
-    assert!(matches!(err, TrainError::Recipe(_)) && err.to_string().contains("lr = NaN"), "{err}");
+    for (recipe, needle) in [
+        (Recipe { lr: f64::NAN, ..base.clone() }, "lr = NaN"),
+        (Recipe { batch_size: 0, ..base.clone() }, "batch_size must be at least 1"),
+    ] {
+        let err = train_stage1(load(), &data, &recipe, 998, &run, |_| {}).unwrap_err();
+        assert!(matches!(err, TrainError::Recipe(_)) && err.to_string().contains(needle), "{err}");
+    }
 
     // An update that overflows f32: the weights become infinite after the first step.
     let huge = Recipe { lr: 1e39, ..base.clone() };
