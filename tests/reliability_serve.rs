@@ -230,3 +230,42 @@ fn health_reports_ready_only_after_a_successful_warm_up() {
     let text = err.to_string();
     assert!(!text.contains("panicked") && !text.contains(".rs:"), "{text}");
 }
+
+/// Starts `psa serve` on `addr` and returns its first stderr lines up to "listening" (and the warning before it).
+fn serve_banner(addr: &str, extra: &[&str]) -> String {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_psa"))
+        .args(["serve", "--model-dir"])
+        .arg(fixtures().join("tiny_psa/model"))
+        .arg("--tokenizer")
+        .arg(fixtures().join("tiny_tokenizer/tokenizer.json"))
+        .args(["--template", "llava_hf", "--addr", addr])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("listening") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    banner
+}
+
+#[test]
+fn binding_beyond_loopback_without_a_key_warns() {
+    let open = serve_banner("0.0.0.0:0", &[]);
+    assert!(open.contains("warning") && open.contains("without an API key"), "{open}");
+    let key = scratch("serve-key").join("key");
+    std::fs::write(&key, "s3cret\n").unwrap();
+    let keyed = serve_banner("0.0.0.0:0", &["--api-key-file", key.to_str().unwrap()]);
+    assert!(!keyed.contains("warning"), "{keyed}");
+    let local = serve_banner("127.0.0.1:0", &[]);
+    assert!(!local.contains("warning"), "{local}");
+}

@@ -189,7 +189,8 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets requests in progress finish for at most
-    /// `shutdown_grace` and returns.
+    /// `shutdown_grace` and returns. Says on stderr where it listens, with a warning first when the address is
+    /// reachable from other machines and no key is set.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
@@ -202,6 +203,7 @@ impl Server {
                  model (use --api-key-file)"
             );
         }
+        eprintln!("psa serve: listening on http://{addr} (ready once /health says so)");
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
         let mut http = hyper::server::conn::http1::Builder::new();

@@ -272,7 +272,6 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-                eprintln!("psa serve: listening on http://{} (ready once /health says so)", listener.local_addr()?);
                 Server::new(p, cfg).run(listener, shutdown_signal()).await?;
                 anyhow::Ok(())
             })?;
