@@ -1,6 +1,7 @@
 //! Replays, on the stable toolchain, what the cargo-fuzz targets in `fuzz/` start from and everything they found:
 //! the seeds (`fuzz/seeds/<target>/` and the fixture files listed in `fuzz/seeds.txt`) and every input that once
-//! crashed a target (`fuzz/regressions/<target>/`). None may panic, and each valid seed must still be accepted.
+//! crashed a target or the project (`fuzz/regressions/<target>/`). None may panic, each valid seed must still be
+//! accepted, and each past crash, all of them malformed, must be refused.
 use std::path::{Path, PathBuf};
 
 use psa_vlm::fuzzing::{TARGETS, run};
@@ -57,4 +58,17 @@ fn every_seed_and_past_crash_replays_without_a_panic() {
         assert!(accepted(target, &root().join(file)), "{target} refused the valid {file}");
     }
     assert_eq!(run("nothing", b""), None);
+}
+
+#[test]
+fn every_past_crash_is_now_refused() {
+    let mut n = 0;
+    for target in TARGETS {
+        let dir = root().join("fuzz/regressions").join(target);
+        for file in std::fs::read_dir(&dir).into_iter().flatten().map(|e| e.unwrap().path()) {
+            assert!(!accepted(target, &file), "{target} accepted the malformed {}", file.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "only {n} regression inputs");
 }
