@@ -179,26 +179,27 @@ fn read_input(pipeline: &GuardedPipeline, input: &Path) -> Result<Vec<InputLine>
     Ok(lines)
 }
 
-/// Answers a chunk; when the pass fails, answers each request alone so one bad request fails only itself.
+/// Answers a chunk (`numbers[i]` is the input line of `requests[i]`); when the pass fails, answers each request
+/// alone so one bad request fails only itself.
 fn answer_chunk(
     pipeline: &GuardedPipeline,
-    requests: &[(usize, GuardRequest)],
+    numbers: &[usize],
+    requests: &[GuardRequest],
     opts: &BatchOptions,
 ) -> Vec<(usize, Result<GuardedResponse, PipelineError>)> {
-    let all: Vec<GuardRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
-    match pipeline.respond(&all, &opts.generation, opts.guard) {
-        Ok(answers) => requests.iter().map(|(n, _)| *n).zip(answers.into_iter().map(Ok)).collect(),
-        Err(e) if requests.len() == 1 => vec![(requests[0].0, Err(e))],
-        Err(_) => requests
+    if requests.is_empty() {
+        return Vec::new();
+    }
+    match pipeline.respond(requests, &opts.generation, opts.guard) {
+        Ok(answers) => numbers.iter().copied().zip(answers.into_iter().map(Ok)).collect(),
+        Err(e) if requests.len() == 1 => vec![(numbers[0], Err(e))],
+        Err(_) => numbers
             .iter()
+            .zip(requests)
             .map(|(n, r)| {
                 let one = pipeline.respond(std::slice::from_ref(r), &opts.generation, opts.guard);
-                (
-                    *n,
-                    one.and_then(|mut a| {
-                        a.pop().ok_or_else(|| PipelineError::Model(psa_models::ModelError::Input("no answer".into())))
-                    }),
-                )
+                let none = || PipelineError::Model(psa_models::ModelError::Input("no answer".into()));
+                (*n, one.and_then(|mut a| a.pop().ok_or_else(none)))
             })
             .collect(),
     }
@@ -241,25 +242,21 @@ pub fn run_batch(
         }
     };
     for chunk in lines.chunks(opts.batch_size.max(1)) {
-        let mut requests = Vec::with_capacity(chunk.len());
+        let (mut numbers, mut requests) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
         for (n, line, policy) in chunk {
             let path = opts.image_root.join(&line.image);
             match psa_models::processor::load_image(&path) {
-                Ok(image) => requests.push((
-                    *n,
-                    GuardRequest {
-                        id: Some(line.id.clone()),
-                        image,
-                        question: line.question.clone(),
-                        policy: policy.clone(),
-                    },
-                )),
+                Ok(image) => {
+                    numbers.push(*n);
+                    let (id, question) = (Some(line.id.clone()), line.question.clone());
+                    requests.push(GuardRequest { id, image, question, policy: policy.clone() });
+                }
                 Err(e) => skip(*n, e.to_string(), &mut report)?,
             }
         }
         let mut buf = String::new();
         let mut failure = None;
-        for (n, answer) in answer_chunk(pipeline, &requests, opts) {
+        for (n, answer) in answer_chunk(pipeline, &numbers, &requests, opts) {
             let result = match answer {
                 Ok(a) => serde_json::to_string(&a)
                     .map(|json| {

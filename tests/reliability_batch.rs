@@ -113,3 +113,13 @@ fn the_input_is_never_the_output_and_a_byte_order_mark_is_accepted() {
     assert_eq!(report.answered, 1);
     assert_eq!(output_ids(&output), ["a"]);
 }
+
+#[test]
+fn a_pass_whose_every_image_is_bad_is_skipped_whole() {
+    let p = tiny_pipeline("llava_hf");
+    let (dir, input, output) = setup("batch-all-bad", &[("x", 7, "What?"), ("y", 8, "Where?")]);
+    let report = run_batch(&p, &input, &output, &options(&p, &dir, true)).unwrap();
+    assert_eq!((report.answered, report.skipped.len()), (0, 2), "{report:?}");
+    assert!(report.skipped[0].contains("requests.jsonl:1 (id \"x\")") && report.skipped[0].contains("7.png"));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "");
+}

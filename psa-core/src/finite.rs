@@ -4,6 +4,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
+use crate::path::ModulePath;
+
 /// What a scan measures of each selected float parameter.
 enum Measure<'a> {
     /// `sum(0 · x)`: exactly 0 when every element is finite, NaN otherwise.
@@ -15,26 +17,22 @@ enum Measure<'a> {
 struct Scan<'a, F> {
     select: F,
     measure: Measure<'a>,
-    path: Vec<String>,
+    path: ModulePath,
     names: Vec<String>,
     values: Vec<Tensor<1>>,
 }
 
 impl<F: Fn(&str) -> bool> ModuleVisitor for Scan<'_, F> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.push(name.to_string());
-        }
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.pop();
-        }
+        self.path.exit(container_type);
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
+        let path = self.path.joined();
         if !(self.select)(&path) {
             return;
         }
@@ -51,7 +49,7 @@ impl<F: Fn(&str) -> bool> ModuleVisitor for Scan<'_, F> {
 }
 
 fn scan<M: Module>(module: &M, select: impl Fn(&str) -> bool, measure: Measure<'_>) -> Vec<(String, f64)> {
-    let mut s = Scan { select, measure, path: Vec::new(), names: Vec::new(), values: Vec::new() };
+    let mut s = Scan { select, measure, path: ModulePath::default(), names: Vec::new(), values: Vec::new() };
     module.visit(&mut s);
     if s.values.is_empty() {
         return Vec::new();

@@ -11,6 +11,7 @@ pub mod head;
 pub mod init;
 pub mod loss;
 pub mod modules;
+pub mod path;
 pub mod policy;
 pub mod projector;
 pub mod taxonomy;

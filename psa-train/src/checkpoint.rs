@@ -9,6 +9,7 @@ use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::store::{ModuleSnapshot, PathFilter, SafetensorsStore};
 use burn::tensor::Tensor;
+use psa_core::path::ModulePath;
 use psa_models::PsaVlm;
 
 use crate::trainer::Stage;
@@ -59,25 +60,21 @@ struct StateFile {
 /// Gives the parameters at the recorded paths their recorded ids.
 struct SetIds<'a> {
     ids: &'a BTreeMap<String, u64>,
-    path: Vec<String>,
+    path: ModulePath,
     set: usize,
 }
 
 impl ModuleMapper for SetIds<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.push(name.to_string());
-        }
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.path.pop();
-        }
+        self.path.exit(container_type);
     }
 
     fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if let Some(&id) = self.ids.get(&self.path.join(".")) {
+        if let Some(&id) = self.ids.get(&self.path.joined()) {
             param.id = ParamId::from(id);
             self.set += 1;
         }
@@ -175,7 +172,7 @@ pub fn load(
             reason: format!("{} trainable tensor(s) hold NaN or infinite values, first `{first}`", bad.len()),
         });
     }
-    let mut mapper = SetIds { ids: &ids, path: Vec::new(), set: 0 };
+    let mut mapper = SetIds { ids: &ids, path: ModulePath::default(), set: 0 };
     let model = model.map(&mut mapper);
     if mapper.set != ids.len() {
         return Err(invalid(format!("{} parameter ids recorded, {} matched the model", ids.len(), mapper.set)));

@@ -132,6 +132,8 @@ async fn wait<T>(rx: oneshot::Receiver<Result<T, ApiError>>, deadline: Instant) 
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, rx).await {
         Ok(Ok(result)) => result,
+        // The worker drops a job whose deadline passed before it ran.
+        Ok(Err(_)) if Instant::now() >= deadline => Err(ApiError::timeout()),
         Ok(Err(_)) => Err(ApiError::internal()),
         Err(_) => Err(ApiError::timeout()),
     }
