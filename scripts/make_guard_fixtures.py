@@ -2,7 +2,7 @@
 """Reference prompts of PSA-VLM's dynamic safety control, for every (level, type) the safety head can predict.
 
 Re-implements the reference inference logic (`models/condition.py` and `notebooks/inference.ipynb` of the authors'
-repository, as specified in psa-vlm.md section 8.1) in plain Python, with the 18 hint texts transcribed from the
+repository) in plain Python, with the 18 hint texts transcribed from the
 reference table, and writes `fixtures/guard/reference_prompts.json`. `tests/guard.rs` checks that psa-vlm's
 default policy with the `ref_inference` template produces these strings byte for byte.
 

@@ -13,7 +13,7 @@ Pinned versions (asserted at run time for torch, transformers, timm):
     python 3.11.7, torch 2.15.0 (+cu132 PyPI wheel, CPU only), transformers 5.23.0, timm 1.0.31,
     torchvision 0.29.2 (pulled in by timm, unused), safetensors 0.8.0, numpy 2.4.6
 
-Specification: /work/shared/spec/psa-vlm.md §2.3-2.10, §3, §5.3, §12; /work/shared/spec/assets.md §7.11.
+The fixtures are described in fixtures/README.md.
 
 What is built (all from public building blocks, NOT from the reference code):
   * base: the tiny LLaVA of fixtures/tiny_llava/hub_f32 (llava-hf hub key layout), loaded with transformers
@@ -81,7 +81,7 @@ ATTN_IMPL = mf.ATTN_IMPL
 
 SAFETY_PREFIXES = ("safety_query_tokens", "safe_mm_projector.", "safe_part.")
 
-# safety configuration (tiny_psa); psa-vlm.md §2.3 table keys + our explicit keys
+# safety configuration (tiny_psa); the reference's projector keys + our explicit keys
 TINY_CFG = {
     "num_safety_tokens": 8,
     "encoder_hidden_size": 64,     # CLIP width
@@ -95,7 +95,7 @@ TINY_CFG = {
     "num_types": 7,
     "se_ratio": 0.25,
 }
-# nested "safety" section aliases accepted by --verify-export (project names, psa-vlm.md §2.10)
+# nested "safety" section aliases accepted by --verify-export (project names)
 CFG_ALIASES = {
     "abstractor_num_queries": "num_queries", "abstractor_width": "hidden_size", "abstractor_depth": "depth",
     "abstractor_mlp_depth": "mlp_depth", "safety_dim": "output_hidden_size", "vision_hidden_size":
@@ -166,7 +166,7 @@ class CrossAttentionClassifier(nn.Module):
 
 
 class SafetyModules(nn.Module):
-    """The PSA safety modules; state_dict() keys are exactly the reference checkpoint names (psa-vlm.md §2.9)."""
+    """The PSA safety modules; state_dict() keys are exactly the reference checkpoint names."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -539,7 +539,7 @@ def make_variant(name, cfg, write_model_dir, same_llm_as=None):
     model = build_model(base_config, hub_base, cfg, safety_sd)
     timm_info = inspect_timm(model.safety)
 
-    # ---- timm vs spec (psa-vlm.md §2.3)
+    # ---- timm vs spec
     eps_set = sorted({v["eps"] for v in timm_info["norm_modules"].values()})
     checks.value("timm LayerNormAct2d eps (all norms)", eps_set, eps_set == [1e-5])
     se_ok = all(v["rd_channels"] == int(round((cfg["encoder_hidden_size"] if k.startswith("net.0.b1") else
@@ -749,7 +749,7 @@ def make_variant(name, cfg, write_model_dir, same_llm_as=None):
         "query_mode": ("safety.z / level_logits / type_logits: position0 (reference; row 0 = BOS with right "
                        "padding). *_mean_query: ONE query per sample = mean of text_embeds over query_mask. "
                        "*_mean_output: full-sequence query, MHA output rows averaged over query_mask "
-                       "(psa-vlm.md §12.2 text_mean). query_mask = attention_mask==1 & id!=<image> (BOS included)"),
+                       ". query_mask = attention_mask==1 & id!=<image> (BOS included)"),
         "pixel_values": ("image 0: c0 = sin(x/7)+0.25cos(y/3), c1 = cos((x+y)/11), c2 = (x-y)/56; image 1: "
                          "c0 = -sin(y/7)-0.25cos(x/3), c1 = -cos((x+y)/11), c2 = (x+y)/56-1 (x column, y row)"),
         "lm": ("lm.logits: llava(inputs_embeds=lm.inputs_embeds, attention_mask=merged.attention_mask, "

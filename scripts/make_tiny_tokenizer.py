@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the tiny LLaMA-layout BPE tokenizer used with the tiny LLaVA fixtures.
 
-See /work/shared/spec/assets.md section 2.2.
+Described in fixtures/README.md.
 
 Needs only the `tokenizers` PyPI package (no torch):
 

@@ -1,10 +1,10 @@
-//! Safety-module configuration (psa-vlm.md §2.10): every width comes from the base model, nothing is
+//! Safety-module configuration: every width comes from the base model, nothing is
 //! hard-coded to 4096, so 7B (4096) and 13B (5120) models both work.
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
 
-/// How the safety head turns the attention output into one classification feature (psa-vlm.md §12.2).
+/// How the safety head turns the attention output into one classification feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueryMode {

@@ -1,5 +1,5 @@
 //! The safety head (`safe_part`): PyTorch `nn.MultiheadAttention` with packed `in_proj_weight`, then a risk-level
-//! and a risk-type classifier on one pooled feature (psa-vlm.md §2.5, §12.2).
+//! and a risk-type classifier on one pooled feature.
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::module::attention;

@@ -1,4 +1,4 @@
-//! The reference initialisation of new safety parameters (psa-vlm.md §2.8): Linear and Conv weights N(0, 0.02)
+//! The reference initialisation of new safety parameters: Linear and Conv weights N(0, 0.02)
 //! with zero biases, channel norms at 1/0, the packed MHA projection Xavier-uniform, tokens N(0, 0.02).
 use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};

@@ -1,4 +1,4 @@
-//! The concept loss: `λ·(CE_level + CE_type)`, each a batch-mean softmax cross-entropy (psa-vlm.md §3.3).
+//! The concept loss: `λ·(CE_level + CE_type)`, each a batch-mean softmax cross-entropy.
 use burn::tensor::{Int, Tensor, TensorData, activation};
 
 use crate::head::ConceptLogits;

@@ -1,4 +1,4 @@
-//! The PSA safety modules together, under the reference checkpoint's top-level names (psa-vlm.md §2.4–2.7).
+//! The PSA safety modules together, under the reference checkpoint's top-level names.
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 

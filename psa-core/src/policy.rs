@@ -1,4 +1,4 @@
-//! Dynamic safety control (psa-vlm.md §8–§9): a policy turns the safety head's assessment into an action —
+//! Dynamic safety control: a policy turns the safety head's assessment into an action —
 //! answer without a hint, answer with a safety hint, or refuse without running the LLM — and records which rule
 //! decided. [`SafetyPolicy::default`] is the reference behaviour: argmax level and type; the safe level or the safe
 //! type → no hint; otherwise the taxonomy's (level, type) hint.

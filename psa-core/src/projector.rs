@@ -1,4 +1,4 @@
-//! The safety projector: HoneyBee's C-Abstractor with timm RegNet semantics (psa-vlm.md §2.3).
+//! The safety projector: HoneyBee's C-Abstractor with timm RegNet semantics.
 //!
 //! `s1` RegStage (vision width → abstractor width) → adaptive average pool to the query grid → `s2` RegStage →
 //! readout MLP (Linear, SiLU, Linear, …). Each RegStage holds `depth` timm `Bottleneck`s: 1×1 conv → channel

@@ -1,4 +1,4 @@
-//! The safety taxonomy: risk levels, risk types and the hint text for each (level, type) (psa-vlm.md §7, §8.3).
+//! The safety taxonomy: risk levels, risk types and the hint text for each (level, type).
 //!
 //! Loadable from JSON or TOML; [`Taxonomy::default`] reproduces the paper: 4 levels, 7 types, 18 hints verbatim.
 use std::path::Path;

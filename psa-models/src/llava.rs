@@ -1,5 +1,5 @@
 //! LLaVA composition (`LlavaForConditionalGeneration`): vision tower → feature selection → projector, spliced
-//! into the LLaMA token embeddings at the `<image>` positions (psa-vlm.md §2.1, §2.6).
+//! into the LLaMA token embeddings at the `<image>` positions.
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};

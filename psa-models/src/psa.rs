@@ -1,4 +1,4 @@
-//! The PSA-VLM model (psa-vlm.md §2.7): LLaVA plus the safety modules. A classify-only path that never runs the
+//! The PSA-VLM model: LLaVA plus the safety modules. A classify-only path that never runs the
 //! LLM, and the full forward with `[S2 ; projected image tokens]` spliced in at each `<image>` position.
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};

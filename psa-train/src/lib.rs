@@ -1,4 +1,4 @@
-//! PSA-VLM progressive two-stage training (psa-vlm.md §4): data (JSONL, images, balancing), tokenisation with
+//! PSA-VLM progressive two-stage training: data (JSONL, images, balancing), tokenisation with
 //! correct LLaVA masking, paper recipes, the shared optimisation loop for stage I (safety modules) and stage II
 //! (activation-side LoRA), a frozen-encoder feature cache, atomic checkpoints with exact resume, and whole runs
 //! from a TOML/JSON configuration with progress, metrics and a loss curve; and evaluation of a trained guard on

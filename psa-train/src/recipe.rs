@@ -1,4 +1,4 @@
-//! Training recipes (psa-vlm.md §4.3): the paper's hyper-parameters as presets, every field overridable.
+//! Training recipes: the paper's hyper-parameters as presets, every field overridable.
 use serde::{Deserialize, Serialize};
 
 /// Optimisation settings of one stage.

@@ -1,4 +1,4 @@
-//! The two stages (psa-vlm.md §4). Stage I: everything frozen except the two safety-token sets, the safety
+//! The two stages. Stage I: everything frozen except the two safety-token sets, the safety
 //! projector and the safety head; loss `L_LLM + λ·(CE_level + CE_type)`. Stage II: LoRA on the LLM's linear
 //! layers, everything else frozen (safety modules too, by default); loss `L_LLM`. The frozen vision tower's
 //! features are computed once per image and reused across epochs.

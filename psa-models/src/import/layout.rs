@@ -1,4 +1,4 @@
-//! Normalising checkpoint key spellings to the names our modules use (assets.md §6).
+//! Normalising checkpoint key spellings to the names our modules use.
 //!
 //! `None` means the tensor is a known buffer or an unused part of a larger checkpoint and is skipped silently.
 
@@ -52,7 +52,7 @@ fn peft_prefix(layout: Layout) -> &'static str {
 const SAFETY_PREFIXES: [&str; 4] =
     ["safety_query_tokens.", "safety_query_tokens_2.", "safe_mm_projector.", "safe_part."];
 
-/// Whether a checkpoint key belongs to the PSA safety modules (reference naming, psa-vlm.md §2.9).
+/// Whether a checkpoint key belongs to the PSA safety modules (reference naming).
 pub fn is_safety_key(key: &str) -> bool {
     key == "safety_query_tokens" || key == "safety_query_tokens_2" || SAFETY_PREFIXES.iter().any(|p| key.starts_with(p))
 }

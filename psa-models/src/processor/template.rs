@@ -1,5 +1,5 @@
 //! Conversation templates: `llava_v1` (Vicuna v1, LLaVA-1.5's own), `llava_llama_2` (the PSA-VLM reference
-//! training template, psa-vlm.md §5.1), `ref_inference` (the reference's inference strings, §8.1, for parity runs)
+//! training template), `ref_inference` (the reference's inference strings, for parity runs)
 //! and `chatml` (SmolLM2 and others). The same template must be used for training and inference.
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +55,7 @@ pub enum Template {
         /// System prompt.
         system: String,
     },
-    /// The reference inference layout (psa-vlm.md §8.1): `SYSTEM<image>\n USER: q \nASSISTANT:`, the system text
+    /// The reference inference layout: `SYSTEM<image>\n USER: q \nASSISTANT:`, the system text
     /// joined with no separator; with a hint `SYSTEM<image>\n \n USER: q  \n Safe Hint: h \n ASSISTANT:  `.
     RefInference {
         /// System prompt.

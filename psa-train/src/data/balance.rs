@@ -1,4 +1,4 @@
-//! Stage-I balancing (psa-vlm.md §4.4): keep every risky sample and a seeded sample of `n` clean ones, in file
+//! Stage-I balancing: keep every risky sample and a seeded sample of `n` clean ones, in file
 //! order.
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -1,4 +1,4 @@
-//! Loading a sample's image: one file, or a `<split>` pair pasted side by side (psa-vlm.md §2.2). A missing or
+//! Loading a sample's image: one file, or a `<split>` pair pasted side by side. A missing or
 //! undecodable image is an error; never a silent zero image.
 use image::{DynamicImage, RgbImage, imageops};
 use psa_models::processor::load_image;

@@ -1,4 +1,4 @@
-//! Label files in JSON Lines (psa-vlm.md §6.1): the reference LLaVA schema (`safe_type`, `safe_level`, `image`,
+//! Label files in JSON Lines: the reference LLaVA schema (`safe_type`, `safe_level`, `image`,
 //! `conversations: [{from, value}]` with roles USER/ASSISTANT or human/gpt) and the TRL schema (`messages:
 //! [{role, content}]`, `images`). Every error names the file and the line.
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Supervised fine-tuning tokenisation with LLaVA masking (psa-vlm.md §5.3): the whole conversation is the input;
+//! Supervised fine-tuning tokenisation with LLaVA masking: the whole conversation is the input;
 //! labels are −100 everywhere except the assistant answers and their end-of-turn marker (EOS); right padding.
 use psa_models::PaddingMask;
 use psa_models::loss::IGNORE_INDEX;
