@@ -25,7 +25,7 @@ use psa_vlm::models::import::onnx::load_dinov2_onnx;
 use psa_vlm::models::import::{LoadOptions, LoadReport, ModelDirParts, save_psa};
 use psa_vlm::models::processor::{ImageProcessorConfig, Template, load_image};
 use psa_vlm::models::vision::{Dinov2Config, VisionConfig, VisionTower};
-use psa_vlm::models::{GuardRequest, GuardedPipeline};
+use psa_vlm::models::{GuardRequest, GuardedPipeline, HostWeights};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::demo::{
     BENIGN_INSTRUCTIONS, DemoOptions, DemoReport, DemoSources, GROUPS, OodSources, build_demo_dataset, folder_photos,
@@ -213,7 +213,8 @@ fn main() -> Result<()> {
 
     println!("[5/7] calibration on the validation split, model directory");
     let plain = device.clone().without_autodiff();
-    let pipeline = GuardedPipeline::new(model.valid(), config, LoadReport::default(), text, images, template, &plain)?;
+    let pipeline = GuardedPipeline::new(model.valid(), config, LoadReport::default(), text, images, template, &plain)?
+        .with_host_decoder(Some(HostWeights::F32))?;
     let read = |name: &str| -> Result<Vec<psa_vlm::train::eval::EvalItem>> {
         Ok(read_benchmark(Format::Jsonl, &split(name)?, &ReadOptions::default())?.items)
     };

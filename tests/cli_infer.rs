@@ -55,6 +55,16 @@ fn classify_and_generate_print_json() {
     assert_eq!((plain["guarded"].as_bool(), plain["decision"].is_null()), (Some(false), true));
     assert_eq!(plain["prompt"], "USER: <image>\nWhat is this? ASSISTANT:");
 
+    // `--decode auto` ran the host decoder on this CPU device; the device's own decode gives the same answer, and
+    // the Q8_0 host decoder answers too.
+    let ask = ["generate", "--image", image, "--question", "What is this?", "--max-new-tokens", "4"];
+    let on_device = json_out(&psa(&dir, &[&ask[..], &["--decode", "device"]].concat()));
+    assert_eq!(on_device["answer"], guarded["answer"]);
+    let q8 = json_out(&psa(&dir, &[&ask[..], &["--decode", "host-q8_0"]].concat()));
+    assert_eq!(q8["completion_tokens"], 4);
+    let out = psa(&dir, &[&ask[..], &["--decode", "q4"]].concat());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("host-q8_0"));
+
     let out = psa(&dir, &["classify", "--image", dir.join("missing.png").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("missing.png"), "{err}");

@@ -163,6 +163,9 @@ pub enum ModelError {
     /// Inputs with inconsistent shapes.
     #[error("invalid input: {0}")]
     Input(String),
+    /// The host decoder cannot hold this model.
+    #[error("host decoder: {0}")]
+    HostDecoder(String),
     /// The sequence would exceed the model's position limit.
     #[error("sequence length {actual} exceeds max_position_embeddings {max}")]
     TooLong {

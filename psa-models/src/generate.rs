@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
-use crate::llama::{KvCache, LlamaForCausalLM, PaddingMask};
+use crate::llama::{HostDecoder, KvCache, LlamaForCausalLM, PaddingMask};
 
 /// Sampling and stopping settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +69,18 @@ pub struct Generation {
 pub fn generate(
     lm: &LlamaForCausalLM,
     inputs_embeds: Tensor<3>,
+    mask: PaddingMask,
+    cfg: &GenerationConfig,
+    max_positions: usize,
+) -> Result<Generation, ModelError> {
+    generate_with(lm, None, inputs_embeds, mask, cfg, max_positions)
+}
+
+/// [`generate`], with the decode steps on `host` when given (the prefill always runs on `lm`'s device).
+pub fn generate_with(
+    lm: &LlamaForCausalLM,
+    host: Option<&HostDecoder>,
+    inputs_embeds: Tensor<3>,
     mut mask: PaddingMask,
     cfg: &GenerationConfig,
     max_positions: usize,
@@ -87,20 +99,22 @@ pub fn generate(
     let hidden = lm.model.forward(inputs_embeds, &mask, Some(&mut cache), false).last_hidden_state;
     let last: Vec<Tensor<3>> =
         mask.last_real().iter().enumerate().map(|(r, &p)| hidden.clone().slice([r..r + 1, p..p + 1, 0..d])).collect();
-    let mut logits = lm.logits(Tensor::cat(last, 0));
+    let to_host = |t: Tensor<3>| -> Result<Vec<f32>, ModelError> {
+        t.into_data().convert::<f32>().try_to_vec().map_err(|e| ModelError::Input(format!("{e:?}")))
+    };
+    let mut logits = to_host(lm.logits(Tensor::cat(last, 0)))?;
+    let mut host_cache = host.map(|h| h.cache_from(&cache, cfg.max_new_tokens)).transpose()?;
     let mut out = Generation { tokens: vec![Vec::new(); b], finish: vec![FinishReason::Length; b] };
     let mut done = vec![false; b];
     for step in 0..cfg.max_new_tokens {
-        let host: Vec<f32> =
-            logits.into_data().convert::<f32>().try_to_vec().map_err(|e| ModelError::Input(format!("{e:?}")))?;
-        let vocab = host.len() / b;
+        let vocab = logits.len() / b;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             if done[r] {
                 next.push(cfg.pad_token_id);
                 continue;
             }
-            let id = sample(&host[r * vocab..(r + 1) * vocab], cfg, &mut rng);
+            let id = sample(&logits[r * vocab..(r + 1) * vocab], cfg, &mut rng);
             out.tokens[r].push(id);
             if cfg.eos_token_ids.contains(&id) || cfg.stop_token_ids.contains(&id) {
                 done[r] = true;
@@ -112,9 +126,14 @@ pub fn generate(
             break;
         }
         mask.extend(1);
-        let embeds = lm.model.embed(&next.iter().map(|&id| vec![id]).collect::<Vec<_>>(), &device);
-        let h = lm.model.forward(embeds, &mask, Some(&mut cache), false).last_hidden_state;
-        logits = lm.logits(h);
+        logits = match (host, host_cache.as_mut()) {
+            (Some(h), Some(c)) => h.step(&next, &mask, c)?,
+            _ => {
+                let embeds = lm.model.embed(&next.iter().map(|&id| vec![id]).collect::<Vec<_>>(), &device);
+                let h = lm.model.forward(embeds, &mask, Some(&mut cache), false).last_hidden_state;
+                to_host(lm.logits(h))?
+            }
+        };
     }
     Ok(out)
 }

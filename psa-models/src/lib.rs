@@ -20,8 +20,8 @@ pub mod vision;
 
 pub use config::{LlavaConfig, SelectStrategy};
 pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError};
-pub use generate::{FinishReason, Generation, GenerationConfig, generate};
+pub use generate::{FinishReason, Generation, GenerationConfig, generate, generate_with};
 pub use guard::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, LogitRows, Timings, Verdict};
-pub use llama::{KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
+pub use llama::{HostDecoder, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
 pub use psa::{ConceptLabels, PsaConfig, PsaOutput, PsaVlm};

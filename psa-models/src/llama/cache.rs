@@ -28,6 +28,11 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| *l = None);
     }
 
+    /// Keys and values of `layer`, `[batch, kv_heads, len, head_dim]` each, when any are cached.
+    pub fn layer(&self, layer: usize) -> Option<&(Tensor<4>, Tensor<4>)> {
+        self.layers.get(layer).and_then(Option::as_ref)
+    }
+
     /// Appends new keys and values for `layer` and returns the full ones.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.layers[layer].take() {

@@ -2,6 +2,7 @@
 //! RoPE, grouped-query attention, SwiGLU MLP, tied or untied `lm_head`, padding masks and a KV cache.
 mod cache;
 mod config;
+pub mod host;
 mod mask;
 pub mod rope;
 
@@ -12,6 +13,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 pub use cache::KvCache;
 pub use config::{LlamaConfig, TokenIds};
+pub use host::{HostCache, HostDecoder, HostWeights};
 pub use mask::PaddingMask;
 use rope::Rope;
 

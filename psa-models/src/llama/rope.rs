@@ -17,6 +17,11 @@ impl Rope {
         Self { inv_freq }
     }
 
+    /// The inverse frequencies, one per rotated pair.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// `cos` and `sin` tables `[batch, 1, seq, head_dim]` for the given position ids.
     pub fn tables(&self, positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
         let half = self.inv_freq.len();

@@ -7,7 +7,7 @@ use psa_vlm::core::{SafetyPolicy, Taxonomy};
 use psa_vlm::device::parse_device;
 use psa_vlm::models::import::saved_template;
 use psa_vlm::models::processor::{Template, load_image};
-use psa_vlm::models::{GuardRequest, GuardedPipeline};
+use psa_vlm::models::{GuardRequest, GuardedPipeline, HostWeights};
 
 /// Where the model, its tokenizer, taxonomy and policy come from.
 #[derive(Args, Debug)]
@@ -31,6 +31,37 @@ pub struct ModelArgs {
     /// Device: cpu, ndarray, wgpu, vulkan, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Where generation's decode steps run: `auto` (the host decoder in f32 on a CPU device, else the device),
+    /// `device`, `host-f32`, or `host-q8_0` (8-bit weights: a quarter of the memory, faster, logits move slightly).
+    #[arg(long, value_enum, default_value_t = Decode::Auto)]
+    pub decode: Decode,
+}
+
+/// `--decode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decode {
+    /// Host decoder in f32 on CPU devices, else the device.
+    Auto,
+    /// The model's device.
+    Device,
+    /// Host decoder, f32 weights.
+    HostF32,
+    /// Host decoder, Q8_0 weights.
+    #[value(name = "host-q8_0")]
+    HostQ8_0,
+}
+
+impl Decode {
+    /// The host decoder's weights, or `None` for the device, given the device string.
+    pub fn host_weights(self, device: &str) -> Option<HostWeights> {
+        let cpu = matches!(device.trim().to_ascii_lowercase().as_str(), "cpu" | "flex" | "ndarray");
+        match self {
+            Self::Auto if cpu => Some(HostWeights::F32),
+            Self::Auto | Self::Device => None,
+            Self::HostF32 => Some(HostWeights::F32),
+            Self::HostQ8_0 => Some(HostWeights::Q8_0),
+        }
+    }
 }
 
 impl ModelArgs {
@@ -50,6 +81,11 @@ impl ModelArgs {
             p = p.with_policy(policy)?;
         }
         Ok(p)
+    }
+
+    /// [`load`](Self::load), with the decode engine `--decode` asks for (commands that generate).
+    pub fn load_generating(&self) -> Result<GuardedPipeline> {
+        Ok(self.load()?.with_host_decoder(self.decode.host_weights(&self.device))?)
     }
 }
 

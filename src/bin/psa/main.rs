@@ -203,12 +203,12 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&verdict[0])?);
         }
         Command::Generate { model, ask, no_guard, max_new_tokens } => {
-            let p = model.load()?;
+            let p = model.load_generating()?;
             let answer = p.respond(&[ask.request()?], &p.generation_config(max_new_tokens), !no_guard)?;
             println!("{}", serde_json::to_string_pretty(&answer[0])?);
         }
         Command::Batch { model, input, output, image_root, batch_size, skip_bad, no_guard, max_new_tokens, quiet } => {
-            let p = model.load()?;
+            let p = model.load_generating()?;
             let image_root = image_root.unwrap_or_else(|| input.parent().map(PathBuf::from).unwrap_or_default());
             let opts = BatchOptions {
                 batch_size,
@@ -268,7 +268,7 @@ fn main() -> Result<()> {
                 request_timeout: std::time::Duration::from_secs(request_timeout_secs),
                 ..defaults
             };
-            let p = model.load()?;
+            let p = model.load_generating()?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;

@@ -1,0 +1,186 @@
+//! The quickstart model against PyTorch on the same CPU: f32 GEMM, classify, LLM prefill, greedy decode and one
+//! stage-I optimizer step. `scripts/bench_vs_pytorch.py` runs the same workloads on the same inputs in PyTorch +
+//! transformers; the book's benchmark chapter puts both side by side.
+//!
+//! Needs the quickstart model (`cargo run --release --example quickstart`, or `PSA_BENCH_MODEL=DIR`).
+//! `cargo bench --bench vs_pytorch` (flex); `--features wgpu` adds the wgpu rows.
+#[path = "common/inputs.rs"]
+mod inputs;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
+use psa_vlm::models::generate::argmax;
+use psa_vlm::models::import::{LoadOptions, load_psa};
+use psa_vlm::models::{HostDecoder, HostWeights, KvCache, PaddingMask, PsaVlm};
+use psa_vlm::train::Recipe;
+use psa_vlm::train::data::Encoded;
+use psa_vlm::train::trainer::{Prepared, RunOptions, Stage, train};
+
+/// Decode steps timed after each prefill.
+const DECODE_STEPS: usize = 32;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("PSA_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runs/quickstart/model"))
+}
+
+fn devices() -> Vec<(&'static str, Device)> {
+    let flex = ("flex", Device::flex());
+    #[cfg(feature = "wgpu")]
+    return vec![flex, ("wgpu", psa_vlm::device::parse_device("wgpu").expect("wgpu device"))];
+    #[cfg(not(feature = "wgpu"))]
+    vec![flex]
+}
+
+/// Logits of the last position after a cached prefill of `ids`, and the cache.
+fn prefill(model: &PsaVlm, ids: &[u32], device: &Device) -> (Vec<f32>, KvCache) {
+    let lm = &model.llava.language_model;
+    let embeds = lm.model.embed(&[ids.to_vec()], device);
+    let mut cache = KvCache::new(lm.num_layers());
+    let mask = PaddingMask::full(1, ids.len());
+    let hidden = lm.model.forward(embeds, &mask, Some(&mut cache), false).last_hidden_state;
+    let [_, t, d] = hidden.dims();
+    let logits = lm.logits(hidden.slice([0..1, t - 1..t, 0..d]));
+    (logits.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits"), cache)
+}
+
+/// [`DECODE_STEPS`] greedy decode steps (one new token each) after a prefill of `prompt` positions, on the tensor
+/// backend or on `host`; returns the tokens, the prefill's first included.
+fn decode(
+    model: &PsaVlm,
+    (first, cache): (&[f32], &mut KvCache),
+    prompt: usize,
+    host: Option<&HostDecoder>,
+    device: &Device,
+) -> Vec<u32> {
+    let lm = &model.llava.language_model;
+    let mut host_cache = host.map(|h| h.cache_from(cache, DECODE_STEPS).expect("host cache"));
+    let mut mask = PaddingMask::full(1, prompt);
+    let mut next = argmax(first);
+    let mut tokens = vec![next];
+    for _ in 0..DECODE_STEPS {
+        mask.extend(1);
+        let logits = match (host, host_cache.as_mut()) {
+            (Some(h), Some(c)) => h.step(&[next], &mask, c).expect("host step"),
+            _ => {
+                let embeds = lm.model.embed(&[vec![next]], device);
+                let hidden = lm.model.forward(embeds, &mask, Some(cache), false).last_hidden_state;
+                lm.logits(hidden).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits")
+            }
+        };
+        next = argmax(&logits);
+        tokens.push(next);
+    }
+    tokens
+}
+
+fn stage1_batch(model: &PsaVlm, device: &Device) -> Vec<Prepared> {
+    let image = model.llava.image_token_index();
+    (0..inputs::STAGE1_BATCH)
+        .map(|row| {
+            let ids = inputs::stage1_ids(row, image);
+            let labels = ids.iter().map(|&i| if i == image { -100 } else { i as i64 }).collect();
+            Prepared {
+                features: Tensor::from_data(inputs::stage1_features(row), device),
+                encoded: Encoded { input_ids: ids, labels, truncated: false },
+                level: row % 4,
+                risk_type: row % 7,
+            }
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = model_dir();
+    if !dir.join("config.json").is_file() {
+        eprintln!("vs_pytorch: no model at {} (run the quickstart or set PSA_BENCH_MODEL)", dir.display());
+        return;
+    }
+    for (name, device) in devices() {
+        let mut group = c.benchmark_group(format!("{name}/gemm"));
+        group.sample_size(10);
+        for n in [1024usize, 2048] {
+            let a = Tensor::<2>::random([n, n], Distribution::Default, &device);
+            let b = Tensor::<2>::random([n, n], Distribution::Default, &device);
+            group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+                bench.iter(|| a.clone().matmul(b.clone()).into_data())
+            });
+        }
+        group.finish();
+
+        let (model, _, _) = load_psa(&dir, &device, &LoadOptions::default()).expect("quickstart model");
+        let image = model.llava.image_token_index();
+        let mut group = c.benchmark_group(format!("{name}/classify"));
+        group.sample_size(10);
+        for batch in [1usize, 8] {
+            let pixels = Tensor::<4>::from_data(inputs::pixels(batch), &device);
+            let ids = vec![inputs::classify_ids(image); batch];
+            group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
+                bench.iter(|| model.classify(pixels.clone(), &ids, None).expect("classify").level.into_data())
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("{name}/prefill"));
+        group.sample_size(10);
+        for len in [80usize, 320] {
+            let ids = inputs::prompt_ids(len);
+            group.bench_with_input(BenchmarkId::from_parameter(len), &len, |bench, _| {
+                bench.iter(|| prefill(&model, &ids, &device).0)
+            });
+        }
+        group.finish();
+
+        let hosts = [
+            ("", None),
+            ("-host-f32", Some(HostDecoder::new(&model.llava.language_model, HostWeights::F32).expect("host"))),
+            ("-host-q8_0", Some(HostDecoder::new(&model.llava.language_model, HostWeights::Q8_0).expect("host"))),
+        ];
+        for (suffix, host) in &hosts {
+            let mut group = c.benchmark_group(format!("{name}/decode-{DECODE_STEPS}{suffix}"));
+            group.sample_size(10).measurement_time(Duration::from_secs(20));
+            for len in [80usize, 320] {
+                let ids = inputs::prompt_ids(len);
+                let (first, mut cache) = prefill(&model, &ids, &device);
+                let tokens = decode(&model, (&first, &mut cache), len, host.as_ref(), &device);
+                eprintln!("{name}/decode{suffix} after {len}: greedy tokens {:?}", &tokens[..12]);
+                group.bench_with_input(BenchmarkId::from_parameter(len), &len, |bench, _| {
+                    bench.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let (first, mut cache) = prefill(&model, &ids, &device);
+                            let start = Instant::now();
+                            std::hint::black_box(decode(&model, (&first, &mut cache), len, host.as_ref(), &device));
+                            total += start.elapsed();
+                        }
+                        total
+                    })
+                });
+            }
+            group.finish();
+        }
+
+        let ad = device.clone().autodiff();
+        let (train_model, _, _) = load_psa(&dir, &ad, &LoadOptions::default()).expect("quickstart model");
+        let data = stage1_batch(&train_model, &ad);
+        let recipe =
+            Recipe { epochs: 1, batch_size: inputs::STAGE1_BATCH, grad_accum: 1, lm_loss: true, ..Recipe::stage1() };
+        let mut group = c.benchmark_group(format!("{name}/stage1-step"));
+        group.sample_size(10).measurement_time(Duration::from_secs(30));
+        group.bench_function(BenchmarkId::from_parameter(inputs::STAGE1_BATCH), |bench| {
+            bench.iter(|| {
+                train(train_model.clone(), &Stage::One, &data, &recipe, 2, &RunOptions::default(), |_| {})
+                    .expect("step")
+                    .1
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

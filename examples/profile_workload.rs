@@ -1,0 +1,102 @@
+//! Runs one workload of `benches/vs_pytorch.rs` in a loop for a profiler, with nothing else in the process
+//! after the model load:
+//!
+//! ```sh
+//! cargo build --release --example profile_workload
+//! perf record -F 499 -g target/release/examples/profile_workload classify-1 30
+//! ```
+//!
+//! Workloads: `classify-1`, `classify-8`, `prefill-80`, `prefill-320`, `decode-80` (tensor path), `decode-80-host`,
+//! `stage1`. The second argument is the number of seconds to loop (default 20). Model: `PSA_BENCH_MODEL` or the
+//! quickstart's.
+#[path = "../benches/common/inputs.rs"]
+mod inputs;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use psa_vlm::burn::tensor::{Device, Tensor};
+use psa_vlm::models::import::{LoadOptions, load_psa};
+use psa_vlm::models::{GenerationConfig, HostDecoder, HostWeights, PaddingMask, PsaVlm, generate_with};
+use psa_vlm::train::Recipe;
+use psa_vlm::train::data::Encoded;
+use psa_vlm::train::trainer::{Prepared, RunOptions, Stage, train};
+
+/// One run of the workload on the model.
+type Workload = Box<dyn FnMut(&PsaVlm) -> anyhow::Result<()>>;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let workload = args.first().context("usage: profile_workload WORKLOAD [SECONDS]")?.clone();
+    let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let dir = std::env::var_os("PSA_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runs/quickstart/model"));
+    let train_mode = workload == "stage1";
+    let device = if train_mode { Device::flex().autodiff() } else { Device::flex() };
+    let (model, _, _) = load_psa(&dir, &device, &LoadOptions::default())?;
+    let image = model.llava.image_token_index();
+    let mut run: Workload = match workload.as_str() {
+        "classify-1" | "classify-8" => {
+            let b = if workload.ends_with('8') { 8 } else { 1 };
+            let pixels = Tensor::<4>::from_data(inputs::pixels(b), &device);
+            let ids = vec![inputs::classify_ids(image); b];
+            Box::new(move |m| {
+                m.classify(pixels.clone(), &ids, None)?.level.into_data();
+                Ok(())
+            })
+        }
+        "prefill-80" | "prefill-320" | "decode-80" | "decode-80-host" => {
+            let len = if workload.contains("320") { 320 } else { 80 };
+            let steps = if workload.starts_with("decode") { 33 } else { 1 };
+            let host = workload
+                .ends_with("host")
+                .then(|| HostDecoder::new(&model.llava.language_model, HostWeights::F32))
+                .transpose()?;
+            let ids = inputs::prompt_ids(len);
+            let cfg = GenerationConfig { max_new_tokens: steps, ..Default::default() };
+            let device = device.clone();
+            Box::new(move |m| {
+                let lm = &m.llava.language_model;
+                let embeds = lm.model.embed(std::slice::from_ref(&ids), &device);
+                generate_with(lm, host.as_ref(), embeds, PaddingMask::full(1, len), &cfg, 8192)?;
+                Ok(())
+            })
+        }
+        "stage1" => {
+            let data: Vec<Prepared> = (0..inputs::STAGE1_BATCH)
+                .map(|row| {
+                    let ids = inputs::stage1_ids(row, image);
+                    let labels = ids.iter().map(|&i| if i == image { -100 } else { i as i64 }).collect();
+                    Prepared {
+                        features: Tensor::from_data(inputs::stage1_features(row), &device),
+                        encoded: Encoded { input_ids: ids, labels, truncated: false },
+                        level: row % 4,
+                        risk_type: row % 7,
+                    }
+                })
+                .collect();
+            let recipe = Recipe {
+                epochs: 1,
+                batch_size: inputs::STAGE1_BATCH,
+                grad_accum: 1,
+                lm_loss: true,
+                ..Recipe::stage1()
+            };
+            Box::new(move |m| {
+                train(m.clone(), &Stage::One, &data, &recipe, 2, &RunOptions::default(), |_| {})?;
+                Ok(())
+            })
+        }
+        other => bail!("unknown workload {other:?}"),
+    };
+    let (start, mut n) = (Instant::now(), 0);
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let t = Instant::now();
+        run(&model)?;
+        n += 1;
+        eprintln!("{workload} #{n}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(())
+}

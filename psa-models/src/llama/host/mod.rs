@@ -1,0 +1,348 @@
+//! A CPU engine for the decode steps of generation: the LLaMA decoder's weights copied to host memory (f32, or
+//! quantised to ggml's Q8_0), a preallocated key/value cache, and multi-threaded matrix-vector kernels.
+//!
+//! One decode step multiplies every weight by a single activation row per sequence. Tensor backends run that as a
+//! matrix product too small to split over threads, so the step is bound by one core; here the output rows of each
+//! projection are spread over all threads, keys and values are written in place, and grouped-query heads read
+//! their shared key/value head without copying it. Prefill (many rows at once) stays on the tensor backend, whose
+//! matrix products are fast there; its cache is copied into the host cache once.
+mod kernels;
+
+use burn::nn::{Linear, RmsNorm};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use kernels::HostMatrix;
+
+use super::{KvCache, LlamaForCausalLM, PaddingMask};
+use crate::error::ModelError;
+
+/// How the host decoder stores the LLM's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostWeights {
+    /// The model's f32 values.
+    #[default]
+    F32,
+    /// ggml Q8_0 blocks (about a quarter of the f32 bytes); a matrix whose rows are not whole 32-element blocks
+    /// stays in f32.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl std::str::FromStr for HostWeights {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            other => Err(format!("unknown host weight format {other:?} (f32 or q8_0)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Projection {
+    weight: HostMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+struct HostLayer {
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+}
+
+/// The decoder on the host, for decode steps.
+#[derive(Debug, Clone)]
+pub struct HostDecoder {
+    layers: Vec<HostLayer>,
+    embed: HostMatrix,
+    lm_head: Option<HostMatrix>,
+    norm: Vec<f32>,
+    eps: f32,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inv_freq: Vec<f32>,
+    format: HostWeights,
+}
+
+/// Keys and values per layer, `[batch, kv_heads, capacity, head_dim]`, filled up to `len`.
+#[derive(Debug, Clone)]
+pub struct HostCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    batch: usize,
+    capacity: usize,
+    len: usize,
+}
+
+impl HostCache {
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))
+}
+
+fn matrix(linear: &Linear, format: HostWeights) -> Result<Projection, ModelError> {
+    // Burn keeps `[in, out]`; rows of `[out, in]` make each output one contiguous dot product.
+    let [d_in, d_out] = linear.weight.dims();
+    let data = host_vec(linear.weight.val().transpose())?;
+    let weight = host_matrix(d_out, d_in, data, format)?;
+    let bias = linear.bias.as_ref().map(|b| host_vec(b.val())).transpose()?;
+    Ok(Projection { weight, bias })
+}
+
+/// Q8_0 needs rows of whole 32-element blocks; a matrix whose rows are not stays in f32 (as llama.cpp does).
+fn host_matrix(rows: usize, cols: usize, data: Vec<f32>, format: HostWeights) -> Result<HostMatrix, ModelError> {
+    match format {
+        HostWeights::Q8_0 if cols.is_multiple_of(kernels::Q8_BLOCK) => {
+            HostMatrix::q8_0(rows, cols, &data).map_err(ModelError::HostDecoder)
+        }
+        _ => Ok(HostMatrix::f32(rows, cols, data)),
+    }
+}
+
+fn norm(n: &RmsNorm) -> Result<Vec<f32>, ModelError> {
+    host_vec(n.gamma.val())
+}
+
+impl HostDecoder {
+    /// Copies the decoder's weights to the host in `format`. Adapters must be merged first
+    /// ([`LlamaForCausalLM::merge_lora`]).
+    pub fn new(lm: &LlamaForCausalLM, format: HostWeights) -> Result<Self, ModelError> {
+        let model = &lm.model;
+        let first = model.layers.first().ok_or_else(|| ModelError::HostDecoder("the model has no layers".into()))?;
+        let a = &first.self_attn;
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for layer in &model.layers {
+            let (at, m) = (&layer.self_attn, &layer.mlp);
+            let adapters = [&at.q_proj_lora, &at.k_proj_lora, &at.v_proj_lora, &at.o_proj_lora].into_iter().chain([
+                &m.gate_proj_lora,
+                &m.up_proj_lora,
+                &m.down_proj_lora,
+            ]);
+            if adapters.into_iter().any(Option::is_some) {
+                return Err(ModelError::HostDecoder("merge the LoRA adapters into the weights first".into()));
+            }
+            layers.push(HostLayer {
+                q: matrix(&at.q_proj, format)?,
+                k: matrix(&at.k_proj, format)?,
+                v: matrix(&at.v_proj, format)?,
+                o: matrix(&at.o_proj, format)?,
+                gate: matrix(&m.gate_proj, format)?,
+                up: matrix(&m.up_proj, format)?,
+                down: matrix(&m.down_proj, format)?,
+                input_norm: norm(&layer.input_layernorm)?,
+                post_norm: norm(&layer.post_attention_layernorm)?,
+            });
+        }
+        let [vocab, d] = model.embed_tokens.weight.dims();
+        let table = host_vec(model.embed_tokens.weight.val())?;
+        let embed = host_matrix(vocab, d, table, format)?;
+        let lm_head = lm.lm_head.as_ref().map(|h| matrix(h, format).map(|p| p.weight)).transpose()?;
+        Ok(Self {
+            layers,
+            embed,
+            lm_head,
+            norm: norm(&model.norm)?,
+            eps: model.norm.epsilon as f32,
+            heads: a.num_heads,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+            inv_freq: super::rope::Rope::new(model.head_dim, model.rope_theta).inv_freq().to_vec(),
+            format,
+        })
+    }
+
+    /// The weight format.
+    pub fn format(&self) -> HostWeights {
+        self.format
+    }
+
+    /// Bytes of weights held.
+    pub fn weight_bytes(&self) -> usize {
+        let p = |p: &Projection| p.weight.bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| p(&l.q) + p(&l.k) + p(&l.v) + p(&l.o) + p(&l.gate) + p(&l.up) + p(&l.down))
+            .sum();
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, HostMatrix::bytes)
+    }
+
+    /// A host cache holding the tensor cache's positions, with room for `extra` more.
+    pub fn cache_from(&self, cache: &KvCache, extra: usize) -> Result<HostCache, ModelError> {
+        let (len, kv, hd) = (cache.len(), self.kv_heads, self.head_dim);
+        let capacity = len + extra;
+        let mut host = HostCache { keys: Vec::new(), values: Vec::new(), batch: 0, capacity, len };
+        for layer in 0..self.layers.len() {
+            let (k, v) = cache.layer(layer).ok_or_else(|| ModelError::Input("the prefill cache is empty".into()))?;
+            let [b, heads, t, d] = k.dims();
+            if heads != kv || d != hd || t != len {
+                return Err(ModelError::Input(format!("cache layer {layer} is {b}×{heads}×{t}×{d}")));
+            }
+            host.batch = b;
+            let copy = |src: Vec<f32>| {
+                let mut dst = vec![0f32; b * kv * capacity * hd];
+                for (row, chunk) in src.chunks_exact(t * hd).enumerate() {
+                    dst[row * capacity * hd..][..t * hd].copy_from_slice(chunk);
+                }
+                dst
+            };
+            host.keys.push(copy(host_vec(k.clone())?));
+            host.values.push(copy(host_vec(v.clone())?));
+        }
+        Ok(host)
+    }
+
+    /// One decode step: feeds token `ids[r]` to row `r` and returns the next-token logits, `[batch, vocab]`.
+    ///
+    /// `mask` covers the cached positions plus this one.
+    pub fn step(&self, ids: &[u32], mask: &PaddingMask, cache: &mut HostCache) -> Result<Vec<f32>, ModelError> {
+        let b = ids.len();
+        if b != cache.batch || mask.batch() != b || mask.len() != cache.len + 1 {
+            return Err(ModelError::Input(format!(
+                "{b} ids, a {}×{} mask and a cache of {} rows × {} positions",
+                mask.batch(),
+                mask.len(),
+                cache.batch,
+                cache.len
+            )));
+        }
+        if cache.len >= cache.capacity {
+            return Err(ModelError::Input(format!("the host cache is full ({} positions)", cache.capacity)));
+        }
+        let vocab = self.embed.rows();
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Input(format!("token id {bad} outside the vocabulary of {vocab}")));
+        }
+        let positions: Vec<usize> = mask.position_ids(1).iter().map(|r| r[0]).collect();
+        let (cos, sin) = self.rope_tables(&positions);
+        let mut x: Vec<f32> = ids.iter().flat_map(|&id| self.embed.row(id as usize)).collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = self.attention(layer, i, &rms_norm(&x, &layer.input_norm, self.eps), (&cos, &sin), mask, cache);
+            x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
+            let y = rms_norm(&x, &layer.post_norm, self.eps);
+            let (gate, up) = (project(&layer.gate, &y, b), project(&layer.up, &y, b));
+            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = project(&layer.down, &act, b);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        cache.len += 1;
+        let x = rms_norm(&x, &self.norm, self.eps);
+        Ok(self.lm_head.as_ref().unwrap_or(&self.embed).matvec(&x, b))
+    }
+
+    /// `cos` and `sin` per row, `[batch, head_dim]`, computed as the tensor path does.
+    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for &p in positions {
+            for _ in 0..2 {
+                for &f in &self.inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        (cos, sin)
+    }
+
+    fn attention(
+        &self,
+        layer: &HostLayer,
+        index: usize,
+        x: &[f32],
+        (cos, sin): (&[f32], &[f32]),
+        mask: &PaddingMask,
+        cache: &mut HostCache,
+    ) -> Vec<f32> {
+        let b = cache.batch;
+        let (h, kv, hd, cap, slot) = (self.heads, self.kv_heads, self.head_dim, cache.capacity, cache.len);
+        let mut q = project(&layer.q, x, b);
+        let mut k = project(&layer.k, x, b);
+        let v = project(&layer.v, x, b);
+        for r in 0..b {
+            let (c, s) = (&cos[r * hd..(r + 1) * hd], &sin[r * hd..(r + 1) * hd]);
+            q[r * h * hd..(r + 1) * h * hd].chunks_exact_mut(hd).for_each(|head| rotate(head, c, s));
+            k[r * kv * hd..(r + 1) * kv * hd].chunks_exact_mut(hd).for_each(|head| rotate(head, c, s));
+            for g in 0..kv {
+                let at = ((r * kv + g) * cap + slot) * hd;
+                cache.keys[index][at..at + hd].copy_from_slice(&k[(r * kv + g) * hd..][..hd]);
+                cache.values[index][at..at + hd].copy_from_slice(&v[(r * kv + g) * hd..][..hd]);
+            }
+        }
+        let (keys, values) = (&cache.keys[index], &cache.values[index]);
+        let rows = mask.rows();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; b * h * hd];
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (r, head) = (i / h, i % h);
+            let g = head / (h / kv);
+            let qh = &q[i * hd..(i + 1) * hd];
+            let base = (r * kv + g) * cap * hd;
+            let visible = |s: usize| rows[r][s];
+            let scores: Vec<f32> = (0..=slot)
+                .map(|s| if visible(s) { kernels::dot_f32(qh, &keys[base + s * hd..][..hd]) * scale } else { f32::MIN })
+                .collect();
+            let max = scores.iter().copied().fold(f32::MIN, f32::max);
+            let weights: Vec<f32> =
+                scores.iter().enumerate().map(|(s, &v)| if visible(s) { (v - max).exp() } else { 0.0 }).collect();
+            let total: f32 = weights.iter().sum();
+            for (s, &w) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+                let vs = &values[base + s * hd..][..hd];
+                o.iter_mut().zip(vs).for_each(|(a, &v)| *a += w / total * v);
+            }
+        });
+        project(&layer.o, &out, b)
+    }
+}
+
+fn project(p: &Projection, x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = p.weight.matvec(x, n);
+    if let Some(bias) = &p.bias {
+        y.chunks_exact_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(a, b)| *a += b));
+    }
+    y
+}
+
+/// RMSNorm of each row (the statistic in f32, as transformers computes it).
+fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+    x.chunks_exact(gamma.len())
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            row.iter().zip(gamma).map(move |(v, g)| v * inv * g)
+        })
+        .collect()
+}
+
+/// Rotate-half RoPE on one head: dimension `i` pairs with `i + head_dim/2`.
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
