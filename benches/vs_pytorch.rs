@@ -145,17 +145,19 @@ fn bench(c: &mut Criterion) {
             group.sample_size(10).measurement_time(Duration::from_secs(20));
             for len in [80usize, 320] {
                 let ids = inputs::prompt_ids(len);
-                let (first, mut cache) = prefill(&model, &ids, &device);
-                let tokens = decode(&model, (&first, &mut cache), len, host.as_ref(), &device);
-                eprintln!("{name}/decode{suffix} after {len}: greedy tokens {:?}", &tokens[..12]);
+                let mut reported = false;
                 group.bench_with_input(BenchmarkId::from_parameter(len), &len, |bench, _| {
                     bench.iter_custom(|iters| {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
                             let (first, mut cache) = prefill(&model, &ids, &device);
                             let start = Instant::now();
-                            std::hint::black_box(decode(&model, (&first, &mut cache), len, host.as_ref(), &device));
+                            let tokens = decode(&model, (&first, &mut cache), len, host.as_ref(), &device);
                             total += start.elapsed();
+                            if !reported {
+                                eprintln!("{name}/decode{suffix} after {len}: greedy tokens {:?}", &tokens[..12]);
+                                reported = true;
+                            }
                         }
                         total
                     })

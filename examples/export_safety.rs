@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     let concepts = out.concepts.ok_or_else(|| anyhow::anyhow!("the full forward returned no concept logits"))?;
     let (ls, lv) = host(concepts.level.unsqueeze());
     let (ts, tv) = host(concepts.risk_type.unsqueeze());
-    let (gs, gv) = host(out.logits);
+    let (gs, gv) = host(out.logits.ok_or_else(|| anyhow::anyhow!("the full forward returned no logits"))?);
     let expected = vec![
         ("safety.level_logits".to_string(), ls[1..].to_vec(), lv),
         ("safety.type_logits".to_string(), ts[1..].to_vec(), tv),

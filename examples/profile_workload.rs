@@ -9,6 +9,9 @@
 //! Workloads: `classify-1`, `classify-8`, `prefill-80`, `prefill-320`, `decode-80` (tensor path), `decode-80-host`,
 //! `stage1`. The second argument is the number of seconds to loop (default 20). Model: `PSA_BENCH_MODEL` or the
 //! quickstart's.
+//!
+//! `q8-parity` instead prints how far the Q8_0 host decoder's logits are from the f32 ones along 64 greedy steps
+//! after each of the bench's prompts.
 #[path = "../benches/common/inputs.rs"]
 mod inputs;
 
@@ -17,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use psa_vlm::burn::tensor::{Device, Tensor};
+use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
-use psa_vlm::models::{GenerationConfig, HostDecoder, HostWeights, PaddingMask, PsaVlm, generate_with};
+use psa_vlm::models::{GenerationConfig, HostDecoder, HostWeights, KvCache, PaddingMask, PsaVlm, generate_with};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::Encoded;
 use psa_vlm::train::trainer::{Prepared, RunOptions, Stage, train};
@@ -33,6 +37,9 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::var_os("PSA_BENCH_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runs/quickstart/model"));
+    if workload == "q8-parity" {
+        return q8_parity(&dir);
+    }
     let train_mode = workload == "stage1";
     let device = if train_mode { Device::flex().autodiff() } else { Device::flex() };
     let (model, _, _) = load_psa(&dir, &device, &LoadOptions::default())?;
@@ -97,6 +104,45 @@ fn main() -> anyhow::Result<()> {
         run(&model)?;
         n += 1;
         eprintln!("{workload} #{n}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(())
+}
+
+/// Max |logit difference| and greedy agreement of the Q8_0 host decoder against the f32 one, teacher-forced on
+/// the f32 decoder's own greedy tokens.
+fn q8_parity(dir: &std::path::Path) -> anyhow::Result<()> {
+    let device = Device::flex();
+    let (model, _, _) = load_psa(dir, &device, &LoadOptions::default())?;
+    let lm = &model.llava.language_model;
+    let f32 = HostDecoder::new(lm, HostWeights::F32)?;
+    let q8 = HostDecoder::new(lm, HostWeights::Q8_0)?;
+    println!("weights: f32 {} MB, Q8_0 {} MB", f32.weight_bytes() >> 20, q8.weight_bytes() >> 20);
+    for len in [80usize, 320] {
+        let ids = inputs::prompt_ids(len);
+        let mut cache = KvCache::new(lm.num_layers());
+        let hidden = lm.model.forward(
+            lm.model.embed(std::slice::from_ref(&ids), &device),
+            &PaddingMask::full(1, len),
+            Some(&mut cache),
+            false,
+        );
+        let [_, t, d] = hidden.last_hidden_state.dims();
+        let first = lm.logits(hidden.last_hidden_state.slice([0..1, t - 1..t, 0..d]));
+        let first: Vec<f32> =
+            first.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (mut a, mut b) = (f32.cache_from(&cache, 64)?, q8.cache_from(&cache, 64)?);
+        let mut mask = PaddingMask::full(1, len);
+        let mut next = argmax(&first);
+        let (mut worst, mut largest, mut agree) = (0f32, 0f32, 0);
+        for _ in 0..64 {
+            mask.extend(1);
+            let (la, lb) = (f32.step(&[next], &mask, &mut a)?, q8.step(&[next], &mask, &mut b)?);
+            worst = la.iter().zip(&lb).fold(worst, |m, (x, y)| m.max((x - y).abs()));
+            largest = la.iter().fold(largest, |m, x| m.max(x.abs()));
+            agree += usize::from(argmax(&la) == argmax(&lb));
+            next = argmax(&la);
+        }
+        println!("prompt {len}: max |Δlogit| {worst:.4} (largest |logit| {largest:.2}), same greedy token {agree}/64");
     }
     Ok(())
 }

@@ -105,21 +105,28 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     // Logits at padding positions are meaningless (fully masked rows); compare real positions only. The pool4
     // fixture omits them: the LLM sees [S2 ; h_i], which the abstractor's pool does not touch.
     if let Some(want) = fx.get("lm.logits") {
-        let [_, _, v] = out.logits.dims();
+        let logits = out.logits.clone().expect("the full forward returns logits");
+        let [_, _, v] = logits.dims();
         for (r, row) in out.merged.mask.rows().iter().enumerate() {
             let e = row.iter().rposition(|&m| m).unwrap() + 1;
-            let got = out.logits.clone().slice([r..r + 1, 0..e, 0..v]);
+            let got = logits.clone().slice([r..r + 1, 0..e, 0..v]);
             assert_close(&format!("{tag} lm.logits row {r}"), got, &sub_ref(want, r, 0..e), TOL);
         }
     }
     let lm = scalar(out.lm_loss.clone().unwrap());
     assert!((lm - fx["lm.loss"].values[0]).abs() < TOL, "{tag} lm.loss {lm} vs {}", fx["lm.loss"].values[0]);
     // The LM-only path (stage II) skips the head and gives the same LM loss.
-    let features = model.llava.selected_features(x.pixels);
+    let features = model.llava.selected_features(x.pixels.clone());
     let lm_only = model.forward_lm_features(features, &x.ids, Some(&x.mask), Some(&x.labels)).unwrap();
     assert!(lm_only.concepts.is_none() && lm_only.concept_loss.is_none());
     let lm_only = scalar(lm_only.loss.unwrap());
     assert!((lm_only - lm).abs() < 1e-6, "{tag} LM-only loss {lm_only} vs {lm}");
+    // The training pass projects only the supervised positions and gives the same LM loss.
+    let features = model.llava.selected_features(x.pixels.clone());
+    let trained = model.training_outputs(features, &x.ids, Some(&x.mask), &x.labels, None, false).unwrap();
+    assert!(trained.logits.is_none() && trained.concepts.is_none());
+    let trained = scalar(trained.lm_loss.unwrap());
+    assert!((trained - lm).abs() < 1e-6, "{tag} training-pass LM loss {trained} vs {lm}");
     let total = scalar(out.loss.unwrap());
     assert!(
         (total - fx["total.loss"].values[0]).abs() < 10.0 * TOL,

@@ -34,7 +34,9 @@ impl PackedMultiheadAttention {
         let [_, e] = self.in_proj_weight.dims();
         let w = self.in_proj_weight.val().slice([part * e..(part + 1) * e, 0..e]);
         let b = self.in_proj_bias.val().narrow(0, part * e, e);
-        x.matmul(w.transpose().unsqueeze::<3>()) + b.unsqueeze::<3>()
+        // 2-D, so the transposed slice stays a strided view (a batch axis on it forces a copy on some backends).
+        let [n, t, _] = x.dims();
+        (x.reshape([n * t, e]).matmul(w.transpose()) + b.unsqueeze::<2>()).reshape([n, t, e])
     }
 
     /// # Shapes

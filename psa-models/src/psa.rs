@@ -9,7 +9,7 @@ use crate::config::{LlavaConfig, read_json};
 use crate::error::{ConfigError, ModelError};
 use crate::llama::PaddingMask;
 use crate::llava::{LlavaForConditionalGeneration, MergedInputs, merge_image_features};
-use crate::loss::{IGNORE_INDEX, causal_lm_loss};
+use crate::loss::{IGNORE_INDEX, causal_lm_loss, supervised_lm_loss};
 use crate::vision::VisionConfig;
 
 /// A PSA-VLM configuration: the LLaVA base and the safety modules.
@@ -149,8 +149,9 @@ pub struct ConceptLabels<'a> {
 /// What the full forward returns.
 #[derive(Debug, Clone)]
 pub struct PsaOutput {
-    /// LM logits over the merged sequence, `[b, merged, vocab]`.
-    pub logits: Tensor<3>,
+    /// LM logits over the merged sequence, `[b, merged, vocab]`; `None` from
+    /// [`training_outputs`](PsaVlm::training_outputs), which projects only the supervised positions.
+    pub logits: Option<Tensor<3>>,
     /// Concept logits (absent from [`PsaVlm::forward_lm_features`], which skips the safety head).
     pub concepts: Option<ConceptLogits>,
     /// The merged inputs (mask, image spans, source positions).
@@ -282,7 +283,7 @@ impl PsaVlm {
         labels: Option<&[Vec<i64>]>,
         concept_labels: Option<ConceptLabels<'_>>,
     ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels))
+        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels), true)
     }
 
     /// The LM path of [`forward_features`](Self::forward_features) without the safety head (stage II with frozen
@@ -294,10 +295,27 @@ impl PsaVlm {
         mask: Option<&PaddingMask>,
         labels: Option<&[Vec<i64>]>,
     ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, None)
+        self.forward_inner(features, input_ids, mask, labels, None, true)
     }
 
-    /// `head`: `None` skips the safety head, `Some(labels)` runs it (with the concept loss when labelled).
+    /// The losses of a training step from cached features: the safety head runs when `run_head` (with the concept
+    /// loss when `concepts` are given), and the LM loss projects only the positions whose next label is supervised
+    /// (same value as [`forward_features`](Self::forward_features); `logits` is `None`).
+    pub fn training_outputs(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        labels: &[Vec<i64>],
+        concepts: Option<ConceptLabels<'_>>,
+        run_head: bool,
+    ) -> Result<PsaOutput, ModelError> {
+        let head = run_head.then_some(concepts);
+        self.forward_inner(features, input_ids, mask, Some(labels), head, false)
+    }
+
+    /// `head`: `None` skips the safety head, `Some(labels)` runs it (with the concept loss when labelled);
+    /// `full_logits`: project every position (else only the supervised ones, for the loss).
     fn forward_inner(
         &self,
         features: Tensor<3>,
@@ -305,6 +323,7 @@ impl PsaVlm {
         mask: Option<&PaddingMask>,
         labels: Option<&[Vec<i64>]>,
         head: Option<Option<ConceptLabels<'_>>>,
+        full_logits: bool,
     ) -> Result<PsaOutput, ModelError> {
         // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
         let text = self.text_embeddings(input_ids);
@@ -314,9 +333,17 @@ impl PsaVlm {
         };
         let merged = self.merge_embedded(features, text, input_ids, mask)?;
         let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
-        let logits = self.llava.language_model.logits(hidden.last_hidden_state);
         let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
-        let lm_loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
+        let lm = &self.llava.language_model;
+        let (logits, lm_loss) = if full_logits {
+            let logits = lm.logits(hidden.last_hidden_state);
+            let loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
+            (Some(logits), loss)
+        } else {
+            let loss =
+                merged_labels.as_ref().and_then(|l| supervised_lm_loss(hidden.last_hidden_state, l, |h| lm.logits(h)));
+            (None, loss)
+        };
         let concept_loss = match (&concepts, head.flatten()) {
             (Some(logits), Some(c)) => Some(concept_loss(logits, c.levels, c.types, self.cls_loss_weight)),
             _ => None,

@@ -234,14 +234,8 @@ fn micro_step(
         let (level, risk_type) = (scalar(c.level), scalar(c.risk_type));
         return Ok(MicroOut { grads, loss: scalar(loss) / scale, lm: 0.0, level, risk_type, samples: items.len() });
     }
-    let out = match stage {
-        Stage::One | Stage::Two { train_safety: true, .. } => {
-            model.forward_features(features, &ids, Some(&mask), Some(&labels), Some(concepts))?
-        }
-        Stage::Two { train_safety: false, .. } => {
-            model.forward_lm_features(features, &ids, Some(&mask), Some(&labels))?
-        }
-    };
+    let run_head = !matches!(stage, Stage::Two { train_safety: false, .. });
+    let out = model.training_outputs(features, &ids, Some(&mask), &labels, Some(concepts), run_head)?;
     let loss = out.loss.ok_or_else(|| ModelError::Input("no supervised position in the micro-batch".into()))? * scale;
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let (level, risk_type) = out.concept_loss.map_or((0.0, 0.0), |c| (scalar(c.level), scalar(c.risk_type)));

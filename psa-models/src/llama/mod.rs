@@ -258,7 +258,14 @@ impl LlamaForCausalLM {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
+            None => {
+                // A 2-D product with the transposed table as a strided view: adding a batch axis to the view
+                // would make some backends copy the whole table on every call.
+                let [b, t, d] = hidden.dims();
+                let table = self.model.embed_tokens.weight.val();
+                let vocab = table.dims()[0];
+                hidden.reshape([b * t, d]).matmul(table.transpose()).reshape([b, t, vocab])
+            }
         }
     }
 
