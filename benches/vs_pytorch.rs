@@ -16,8 +16,7 @@ use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::{HostDecoder, HostWeights, KvCache, PaddingMask, PsaVlm};
 use psa_vlm::train::Recipe;
-use psa_vlm::train::data::Encoded;
-use psa_vlm::train::trainer::{Prepared, RunOptions, Stage, train};
+use psa_vlm::train::trainer::{RunOptions, Stage, train};
 
 /// Decode steps timed after each prefill.
 const DECODE_STEPS: usize = 32;
@@ -76,22 +75,6 @@ fn decode(
         tokens.push(next);
     }
     tokens
-}
-
-fn stage1_batch(model: &PsaVlm, device: &Device) -> Vec<Prepared> {
-    let image = model.llava.image_token_index();
-    (0..inputs::STAGE1_BATCH)
-        .map(|row| {
-            let ids = inputs::stage1_ids(row, image);
-            let labels = ids.iter().map(|&i| if i == image { -100 } else { i as i64 }).collect();
-            Prepared {
-                features: Tensor::from_data(inputs::stage1_features(row), device),
-                encoded: Encoded { input_ids: ids, labels, truncated: false },
-                level: row % 4,
-                risk_type: row % 7,
-            }
-        })
-        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -168,7 +151,7 @@ fn bench(c: &mut Criterion) {
 
         let ad = device.clone().autodiff();
         let (train_model, _, _) = load_psa(&dir, &ad, &LoadOptions::default()).expect("quickstart model");
-        let data = stage1_batch(&train_model, &ad);
+        let data = inputs::stage1_batch(train_model.llava.image_token_index(), &ad);
         let recipe =
             Recipe { epochs: 1, batch_size: inputs::STAGE1_BATCH, grad_accum: 1, lm_loss: true, ..Recipe::stage1() };
         let mut group = c.benchmark_group(format!("{name}/stage1-step"));

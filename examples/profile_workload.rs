@@ -24,8 +24,7 @@ use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::{GenerationConfig, HostDecoder, HostWeights, KvCache, PaddingMask, PsaVlm, generate_with};
 use psa_vlm::train::Recipe;
-use psa_vlm::train::data::Encoded;
-use psa_vlm::train::trainer::{Prepared, RunOptions, Stage, train};
+use psa_vlm::train::trainer::{RunOptions, Stage, train};
 
 /// One run of the workload on the model.
 type Workload = Box<dyn FnMut(&PsaVlm) -> anyhow::Result<()>>;
@@ -72,18 +71,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         "stage1" => {
-            let data: Vec<Prepared> = (0..inputs::STAGE1_BATCH)
-                .map(|row| {
-                    let ids = inputs::stage1_ids(row, image);
-                    let labels = ids.iter().map(|&i| if i == image { -100 } else { i as i64 }).collect();
-                    Prepared {
-                        features: Tensor::from_data(inputs::stage1_features(row), &device),
-                        encoded: Encoded { input_ids: ids, labels, truncated: false },
-                        level: row % 4,
-                        risk_type: row % 7,
-                    }
-                })
-                .collect();
+            let data = inputs::stage1_batch(image, &device);
             let recipe = Recipe {
                 epochs: 1,
                 batch_size: inputs::STAGE1_BATCH,

@@ -25,7 +25,7 @@ fn load(variant: &str, device: &Device) -> LlamaForCausalLM {
 /// Prefills the first column on the tensor backend, then feeds every later column through host steps; returns
 /// the logits of each position `[batch, seq, vocab]` (position 0 from the prefill).
 fn teacher_forced(lm: &LlamaForCausalLM, host: &HostDecoder, ids: &[Vec<u32>], rows: &[Vec<bool>]) -> Vec<f32> {
-    let device = Device::flex();
+    let device = lm.model.embed_tokens.weight.device();
     let (b, t) = (ids.len(), ids[0].len());
     let first: Vec<Vec<u32>> = ids.iter().map(|r| vec![r[0]]).collect();
     let mask = |n: usize| PaddingMask::new(rows.iter().map(|r| r[..n].to_vec()).collect());
@@ -53,8 +53,9 @@ fn max_abs(got: &[f32], want: &[f64], keep: impl Fn(usize) -> bool) -> f64 {
 
 #[test]
 fn host_steps_match_transformers_logits_and_greedy_tokens() {
-    let device = Device::flex();
-    for variant in VARIANTS {
+    // The host decoder copies its weights from a model on any backend; the prefill runs on that backend.
+    for ((backend, device), variant) in devices().into_iter().flat_map(|d| VARIANTS.map(|v| (d.clone(), v))) {
+        eprintln!("== {variant}, prefill on {backend}");
         let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
         let lm = load(variant, &device);
         let host = HostDecoder::new(&lm, HostWeights::F32).unwrap();

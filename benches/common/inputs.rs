@@ -1,6 +1,9 @@
-// Deterministic inputs shared by `benches/vs_pytorch.rs` and `scripts/bench_vs_pytorch.py` (the same formulas in
-// both, so each side computes on identical numbers). Included with `#[path]`.
-use psa_vlm::burn::tensor::TensorData;
+// Deterministic inputs shared by `benches/vs_pytorch.rs`, `examples/profile_workload.rs` and
+// `scripts/bench_vs_pytorch.py` (the same formulas in each, so every side computes on identical numbers). Included
+// with `#[path]`.
+use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
+use psa_vlm::train::data::Encoded;
+use psa_vlm::train::trainer::Prepared;
 
 /// Samples in the stage-I step.
 pub const STAGE1_BATCH: usize = 4;
@@ -50,4 +53,20 @@ pub fn stage1_features(row: usize) -> TensorData {
         .flat_map(|p| (0..384).map(move |d| 0.5 * (0.013 * p as f32 + 0.029 * d as f32 + row as f32).sin()))
         .collect();
     TensorData::new(v, [1, 256, 384])
+}
+
+/// The stage-I batch: [`STAGE1_BATCH`] samples labelled on every text position, levels `row % 4`, types `row % 7`.
+pub fn stage1_batch(image: u32, device: &Device) -> Vec<Prepared> {
+    (0..STAGE1_BATCH)
+        .map(|row| {
+            let ids = stage1_ids(row, image);
+            let labels = ids.iter().map(|&i| if i == image { -100 } else { i as i64 }).collect();
+            Prepared {
+                features: Tensor::from_data(stage1_features(row), device),
+                encoded: Encoded { input_ids: ids, labels, truncated: false },
+                level: row % 4,
+                risk_type: row % 7,
+            }
+        })
+        .collect()
 }
