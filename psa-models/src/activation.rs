@@ -1,9 +1,5 @@
 //! Activation functions named by Hugging Face `hidden_act` strings.
-#[cfg(feature = "flex")]
-use burn::tensor::{DType, Device, TensorData};
 use burn::tensor::{Tensor, activation};
-#[cfg(feature = "flex")]
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -53,33 +49,26 @@ impl Activation {
         })
     }
 
-    /// Applies the activation elementwise.
+    /// Applies the activation elementwise (on all threads for flex tensors, [`crate::cpu`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Self::Gelu => gelu(x),
             Self::GeluTanh => activation::gelu_approximate(x),
-            Self::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
-            Self::Silu => activation::silu(x),
+            Self::QuickGelu => {
+                crate::cpu::map(x, |v| v / (1.0 + (-1.702 * v).exp()), |x| x.clone() * activation::sigmoid(x * 1.702))
+            }
+            Self::Silu => crate::cpu::map(x, |v| v / (1.0 + (-v).exp()), activation::silu),
             Self::Relu => activation::relu(x),
         }
     }
 }
 
-/// Exact (erf) GELU. On the flex CPU backend outside autodiff it is computed here on every thread: flex evaluates
-/// erf one element at a time on one thread, which made GELU the largest cost of a vision-tower forward.
+/// Exact (erf) GELU, on all threads for flex tensors ([`crate::cpu`]).
 fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    if x.dtype() == DType::F32 && x.device() == Device::flex() {
-        let (shape, device) = (x.shape(), x.device());
-        let mut values = x.into_data().try_into_vec::<f32>().expect("an F32 tensor reads as f32 values");
-        values.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = gelu_erf(*v)));
-        return Tensor::from_data(TensorData::new(values, shape), &device);
-    }
-    activation::gelu(x)
+    crate::cpu::map(x, gelu_erf, activation::gelu)
 }
 
 /// `0.5·x·(1 + erf(x/√2))` with erf from Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5·10⁻⁷).
-#[cfg(feature = "flex")]
 fn gelu_erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152_1, 1.061_405_4];
@@ -93,6 +82,7 @@ fn gelu_erf(x: f32) -> f32 {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
+    use burn::tensor::{Device, TensorData};
 
     #[test]
     fn threaded_gelu_matches_burns_exact_gelu() {

@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod assemble;
 pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod guard;

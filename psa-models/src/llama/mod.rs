@@ -17,6 +17,7 @@ pub use host::{HostCache, HostDecoder, HostWeights};
 pub use mask::PaddingMask;
 use rope::Rope;
 
+use crate::cpu;
 use crate::error::ConfigError;
 use crate::lora::{LoraAdapter, LoraConfig, adapted, merge_into};
 
@@ -188,6 +189,11 @@ fn repeat_kv(x: Tensor<4>, n: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2).expand([b, kv, n, s, hd]).reshape([b, kv * n, s, hd])
 }
 
+/// RMSNorm, on all threads for flex tensors ([`cpu::rms_norm`]).
+fn rms_norm(norm: &RmsNorm, x: Tensor<3>) -> Tensor<3> {
+    cpu::rms_norm(x, &norm.gamma.val(), norm.epsilon, |x| norm.forward(x))
+}
+
 impl LlamaDecoderLayer {
     fn forward(
         &self,
@@ -196,12 +202,14 @@ impl LlamaDecoderLayer {
         mask: Tensor<4, Bool>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
-        let h = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, mask, cache);
+        let h = self.self_attn.forward(rms_norm(&self.input_layernorm, x.clone()), rope, mask, cache);
         let x = x + h;
-        let y = self.post_attention_layernorm.forward(x.clone());
+        let y = rms_norm(&self.post_attention_layernorm, x.clone());
         let m = &self.mlp;
-        let gate = activation::silu(adapted(&m.gate_proj, &m.gate_proj_lora, y.clone()));
-        x + adapted(&m.down_proj, &m.down_proj_lora, gate * adapted(&m.up_proj, &m.up_proj_lora, y))
+        let gate = adapted(&m.gate_proj, &m.gate_proj_lora, y.clone());
+        let up = adapted(&m.up_proj, &m.up_proj_lora, y);
+        let act = cpu::zip(gate, up, |g, u| g / (1.0 + (-g).exp()) * u, |gate, up| activation::silu(gate) * up);
+        x + adapted(&m.down_proj, &m.down_proj_lora, act)
     }
 }
 
@@ -245,7 +253,7 @@ impl LlamaModel {
             let c = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(x, (&cos, &sin), attn_mask.clone(), c);
         }
-        let x = self.norm.forward(x);
+        let x = rms_norm(&self.norm, x);
         if output_hidden_states {
             hidden_states.push(x.clone());
         }
