@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_llava};
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
 use psa_vlm::models::{
     GenerationConfig, HostDecoder, HostWeights, KvCache, LlamaForCausalLM, ModelError, PaddingMask, generate,
@@ -14,13 +13,6 @@ use psa_vlm::models::{
 /// Largest f32 difference measured against transformers' logits here is 2.9e-6 (flex prefill + host steps).
 const TOL: f64 = 2e-5;
 const VARIANTS: [&str; 2] = ["tiny_llava", "tiny_llava_gqa"];
-
-fn load(variant: &str, device: &Device) -> LlamaForCausalLM {
-    let base = fixtures().join(variant);
-    let f32_dir = base.join("hub_f32");
-    let dir = if f32_dir.is_dir() { f32_dir } else { base.join("hub_f16_sharded") };
-    load_llava(&dir, device, &LoadOptions { strict: true }).expect("fixture").0.language_model
-}
 
 /// Prefills the first column on the tensor backend, then feeds every later column through host steps; returns
 /// the logits of each position `[batch, seq, vocab]` (position 0 from the prefill).
@@ -57,7 +49,7 @@ fn host_steps_match_transformers_logits_and_greedy_tokens() {
     for ((backend, device), variant) in devices().into_iter().flat_map(|d| VARIANTS.map(|v| (d.clone(), v))) {
         eprintln!("== {variant}, prefill on {backend}");
         let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-        let lm = load(variant, &device);
+        let lm = load_tiny_llava(variant, &device).language_model;
         let host = HostDecoder::new(&lm, HostWeights::F32).unwrap();
 
         let ids = fx["text_only.input_ids"].ids();
@@ -125,7 +117,7 @@ fn host_steps_match_transformers_logits_and_greedy_tokens() {
 #[test]
 fn host_decoder_refuses_what_it_cannot_run() {
     let device = Device::flex();
-    let lm = load("tiny_llava", &device);
+    let lm = load_tiny_llava("tiny_llava", &device).language_model;
     let lora = LoraConfig {
         r: 4,
         lora_alpha: 8.0,

@@ -5,22 +5,12 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_llava};
 use psa_vlm::models::llama::PaddingMask;
 use psa_vlm::models::vision::VisionTower;
-use psa_vlm::models::{GenerationConfig, LlavaForConditionalGeneration, generate};
+use psa_vlm::models::{GenerationConfig, generate};
 
 const TOL: f64 = 1e-4;
 const VARIANTS: [&str; 2] = ["tiny_llava", "tiny_llava_gqa"];
-
-/// The MHA variant keeps its f32 hub file; the GQA variant ships only f16 shards (holding the same f16-exact
-/// values, see `tests/load_layouts.rs`).
-fn load(variant: &str, device: &Device) -> LlavaForConditionalGeneration {
-    let base = fixtures().join(variant);
-    let f32_dir = base.join("hub_f32");
-    let dir = if f32_dir.is_dir() { f32_dir } else { base.join("hub_f16_sharded") };
-    load_llava(&dir, device, &LoadOptions { strict: true }).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).0
-}
 
 fn tensor4(r: &Ref, device: &Device) -> Tensor<4> {
     let v: Vec<f32> = r.values.iter().map(|&x| x as f32).collect();
@@ -38,7 +28,7 @@ fn vision_projector_merge_and_logits_match_transformers() {
         for variant in VARIANTS {
             eprintln!("== {variant} on {backend}");
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, &device);
+            let model = load_tiny_llava(variant, &device);
             let pixels = tensor4(&fx["inputs.pixel_values"], &device);
 
             let out = model.vision_tower.forward(pixels.clone(), None);
@@ -86,7 +76,7 @@ fn single_image_token_is_expanded_like_the_reference() {
     for (_, device) in devices() {
         for variant in VARIANTS {
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, &device);
+            let model = load_tiny_llava(variant, &device);
             let pixels = tensor4(&fx["inputs.pixel_values"], &device);
             let image = model.image_token_index();
             let mut collapsed = fx["inputs.input_ids"].ids();
@@ -111,7 +101,7 @@ fn greedy_generation_with_kv_cache_matches_transformers() {
     for (backend, device) in devices() {
         for variant in VARIANTS {
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, &device);
+            let model = load_tiny_llava(variant, &device);
             let pixels = tensor4(&fx["inputs.pixel_values"], &device);
             let features = model.image_features(pixels);
             let merged = model.merge(&fx["inputs.input_ids"].ids(), None, Some(features)).unwrap();
@@ -136,7 +126,7 @@ fn padded_batches_match_unpadded_rows() {
     for (backend, device) in devices() {
         for variant in VARIANTS {
             let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
-            let model = load(variant, &device);
+            let model = load_tiny_llava(variant, &device);
             for side in ["left", "right"] {
                 let ids = fx[&format!("batch.{side}.input_ids")].ids();
                 let mask_ref = &fx[&format!("batch.{side}.attention_mask")];

@@ -21,6 +21,16 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// A tiny LLaVA fixture (`tiny_llava`, `tiny_llava_gqa`): the MHA variant keeps its f32 hub file, the GQA variant
+/// ships only f16 shards (holding the same f16-exact values, see `tests/load_layouts.rs`).
+pub fn load_tiny_llava(variant: &str, device: &Device) -> psa_vlm::models::LlavaForConditionalGeneration {
+    let base = fixtures().join(variant);
+    let f32_dir = base.join("hub_f32");
+    let dir = if f32_dir.is_dir() { f32_dir } else { base.join("hub_f16_sharded") };
+    let opts = psa_vlm::models::import::LoadOptions { strict: true };
+    psa_vlm::models::import::load_llava(&dir, device, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).0
+}
+
 /// Every backend compiled into this build.
 pub fn devices() -> Vec<(&'static str, Device)> {
     psa_vlm::device::compiled_backends()

@@ -17,29 +17,27 @@ impl Rope {
         Self { inv_freq }
     }
 
-    /// The inverse frequencies, one per rotated pair.
-    pub fn inv_freq(&self) -> &[f32] {
-        &self.inv_freq
+    /// `cos` and `sin` values `[batch, seq, head_dim]`, flattened, for the given position ids.
+    pub fn values(&self, positions: &[Vec<usize>]) -> (Vec<f32>, Vec<f32>) {
+        let n = positions.iter().map(Vec::len).sum::<usize>() * self.inv_freq.len() * 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &p in positions.iter().flatten() {
+            for _ in 0..2 {
+                for &f in &self.inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        (cos, sin)
     }
 
     /// `cos` and `sin` tables `[batch, 1, seq, head_dim]` for the given position ids.
     pub fn tables(&self, positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
-        let half = self.inv_freq.len();
         let (b, t) = (positions.len(), positions.first().map_or(0, Vec::len));
-        let mut cos = Vec::with_capacity(b * t * half * 2);
-        let mut sin = Vec::with_capacity(b * t * half * 2);
-        for row in positions {
-            for &p in row {
-                for _ in 0..2 {
-                    for &f in &self.inv_freq {
-                        let angle = p as f32 * f;
-                        cos.push(angle.cos());
-                        sin.push(angle.sin());
-                    }
-                }
-            }
-        }
-        let shape = [b, 1, t, half * 2];
+        let (cos, sin) = self.values(positions);
+        let shape = [b, 1, t, self.inv_freq.len() * 2];
         (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
     }
 }

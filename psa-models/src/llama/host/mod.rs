@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use kernels::HostMatrix;
 
+use super::rope::Rope;
 use super::{KvCache, LlamaForCausalLM, PaddingMask};
 use crate::error::ModelError;
 
@@ -73,7 +74,7 @@ pub struct HostDecoder {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    inv_freq: Vec<f32>,
+    rope: Rope,
     format: HostWeights,
 }
 
@@ -169,7 +170,7 @@ impl HostDecoder {
             heads: a.num_heads,
             kv_heads: a.num_kv_heads,
             head_dim: a.head_dim,
-            inv_freq: super::rope::Rope::new(model.head_dim, model.rope_theta).inv_freq().to_vec(),
+            rope: Rope::new(model.head_dim, model.rope_theta),
             format,
         })
     }
@@ -236,8 +237,7 @@ impl HostDecoder {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::Input(format!("token id {bad} outside the vocabulary of {vocab}")));
         }
-        let positions: Vec<usize> = mask.position_ids(1).iter().map(|r| r[0]).collect();
-        let (cos, sin) = self.rope_tables(&positions);
+        let (cos, sin) = self.rope.values(&mask.position_ids(1));
         let mut x: Vec<f32> = ids.iter().flat_map(|&id| self.embed.row(id as usize)).collect();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = self.attention(layer, i, &rms_norm(&x, &layer.input_norm, self.eps), (&cos, &sin), mask, cache);
@@ -251,21 +251,6 @@ impl HostDecoder {
         cache.len += 1;
         let x = rms_norm(&x, &self.norm, self.eps);
         Ok(self.lm_head.as_ref().unwrap_or(&self.embed).matvec(&x, b))
-    }
-
-    /// `cos` and `sin` per row, `[batch, head_dim]`, computed as the tensor path does.
-    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for &p in positions {
-            for _ in 0..2 {
-                for &f in &self.inv_freq {
-                    let angle = p as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
-        (cos, sin)
     }
 
     fn attention(
