@@ -57,7 +57,7 @@ impl Activation {
             Self::QuickGelu => {
                 crate::cpu::map(x, |v| v / (1.0 + (-1.702 * v).exp()), |x| x.clone() * activation::sigmoid(x * 1.702))
             }
-            Self::Silu => crate::cpu::map(x, |v| v / (1.0 + (-v).exp()), activation::silu),
+            Self::Silu => crate::cpu::map(x, crate::cpu::silu, activation::silu),
             Self::Relu => activation::relu(x),
         }
     }

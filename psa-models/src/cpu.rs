@@ -77,17 +77,24 @@ pub fn rms_norm<const D: usize>(
         let g = values(gamma.clone());
         let d = g.len();
         let mut v = values(x);
-        v.par_chunks_mut(d * (CHUNK / d).max(1)).for_each(|rows| {
-            for row in rows.chunks_exact_mut(d) {
-                let ms = row.iter().map(|a| a * a).sum::<f32>() / d as f32;
-                let rms = (ms + eps as f32).sqrt();
-                row.iter_mut().zip(&g).for_each(|(a, w)| *a = *a / rms * w);
-            }
-        });
+        v.par_chunks_mut(d * (CHUNK / d).max(1)).for_each(|rows| rms_norm_rows(rows, &g, eps as f32));
         return Tensor::from_data(TensorData::new(v, shape), &device);
     }
     let _ = (gamma, eps);
     otherwise(x)
+}
+
+/// SiLU, `x·σ(x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// RMSNorm in place on each `gamma.len()`-wide row of `x`: `x / sqrt(mean(x²) + eps) · gamma`.
+pub fn rms_norm_rows(x: &mut [f32], gamma: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(gamma.len()) {
+        let rms = (row.iter().map(|a| a * a).sum::<f32>() / gamma.len() as f32 + eps).sqrt();
+        row.iter_mut().zip(gamma).for_each(|(a, w)| *a = *a / rms * w);
+    }
 }
 
 #[cfg(all(test, feature = "flex"))]
@@ -109,9 +116,9 @@ mod tests {
         let device = Device::flex();
         let x = Tensor::<3>::random([3, 70, 576], Distribution::Normal(0.0, 2.0), &device);
         let y = Tensor::<3>::random([3, 70, 576], Distribution::Normal(0.0, 2.0), &device);
-        let silu = |g: f32, u: f32| g / (1.0 + (-g).exp()) * u;
         let want = host(activation::silu(x.clone()) * y.clone());
-        let got = host(zip(x.clone(), y.clone(), silu, |_, _| panic!("flex tensors take the threaded path")));
+        let got =
+            host(zip(x.clone(), y.clone(), |g, u| silu(g) * u, |_, _| panic!("flex tensors take the threaded path")));
         assert!(worst(&got, &want) < 1e-5, "silu·up differs by {}", worst(&got, &want));
 
         let norm = RmsNormConfig::new(576).with_epsilon(1e-5).init(&device);

@@ -208,7 +208,7 @@ impl LlamaDecoderLayer {
         let m = &self.mlp;
         let gate = adapted(&m.gate_proj, &m.gate_proj_lora, y.clone());
         let up = adapted(&m.up_proj, &m.up_proj_lora, y);
-        let act = cpu::zip(gate, up, |g, u| g / (1.0 + (-g).exp()) * u, |gate, up| activation::silu(gate) * up);
+        let act = cpu::zip(gate, up, |g, u| cpu::silu(g) * u, |gate, up| activation::silu(gate) * up);
         x + adapted(&m.down_proj, &m.down_proj_lora, act)
     }
 }

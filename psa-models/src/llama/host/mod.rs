@@ -17,6 +17,7 @@ pub use kernels::HostMatrix;
 
 use super::rope::Rope;
 use super::{KvCache, LlamaForCausalLM, PaddingMask};
+use crate::cpu;
 use crate::error::ModelError;
 
 /// How the host decoder stores the LLM's weights.
@@ -68,7 +69,7 @@ struct HostLayer {
 pub struct HostDecoder {
     layers: Vec<HostLayer>,
     embed: HostMatrix,
-    lm_head: Option<HostMatrix>,
+    lm_head: Option<Projection>,
     norm: Vec<f32>,
     eps: f32,
     heads: usize,
@@ -160,7 +161,7 @@ impl HostDecoder {
         let [vocab, d] = model.embed_tokens.weight.dims();
         let table = host_vec(model.embed_tokens.weight.val())?;
         let embed = host_matrix(vocab, d, table, format)?;
-        let lm_head = lm.lm_head.as_ref().map(|h| matrix(h, format).map(|p| p.weight)).transpose()?;
+        let lm_head = lm.lm_head.as_ref().map(|h| matrix(h, format)).transpose()?;
         Ok(Self {
             layers,
             embed,
@@ -188,7 +189,7 @@ impl HostDecoder {
             .iter()
             .map(|l| p(&l.q) + p(&l.k) + p(&l.v) + p(&l.o) + p(&l.gate) + p(&l.up) + p(&l.down))
             .sum();
-        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, HostMatrix::bytes)
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, p)
     }
 
     /// A host cache holding the tensor cache's positions, with room for `extra` more.
@@ -244,13 +245,16 @@ impl HostDecoder {
             x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
             let y = rms_norm(&x, &layer.post_norm, self.eps);
             let (gate, up) = (project(&layer.gate, &y, b), project(&layer.up, &y, b));
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| cpu::silu(g) * u).collect();
             let down = project(&layer.down, &act, b);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         cache.len += 1;
         let x = rms_norm(&x, &self.norm, self.eps);
-        Ok(self.lm_head.as_ref().unwrap_or(&self.embed).matvec(&x, b))
+        Ok(match &self.lm_head {
+            Some(head) => project(head, &x, b),
+            None => self.embed.matvec(&x, b),
+        })
     }
 
     fn attention(
@@ -311,15 +315,11 @@ fn project(p: &Projection, x: &[f32], n: usize) -> Vec<f32> {
     y
 }
 
-/// RMSNorm of each row (the statistic in f32, as transformers computes it).
+/// RMSNorm of each row, into a new buffer.
 fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
-    x.chunks_exact(gamma.len())
-        .flat_map(|row| {
-            let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            row.iter().zip(gamma).map(move |(v, g)| v * inv * g)
-        })
-        .collect()
+    let mut y = x.to_vec();
+    cpu::rms_norm_rows(&mut y, gamma, eps);
+    y
 }
 
 /// Rotate-half RoPE on one head: dimension `i` pairs with `i + head_dim/2`.
