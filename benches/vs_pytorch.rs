@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
+use psa_vlm::models::cpu::gemm;
 use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::{HostDecoder, HostWeights, KvCache, PaddingMask, PsaVlm};
@@ -45,6 +46,13 @@ fn prefill(model: &PsaVlm, ids: &[u32], device: &Device) -> (Vec<f32>, KvCache) 
     let [_, t, d] = hidden.dims();
     let logits = lm.logits(hidden.slice([0..1, t - 1..t, 0..d]));
     (logits.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits"), cache)
+}
+
+/// Logits of the last position after a prefill of `ids` on the host engine (the embedding lookup included).
+fn host_prefill(model: &PsaVlm, host: &HostDecoder, ids: &[u32], device: &Device) -> Vec<f32> {
+    let embeds = model.llava.language_model.model.embed(&[ids.to_vec()], device);
+    let embeds = embeds.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 embeddings");
+    host.prefill(&embeds, &PaddingMask::full(1, ids.len()), DECODE_STEPS).expect("host prefill").0
 }
 
 /// [`DECODE_STEPS`] greedy decode steps (one new token each) after a prefill of `prompt` positions, on the tensor
@@ -94,6 +102,20 @@ fn bench(c: &mut Criterion) {
             });
         }
         group.finish();
+        if name == "flex" {
+            // The host engines' blocked product on the same sizes (`b` as rows: a PyTorch `Linear` weight).
+            let mut group = c.benchmark_group("flex/gemm-host");
+            group.sample_size(10);
+            for n in [1024usize, 2048] {
+                let values = |seed: usize| (0..n * n).map(|i| ((i * 37 + seed) % 101) as f32 / 50.0 - 1.0).collect();
+                let (a, b): (Vec<f32>, Vec<f32>) = (values(1), values(2));
+                let mut out = vec![0f32; n * n];
+                group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+                    bench.iter(|| gemm::matmul(&a, n, n, &gemm::Rows { data: &b, n, k: n, ld: n }, &mut out, true))
+                });
+            }
+            group.finish();
+        }
 
         let (model, _, _) = load_psa(&dir, &device, &LoadOptions::default()).expect("quickstart model");
         let image = model.llava.image_token_index();
@@ -108,21 +130,24 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
 
-        let mut group = c.benchmark_group(format!("{name}/prefill"));
-        group.sample_size(10);
-        for len in [80usize, 320] {
-            let ids = inputs::prompt_ids(len);
-            group.bench_with_input(BenchmarkId::from_parameter(len), &len, |bench, _| {
-                bench.iter(|| prefill(&model, &ids, &device).0)
-            });
-        }
-        group.finish();
-
         let hosts = [
             ("", None),
             ("-host-f32", Some(HostDecoder::new(&model.llava.language_model, HostWeights::F32).expect("host"))),
             ("-host-q8_0", Some(HostDecoder::new(&model.llava.language_model, HostWeights::Q8_0).expect("host"))),
         ];
+        for (suffix, host) in &hosts {
+            let mut group = c.benchmark_group(format!("{name}/prefill{suffix}"));
+            group.sample_size(10);
+            for len in [80usize, 320] {
+                let ids = inputs::prompt_ids(len);
+                group.bench_with_input(BenchmarkId::from_parameter(len), &len, |bench, _| match host {
+                    Some(h) => bench.iter(|| host_prefill(&model, h, &ids, &device)),
+                    None => bench.iter(|| prefill(&model, &ids, &device).0),
+                });
+            }
+            group.finish();
+        }
+
         for (suffix, host) in &hosts {
             let mut group = c.benchmark_group(format!("{name}/decode-{DECODE_STEPS}{suffix}"));
             group.sample_size(10).measurement_time(Duration::from_secs(20));

@@ -6,9 +6,9 @@
 //! perf record -F 499 -g target/release/examples/profile_workload classify-1 30
 //! ```
 //!
-//! Workloads: `classify-1`, `classify-8`, `prefill-80`, `prefill-320`, `decode-80` (tensor path), `decode-80-host`,
-//! `stage1`. The second argument is the number of seconds to loop (default 20). Model: `PSA_BENCH_MODEL` or the
-//! quickstart's.
+//! Workloads: `classify-1`, `classify-8`, `prefill-80`, `prefill-320` (tensor path), `prefill-80-host`,
+//! `prefill-320-host` (host engine, f32), `decode-80`, `decode-80-host`, `stage1`. The second argument is the number
+//! of seconds to loop (default 20). Model: `PSA_BENCH_MODEL` or the quickstart's.
 //!
 //! `q8-parity` instead prints how far the Q8_0 host decoder's logits are from the f32 ones along 64 greedy steps
 //! after each of the bench's prompts.
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        "prefill-80" | "prefill-320" | "decode-80" | "decode-80-host" => {
+        "prefill-80" | "prefill-320" | "prefill-80-host" | "prefill-320-host" | "decode-80" | "decode-80-host" => {
             let len = if workload.contains("320") { 320 } else { 80 };
             let steps = if workload.starts_with("decode") { 33 } else { 1 };
             let host = workload

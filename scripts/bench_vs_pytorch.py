@@ -13,8 +13,8 @@ Inputs: the formulas of benches/common/inputs.rs. Eager CPU, f32, SDPA attention
 
 Rows (as the Rust bench): f32 GEMM; classify = DINOv2 up to the feature layer, CLS dropped, C-Abstractor, safety
 head on the prompt's first token, for 1 and 8 images; prefill of a text prompt with a KV cache and the logits of
-its last position; 32 greedy decode steps after that prefill (PyTorch in f32, against each of psa-vlm's decode
-engines: the tensor path, the host decoder in f32 and in Q8_0); one stage-I step (batch 4, cached features, LM loss
+its last position, and 32 greedy decode steps after that prefill (PyTorch in f32, against each of psa-vlm's
+engines: the tensor path, the host engine in f32 and in Q8_0); one stage-I step (batch 4, cached features, LM loss
 over every text position + λ·concept loss, backward through the frozen LLM, AdamW on the safety modules).
 
 With --criterion (the Rust bench's output folder) it prints both sides and the ratio PyTorch / psa-vlm of the
@@ -221,7 +221,9 @@ def main():
 
     for n in (1024, 2048):
         x, y = torch.randn(n, n), torch.randn(n, n)
-        rows.append((f"f32 GEMM {n}³", "gemm", str(n), timed(lambda: x @ y, 10), 1e3, "ms"))
+        t = timed(lambda: x @ y, 10)
+        rows.append((f"f32 GEMM {n}³, Burn (flex)", "gemm", str(n), t, 1e3, "ms"))
+        rows.append((f"f32 GEMM {n}³, host engine", "gemm-host", str(n), t, 1e3, "ms"))
     with torch.inference_mode():
         for b in (1, 8):
             px = pixels(b)
@@ -234,7 +236,9 @@ def main():
                 print("classify level logits", [round(v, 4) for v in level[0].tolist()])
         for n in (80, 320):
             ids = prompt_ids(n)
-            rows.append((f"prefill, {n} tokens", "prefill", str(n), timed(lambda: prefill(m, ids), 10), 1e3, "ms"))
+            t = timed(lambda: prefill(m, ids), 10)
+            for engine, suffix in (("tensor path", ""), ("host f32", "-host-f32"), ("host Q8_0", "-host-q8_0")):
+                rows.append((f"prefill, {n} tokens, {engine}", f"prefill{suffix}", str(n), t, 1e3, "ms"))
         for n in (80, 320):
             ids = prompt_ids(n)
             times, tokens = [], []

@@ -1,5 +1,5 @@
-//! The host decoder (CPU decode steps, f32 and Q8_0) against transformers on the tiny fixtures: teacher-forced
-//! logits at every position, padded batches, and exact greedy tokens through `generate_with`.
+//! The host decoder (CPU prefill and decode steps, f32 and Q8_0) against transformers on the tiny fixtures:
+//! teacher-forced logits at every position, padded batches, and exact greedy tokens through `generate_with`.
 mod common;
 
 use common::*;
@@ -112,6 +112,79 @@ fn host_steps_match_transformers_logits_and_greedy_tokens() {
         eprintln!("{variant} text logits, host Q8_0: max abs diff {d:.3e} (largest logit {spread:.3})");
         assert!(d > 0.0 && d < 0.03 * spread, "{variant}: Q8_0 logits differ by {d:e}");
     }
+}
+
+/// Host prefill of `ids` (embedded on `device`) with padding `rows`: the logits at each row's last real position.
+fn host_prefill(lm: &LlamaForCausalLM, host: &HostDecoder, ids: &[Vec<u32>], rows: &[Vec<bool>]) -> Vec<f32> {
+    let device = lm.model.embed_tokens.weight.device();
+    let embeds = lm.model.embed(ids, &device).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    host.prefill(&embeds, &PaddingMask::new(rows.to_vec()), 0).unwrap().0
+}
+
+#[test]
+fn host_prefill_matches_transformers_and_the_tensor_path() {
+    for ((backend, device), variant) in devices().into_iter().flat_map(|d| VARIANTS.map(|v| (d.clone(), v))) {
+        let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
+        let lm = load_tiny_llava(variant, &device).language_model;
+        let host = HostDecoder::new(&lm, HostWeights::F32).unwrap();
+        // Every prefix of the text prompt: the prefill's logits at each position.
+        let ids = fx["text_only.input_ids"].ids();
+        let t = ids[0].len();
+        let got: Vec<f32> =
+            (1..=t).flat_map(|n| host_prefill(&lm, &host, &[ids[0][..n].to_vec()], &[vec![true; n]])).collect();
+        let d = max_abs(&got, &fx["text_only.logits"].values, |_| true);
+        eprintln!("{variant} ({backend} weights) text logits, host prefill: max abs diff {d:.3e}");
+        assert!(d <= TOL, "{variant}: host prefill logits differ by {d:e}");
+        // Padded batches: the last real position of each row.
+        for side in ["left", "right"] {
+            let ids = fx[&format!("batch.{side}.input_ids")].ids();
+            let m = &fx[&format!("batch.{side}.attention_mask")];
+            let rows: Vec<Vec<bool>> =
+                m.values.chunks(m.shape[1]).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect();
+            let got = host_prefill(&lm, &host, &ids, &rows);
+            let all = &fx[&format!("batch.{side}.logits")].values;
+            let (t, vocab) = (rows[0].len(), got.len() / rows.len());
+            let want: Vec<f64> = PaddingMask::new(rows.clone())
+                .last_real()
+                .iter()
+                .enumerate()
+                .flat_map(|(r, &p)| all[(r * t + p) * vocab..][..vocab].to_vec())
+                .collect();
+            let d = max_abs(&got, &want, |_| true);
+            eprintln!("{variant} batch.{side}, host prefill: max abs diff {d:.3e}");
+            assert!(d <= TOL, "{variant} batch.{side}: host prefill logits differ by {d:e}");
+        }
+    }
+    // A prompt longer than one query block (64) with left padding, against the tensor path (itself checked against
+    // transformers above), and the decode steps that continue from the host prefill's cache.
+    let device = Device::flex();
+    let lm = load_tiny_llava("tiny_llava_gqa", &device).language_model;
+    let host = HostDecoder::new(&lm, HostWeights::F32).unwrap();
+    let ids: Vec<Vec<u32>> = (0..2).map(|r| (0..120).map(|i| ((i * 7 + r * 13) % 90 + 3) as u32).collect()).collect();
+    let rows = vec![vec![true; 120], (0..120).map(|i| i >= 17).collect::<Vec<_>>()];
+    let mask = PaddingMask::new(rows.clone());
+    let cfg = GenerationConfig { max_new_tokens: 6, ..Default::default() };
+    let tensor = generate(&lm, lm.model.embed(&ids, &device), mask.clone(), &cfg, 128).unwrap();
+    let hosted = generate_with(&lm, Some(&host), lm.model.embed(&ids, &device), mask.clone(), &cfg, 128).unwrap();
+    assert_eq!(tensor, hosted, "host prefill + steps against the tensor path, 120 positions, left padding");
+    let full = lm.forward(&ids, Some(&mask), &device).into_data().try_to_vec::<f32>().unwrap();
+    let vocab = full.len() / (2 * 120);
+    let want: Vec<f64> = [119usize, 119]
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &p)| full[(r * 120 + p) * vocab..][..vocab].iter().map(|&v| v as f64).collect::<Vec<_>>())
+        .collect();
+    let d = max_abs(&host_prefill(&lm, &host, &ids, &rows), &want, |_| true);
+    eprintln!("120-position padded prefill, host against tensor path: max abs diff {d:.3e}");
+    assert!(d <= TOL, "long host prefill differs from the tensor path by {d:e}");
+    // Q8_0 weights in the blocked product: within the quantisation error of the f32 logits.
+    let q8 = HostDecoder::new(&lm, HostWeights::Q8_0).unwrap();
+    let spread = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let d = max_abs(&host_prefill(&lm, &q8, &ids, &rows), &want, |_| true);
+    eprintln!("120-position padded prefill, host Q8_0: max abs diff {d:.3e} (largest logit {spread:.3})");
+    assert!(d > 0.0 && d < 0.03 * spread, "Q8_0 prefill logits differ by {d:e}");
+    let err = host.prefill(&[0.0; 10], &mask, 0).unwrap_err().to_string();
+    assert!(err.contains("10 embedding values"), "{err}");
 }
 
 #[test]

@@ -54,9 +54,11 @@ impl Activation {
         match self {
             Self::Gelu => gelu(x),
             Self::GeluTanh => activation::gelu_approximate(x),
-            Self::QuickGelu => {
-                crate::cpu::map(x, |v| v / (1.0 + (-1.702 * v).exp()), |x| x.clone() * activation::sigmoid(x * 1.702))
-            }
+            Self::QuickGelu => crate::cpu::map(
+                x,
+                |v| v / (1.0 + crate::cpu::exp(-1.702 * v)),
+                |x| x.clone() * activation::sigmoid(x * 1.702),
+            ),
             Self::Silu => crate::cpu::map(x, crate::cpu::silu, activation::silu),
             Self::Relu => activation::relu(x),
         }
@@ -75,7 +77,7 @@ fn gelu_erf(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + P * z);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let erf = 1.0 - poly * (-z * z).exp();
+    let erf = 1.0 - poly * crate::cpu::exp(-z * z);
     0.5 * x * (1.0 + erf.copysign(x))
 }
 

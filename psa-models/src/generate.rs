@@ -76,7 +76,8 @@ pub fn generate(
     generate_with(lm, None, inputs_embeds, mask, cfg, max_positions)
 }
 
-/// [`generate`], with the decode steps on `host` when given (the prefill always runs on `lm`'s device).
+/// [`generate`] on the host engine when `host` is given (prefill and decode steps on the CPU, whatever device the
+/// embeddings are on), on `lm`'s device otherwise.
 pub fn generate_with(
     lm: &LlamaForCausalLM,
     host: Option<&HostDecoder>,
@@ -95,15 +96,26 @@ pub fn generate_with(
     }
     let device = inputs_embeds.device();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut cache = KvCache::new(lm.num_layers());
-    let hidden = lm.model.forward(inputs_embeds, &mask, Some(&mut cache), false).last_hidden_state;
-    let last: Vec<Tensor<3>> =
-        mask.last_real().iter().enumerate().map(|(r, &p)| hidden.clone().slice([r..r + 1, p..p + 1, 0..d])).collect();
     let to_host = |t: Tensor<3>| -> Result<Vec<f32>, ModelError> {
         t.into_data().convert::<f32>().try_to_vec().map_err(|e| ModelError::Input(format!("{e:?}")))
     };
-    let mut logits = to_host(lm.logits(Tensor::cat(last, 0)))?;
-    let mut host_cache = host.map(|h| h.cache_from(&cache, cfg.max_new_tokens)).transpose()?;
+    let mut cache = KvCache::new(lm.num_layers());
+    let (mut logits, mut host_cache) = match host {
+        Some(h) => {
+            let (logits, c) = h.prefill(&to_host(inputs_embeds)?, &mask, cfg.max_new_tokens)?;
+            (logits, Some(c))
+        }
+        None => {
+            let hidden = lm.model.forward(inputs_embeds, &mask, Some(&mut cache), false).last_hidden_state;
+            let last: Vec<Tensor<3>> = mask
+                .last_real()
+                .iter()
+                .enumerate()
+                .map(|(r, &p)| hidden.clone().slice([r..r + 1, p..p + 1, 0..d]))
+                .collect();
+            (to_host(lm.logits(Tensor::cat(last, 0)))?, None)
+        }
+    };
     let mut out = Generation { tokens: vec![Vec::new(); b], finish: vec![FinishReason::Length; b] };
     let mut done = vec![false; b];
     for step in 0..cfg.max_new_tokens {

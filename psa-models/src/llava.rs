@@ -34,7 +34,7 @@ impl MultiModalProjector {
     /// # Shapes
     /// - `features`: `[batch, tokens, d_vision]` → `[batch, tokens, d_text]`
     pub fn forward(&self, features: Tensor<3>) -> Tensor<3> {
-        self.linear_2.forward(self.act.forward(self.linear_1.forward(features)))
+        crate::cpu::linear(&self.linear_2, self.act.forward(crate::cpu::linear(&self.linear_1, features)))
     }
 }
 

@@ -236,11 +236,15 @@ impl ClipEncoderLayer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.layer_norm1.forward(x.clone());
         let a = &self.self_attn;
-        let h =
-            self_attention(a.q_proj.forward(h.clone()), a.k_proj.forward(h.clone()), a.v_proj.forward(h), a.num_heads);
-        let x = x + a.out_proj.forward(h);
+        let h = self_attention(
+            crate::cpu::linear(&a.q_proj, h.clone()),
+            crate::cpu::linear(&a.k_proj, h.clone()),
+            crate::cpu::linear(&a.v_proj, h),
+            a.num_heads,
+        );
+        let x = x + crate::cpu::linear(&a.out_proj, h);
         let h = self.layer_norm2.forward(x.clone());
-        x + self.mlp.fc2.forward(self.mlp.act.forward(self.mlp.fc1.forward(h)))
+        x + crate::cpu::linear(&self.mlp.fc2, self.mlp.act.forward(crate::cpu::linear(&self.mlp.fc1, h)))
     }
 }
 

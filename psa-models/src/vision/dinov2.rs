@@ -286,10 +286,18 @@ impl Dinov2Layer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.norm1.forward(x.clone());
         let a = &self.attention.attention;
-        let h = self_attention(a.query.forward(h.clone()), a.key.forward(h.clone()), a.value.forward(h), a.num_heads);
-        let h = self.attention.output.dense.forward(h);
+        let h = self_attention(
+            crate::cpu::linear(&a.query, h.clone()),
+            crate::cpu::linear(&a.key, h.clone()),
+            crate::cpu::linear(&a.value, h),
+            a.num_heads,
+        );
+        let h = crate::cpu::linear(&self.attention.output.dense, h);
         let x = x + h * self.layer_scale1.lambda1.val().unsqueeze::<3>();
-        let h = self.mlp.fc2.forward(self.mlp.act.forward(self.mlp.fc1.forward(self.norm2.forward(x.clone()))));
+        let h = crate::cpu::linear(
+            &self.mlp.fc2,
+            self.mlp.act.forward(crate::cpu::linear(&self.mlp.fc1, self.norm2.forward(x.clone()))),
+        );
         x + h * self.layer_scale2.lambda1.val().unsqueeze::<3>()
     }
 }

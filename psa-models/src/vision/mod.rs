@@ -112,10 +112,13 @@ impl VisionTower {
     }
 }
 
-/// Standard multi-head self-attention over `[batch, tokens, width]` given projected q, k, v.
+/// Standard multi-head self-attention over `[batch, tokens, width]` given projected q, k, v (on all threads for
+/// flex tensors, [`crate::cpu::self_attention`]).
 pub(crate) fn self_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [b, t, d] = q.dims();
-    let split = |x: Tensor<3>| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
-    let out = burn::tensor::module::attention(split(q), split(k), split(v), None, None, Default::default());
-    out.swap_dims(1, 2).reshape([b, t, d])
+    crate::cpu::self_attention(q, k, v, heads, |q, k, v| {
+        let [b, t, d] = q.dims();
+        let split = |x: Tensor<3>| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
+        let out = burn::tensor::module::attention(split(q), split(k), split(v), None, None, Default::default());
+        out.swap_dims(1, 2).reshape([b, t, d])
+    })
 }

@@ -1,12 +1,14 @@
-//! A CPU engine for the decode steps of generation: the LLaMA decoder's weights copied to host memory (f32, or
-//! quantised to ggml's Q8_0), a preallocated key/value cache, and multi-threaded matrix-vector kernels.
+//! A CPU engine for generation: the LLaMA decoder's weights copied to host memory (f32, or quantised to ggml's
+//! Q8_0), a preallocated key/value cache, and multi-threaded kernels for the prefill and the decode steps.
 //!
 //! One decode step multiplies every weight by a single activation row per sequence. Tensor backends run that as a
 //! matrix product too small to split over threads, so the step is bound by one core; here the output rows of each
 //! projection are spread over all threads, keys and values are written in place, and grouped-query heads read
-//! their shared key/value head without copying it. Prefill (many rows at once) stays on the tensor backend, whose
-//! matrix products are fast there; its cache is copied into the host cache once.
+//! their shared key/value head without copying it. The prefill ([`HostDecoder::prefill`]) runs each projection as
+//! one blocked product over every prompt row, straight from the stored weights (Q8_0 blocks are unpacked one panel
+//! at a time). A cache prefilled on a tensor backend can be taken over too ([`HostDecoder::cache_from`]).
 mod kernels;
+mod prefill;
 
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::Tensor;
@@ -64,7 +66,7 @@ struct HostLayer {
     post_norm: Vec<f32>,
 }
 
-/// The decoder on the host, for decode steps.
+/// The decoder on the host, for prefill and decode steps.
 #[derive(Debug, Clone)]
 pub struct HostDecoder {
     layers: Vec<HostLayer>,
@@ -240,75 +242,94 @@ impl HostDecoder {
         }
         let (cos, sin) = self.rope.values(&mask.position_ids(1));
         let mut x: Vec<f32> = ids.iter().flat_map(|&id| self.embed.row(id as usize)).collect();
+        let slot = cache.len;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = self.attention(layer, i, &rms_norm(&x, &layer.input_norm, self.eps), (&cos, &sin), mask, cache);
+            let y = rms_norm(&x, &layer.input_norm, self.eps);
+            let q = self.queries_keys_values(layer, i, &y, (&cos, &sin), cache, |r| (r, slot));
+            let h = project(&layer.o, &self.attend_last(&q, i, mask, cache), b);
             x.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
-            let y = rms_norm(&x, &layer.post_norm, self.eps);
-            let (gate, up) = (project(&layer.gate, &y, b), project(&layer.up, &y, b));
-            let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| cpu::silu(g) * u).collect();
-            let down = project(&layer.down, &act, b);
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            self.mlp(layer, &mut x, b);
         }
         cache.len += 1;
-        let x = rms_norm(&x, &self.norm, self.eps);
-        Ok(match &self.lm_head {
-            Some(head) => project(head, &x, b),
-            None => self.embed.matvec(&x, b),
-        })
+        Ok(self.logits(&x, b))
     }
 
-    fn attention(
+    /// The next-token logits of `n` final hidden rows (before the final norm).
+    fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let x = rms_norm(x, &self.norm, self.eps);
+        match &self.lm_head {
+            Some(head) => project(head, &x, n),
+            None => self.embed.matmul(&x, n),
+        }
+    }
+
+    /// Adds the SwiGLU MLP of `n` rows of `x` (post-attention norm included) to `x`.
+    fn mlp(&self, layer: &HostLayer, x: &mut [f32], n: usize) {
+        let y = rms_norm(x, &layer.post_norm, self.eps);
+        let (gate, up) = (project(&layer.gate, &y, n), project(&layer.up, &y, n));
+        let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| cpu::silu(g) * u).collect();
+        let down = project(&layer.down, &act, n);
+        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+    }
+
+    /// Projects the normed rows `x` to queries, keys and values, rotates queries and keys (`cos`/`sin` hold one
+    /// `head_dim` row per input row), writes each row's key and value at the cache slot `at(row)` = (batch row,
+    /// position) of layer `index`, and returns the queries.
+    fn queries_keys_values(
         &self,
         layer: &HostLayer,
         index: usize,
         x: &[f32],
         (cos, sin): (&[f32], &[f32]),
-        mask: &PaddingMask,
         cache: &mut HostCache,
+        at: impl Fn(usize) -> (usize, usize),
     ) -> Vec<f32> {
-        let b = cache.batch;
-        let (h, kv, hd, cap, slot) = (self.heads, self.kv_heads, self.head_dim, cache.capacity, cache.len);
-        let mut q = project(&layer.q, x, b);
-        let mut k = project(&layer.k, x, b);
-        let v = project(&layer.v, x, b);
-        for r in 0..b {
-            let (c, s) = (&cos[r * hd..(r + 1) * hd], &sin[r * hd..(r + 1) * hd]);
-            q[r * h * hd..(r + 1) * h * hd].chunks_exact_mut(hd).for_each(|head| rotate(head, c, s));
-            k[r * kv * hd..(r + 1) * kv * hd].chunks_exact_mut(hd).for_each(|head| rotate(head, c, s));
+        let (h, kv, hd, cap) = (self.heads, self.kv_heads, self.head_dim, cache.capacity);
+        let n = x.len() / self.norm.len();
+        let mut q = project(&layer.q, x, n);
+        let mut k = project(&layer.k, x, n);
+        let v = project(&layer.v, x, n);
+        for row in 0..n {
+            let (c, s) = (&cos[row * hd..(row + 1) * hd], &sin[row * hd..(row + 1) * hd]);
+            q[row * h * hd..(row + 1) * h * hd].chunks_exact_mut(hd).for_each(|head| rotate(head, c, s));
+            k[row * kv * hd..(row + 1) * kv * hd].chunks_exact_mut(hd).for_each(|head| rotate(head, c, s));
+            let (r, slot) = at(row);
             for g in 0..kv {
-                let at = ((r * kv + g) * cap + slot) * hd;
-                cache.keys[index][at..at + hd].copy_from_slice(&k[(r * kv + g) * hd..][..hd]);
-                cache.values[index][at..at + hd].copy_from_slice(&v[(r * kv + g) * hd..][..hd]);
+                let dst = ((r * kv + g) * cap + slot) * hd;
+                cache.keys[index][dst..dst + hd].copy_from_slice(&k[(row * kv + g) * hd..][..hd]);
+                cache.values[index][dst..dst + hd].copy_from_slice(&v[(row * kv + g) * hd..][..hd]);
             }
         }
+        q
+    }
+
+    /// Attention of one new position per batch row (queries `q`, `[batch, heads·head_dim]`) over the cache of
+    /// layer `index`, the new position included; returns `[batch, heads·head_dim]`.
+    fn attend_last(&self, q: &[f32], index: usize, mask: &PaddingMask, cache: &HostCache) -> Vec<f32> {
+        let (b, h, kv, hd, cap, slot) =
+            (cache.batch, self.heads, self.kv_heads, self.head_dim, cache.capacity, cache.len);
         let (keys, values) = (&cache.keys[index], &cache.values[index]);
         let rows = mask.rows();
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; b * h * hd];
         out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
             let (r, head) = (i / h, i % h);
-            let g = head / (h / kv);
+            let base = (r * kv + head / (h / kv)) * cap * hd;
             let qh = &q[i * hd..(i + 1) * hd];
-            let base = (r * kv + g) * cap * hd;
-            let visible = |s: usize| rows[r][s];
-            let scores: Vec<f32> = (0..=slot)
-                .map(|s| if visible(s) { kernels::dot_f32(qh, &keys[base + s * hd..][..hd]) * scale } else { f32::MIN })
-                .collect();
-            let max = scores.iter().copied().fold(f32::MIN, f32::max);
-            let weights: Vec<f32> =
-                scores.iter().enumerate().map(|(s, &v)| if visible(s) { (v - max).exp() } else { 0.0 }).collect();
-            let total: f32 = weights.iter().sum();
+            let mut weights: Vec<f32> =
+                (0..=slot).map(|s| kernels::dot_f32(qh, &keys[base + s * hd..][..hd]) * scale).collect();
+            cpu::softmax_visible(&mut weights, |s| rows[r][s]);
             for (s, &w) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
                 let vs = &values[base + s * hd..][..hd];
-                o.iter_mut().zip(vs).for_each(|(a, &v)| *a += w / total * v);
+                o.iter_mut().zip(vs).for_each(|(a, &v)| *a += w * v);
             }
         });
-        project(&layer.o, &out, b)
+        out
     }
 }
 
 fn project(p: &Projection, x: &[f32], n: usize) -> Vec<f32> {
-    let mut y = p.weight.matvec(x, n);
+    let mut y = p.weight.matmul(x, n);
     if let Some(bias) = &p.bias {
         y.chunks_exact_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(a, b)| *a += b));
     }
