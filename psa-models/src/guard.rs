@@ -187,9 +187,9 @@ impl GuardedPipeline {
         Ok(Self { model, config, report, text, images, template, taxonomy, policy, calibration, host: None, device })
     }
 
-    /// Runs the decode steps of generation on a host decoder holding the LLM in `weights` (`None`: on the model's
-    /// device, the default). On a CPU this is several times faster per token; it keeps a second copy of the LLM
-    /// weights (the f32 size, or about a quarter of it in Q8_0).
+    /// Runs generation (prefill and decode steps) on a host engine holding the LLM in `weights` (`None`: on the
+    /// model's device, the default). On a CPU this is several times faster per token; it keeps a second copy of the
+    /// LLM weights (the f32 size, or about a quarter of it in Q8_0).
     pub fn with_host_decoder(mut self, weights: Option<HostWeights>) -> Result<Self, PipelineError> {
         self.host = weights.map(|w| HostDecoder::new(&self.model.llava.language_model, w)).transpose()?;
         Ok(self)

@@ -120,8 +120,8 @@ impl LoraAdapter {
 /// `linear(x)`, plus the adapter's update when there is one.
 pub fn adapted(linear: &Linear, lora: &Option<LoraAdapter>, x: Tensor<3>) -> Tensor<3> {
     match lora {
-        Some(a) => crate::cpu::linear(linear, x.clone()) + a.forward(x),
-        None => crate::cpu::linear(linear, x),
+        Some(a) => linear.forward(x.clone()) + a.forward(x),
+        None => linear.forward(x),
     }
 }
 

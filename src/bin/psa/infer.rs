@@ -31,8 +31,9 @@ pub struct ModelArgs {
     /// Device: cpu, ndarray, wgpu, vulkan, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Where generation's decode steps run: `auto` (the host decoder in f32 on a CPU device, else the device),
-    /// `device`, `host-f32`, or `host-q8_0` (8-bit weights: a quarter of the memory, faster, logits move slightly).
+    /// Where generation (prefill and decode steps) runs: `auto` (the host engine in f32 on a CPU device, else the
+    /// device), `device`, `host-f32`, or `host-q8_0` (8-bit weights: a quarter of the memory, faster decoding,
+    /// logits move slightly).
     #[arg(long, value_enum, default_value_t = Decode::Auto)]
     pub decode: Decode,
 }
