@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
                 let (a, b): (Vec<f32>, Vec<f32>) = (values(1), values(2));
                 let mut out = vec![0f32; n * n];
                 group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
-                    bench.iter(|| gemm::matmul(&a, n, n, &gemm::Rows { data: &b, n, k: n, ld: n }, &mut out, true))
+                    bench.iter(|| gemm::matmul(&a, n, n, &gemm::Strided::rows(&b, n, n, n), &mut out, true))
                 });
             }
             group.finish();

@@ -14,6 +14,12 @@ use psa_vlm::models::{
 const TOL: f64 = 2e-5;
 const VARIANTS: [&str; 2] = ["tiny_llava", "tiny_llava_gqa"];
 
+/// The fixture's padded batch `side` ("left" or "right") as per-row flags.
+fn padding_rows(fx: &std::collections::BTreeMap<String, Ref>, side: &str) -> Vec<Vec<bool>> {
+    let m = &fx[&format!("batch.{side}.attention_mask")];
+    m.values.chunks(m.shape[1]).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect()
+}
+
 /// Prefills the first column on the tensor backend, then feeds every later column through host steps; returns
 /// the logits of each position `[batch, seq, vocab]` (position 0 from the prefill).
 fn teacher_forced(lm: &LlamaForCausalLM, host: &HostDecoder, ids: &[Vec<u32>], rows: &[Vec<bool>]) -> Vec<f32> {
@@ -60,9 +66,7 @@ fn host_steps_match_transformers_logits_and_greedy_tokens() {
 
         for side in ["left", "right"] {
             let ids = fx[&format!("batch.{side}.input_ids")].ids();
-            let m = &fx[&format!("batch.{side}.attention_mask")];
-            let rows: Vec<Vec<bool>> =
-                m.values.chunks(m.shape[1]).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect();
+            let rows = padding_rows(&fx, side);
             let got = teacher_forced(&lm, &host, &ids, &rows);
             let vocab = got.len() / (rows.len() * rows[0].len());
             let real = |i: usize| rows[i / vocab / rows[0].len()][i / vocab % rows[0].len()];
@@ -138,9 +142,7 @@ fn host_prefill_matches_transformers_and_the_tensor_path() {
         // Padded batches: the last real position of each row.
         for side in ["left", "right"] {
             let ids = fx[&format!("batch.{side}.input_ids")].ids();
-            let m = &fx[&format!("batch.{side}.attention_mask")];
-            let rows: Vec<Vec<bool>> =
-                m.values.chunks(m.shape[1]).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect();
+            let rows = padding_rows(&fx, side);
             let got = host_prefill(&lm, &host, &ids, &rows);
             let all = &fx[&format!("batch.{side}.logits")].values;
             let (t, vocab) = (rows[0].len(), got.len() / rows.len());

@@ -2,32 +2,32 @@
 //! values are blocked products ([`super::gemm`]) and the softmax skips what a query may not see.
 use rayon::prelude::*;
 
-use super::gemm::{self, Cols, Rows};
+use super::gemm::{self, Panels};
 
 /// Query rows per attention task: large enough for the blocked product, small enough to spread a short sequence's
 /// heads over threads.
 pub const QUERY_BLOCK: usize = 64;
 
-/// One query block's attention: `rows` queries (row `i` at `queries[i·ldq..]`, `keys.k` values each) over the
-/// first `keys.n` keys and values, key `s` visible to query `i` where `visible(i, s)`. Returns `[rows, values.n]`;
+/// One query block's attention: `rows` queries (row `i` at `queries[i·ldq..]`, `keys.k()` values each) over the
+/// `keys.n()` keys and values, key `s` visible to query `i` where `visible(i, s)`. Returns `[rows, values.n()]`;
 /// a query that sees no key gets zeros.
 pub fn attend(
     queries: &[f32],
     ldq: usize,
     rows: usize,
-    keys: &Rows,
-    values: &Cols,
+    keys: &impl Panels,
+    values: &impl Panels,
     visible: impl Fn(usize, usize) -> bool,
 ) -> Vec<f32> {
-    let seen = keys.n;
-    let scale = 1.0 / (keys.k as f32).sqrt();
+    let seen = keys.n();
+    let scale = 1.0 / (keys.k() as f32).sqrt();
     let mut scores = vec![0f32; rows * seen];
     gemm::matmul(queries, ldq, rows, keys, &mut scores, false);
     for (i, row) in scores.chunks_exact_mut(seen).enumerate() {
         row.iter_mut().for_each(|s| *s *= scale);
         super::softmax_visible(row, |s| visible(i, s));
     }
-    let mut out = vec![0f32; rows * values.n];
+    let mut out = vec![0f32; rows * values.n()];
     gemm::matmul(&scores, seen, rows, values, &mut out, false);
     out
 }

@@ -24,20 +24,43 @@ pub trait Panels: Sync {
     }
 }
 
-/// `b` stored as `n` rows of `k` values, row `j` at `data[j·ld..]` (a PyTorch `Linear` weight, attention keys).
-#[derive(Debug, Clone, Copy)]
-pub struct Rows<'a> {
-    /// The values.
-    pub data: &'a [f32],
-    /// Rows (output columns of the product).
-    pub n: usize,
-    /// Values used per row.
-    pub k: usize,
-    /// Distance between rows.
-    pub ld: usize,
+/// How a [`Strided`] factor's values are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `n` rows of `k` values, row `j` at `data[j·ld..]` (a PyTorch `Linear` weight, attention keys).
+    Rows,
+    /// `k` rows of `n` values, row `p` at `data[p·ld..]` (attention values, a Burn `Linear` weight).
+    Cols,
 }
 
-impl Panels for Rows<'_> {
+/// A right-hand factor read from a strided slice.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    /// The values.
+    pub data: &'a [f32],
+    /// Output columns of the product.
+    pub n: usize,
+    /// The shared dimension.
+    pub k: usize,
+    /// Distance between the stored rows.
+    pub ld: usize,
+    /// Which of `n` and `k` the stored rows run along.
+    pub layout: Layout,
+}
+
+impl<'a> Strided<'a> {
+    /// `n` stored rows of `k` values.
+    pub fn rows(data: &'a [f32], n: usize, k: usize, ld: usize) -> Self {
+        Self { data, n, k, ld, layout: Layout::Rows }
+    }
+
+    /// `k` stored rows of `n` values.
+    pub fn cols(data: &'a [f32], k: usize, n: usize, ld: usize) -> Self {
+        Self { data, n, k, ld, layout: Layout::Cols }
+    }
+}
+
+impl Panels for Strided<'_> {
     fn n(&self) -> usize {
         self.n
     }
@@ -48,51 +71,30 @@ impl Panels for Rows<'_> {
 
     fn pack(&self, j0: usize, out: &mut [f32]) {
         let width = NR.min(self.n - j0);
-        if width < NR {
-            out.fill(0.0);
-        }
-        // A few inputs at a time, so the panel rows being written stay in L1.
-        const STEP: usize = 16;
-        for p0 in (0..self.k).step_by(STEP) {
-            let len = STEP.min(self.k - p0);
-            for jj in 0..width {
-                let row = &self.data[(j0 + jj) * self.ld + p0..][..len];
-                for (p, &v) in row.iter().enumerate() {
-                    out[(p0 + p) * NR + jj] = v;
+        match self.layout {
+            Layout::Rows => {
+                if width < NR {
+                    out.fill(0.0);
+                }
+                // A few inputs at a time, so the panel rows being written stay in L1.
+                const STEP: usize = 16;
+                for p0 in (0..self.k).step_by(STEP) {
+                    let len = STEP.min(self.k - p0);
+                    for jj in 0..width {
+                        let row = &self.data[(j0 + jj) * self.ld + p0..][..len];
+                        for (p, &v) in row.iter().enumerate() {
+                            out[(p0 + p) * NR + jj] = v;
+                        }
+                    }
                 }
             }
-        }
-    }
-}
-
-/// `b` stored as `k` rows of `n` values, row `p` at `data[p·ld..]` (attention values, a Burn `Linear` weight).
-#[derive(Debug, Clone, Copy)]
-pub struct Cols<'a> {
-    /// The values.
-    pub data: &'a [f32],
-    /// Rows (the shared dimension).
-    pub k: usize,
-    /// Values used per row (output columns of the product).
-    pub n: usize,
-    /// Distance between rows.
-    pub ld: usize,
-}
-
-impl Panels for Cols<'_> {
-    fn n(&self) -> usize {
-        self.n
-    }
-
-    fn k(&self) -> usize {
-        self.k
-    }
-
-    fn pack(&self, j0: usize, out: &mut [f32]) {
-        let width = NR.min(self.n - j0);
-        for p in 0..self.k {
-            let dst = &mut out[p * NR..(p + 1) * NR];
-            dst[..width].copy_from_slice(&self.data[p * self.ld + j0..][..width]);
-            dst[width..].fill(0.0);
+            Layout::Cols => {
+                for p in 0..self.k {
+                    let dst = &mut out[p * NR..(p + 1) * NR];
+                    dst[..width].copy_from_slice(&self.data[p * self.ld + j0..][..width]);
+                    dst[width..].fill(0.0);
+                }
+            }
         }
     }
 }
@@ -322,14 +324,14 @@ mod tests {
             let wt: Vec<f32> = (0..k * n).map(|x| w[(x % n) * k + x / n]).collect();
             for threads in [false, true] {
                 let mut rows = vec![f32::NAN; m * n];
-                matmul(&a, k + 3, m, &Rows { data: &w, n, k, ld: k }, &mut rows, threads);
+                matmul(&a, k + 3, m, &Strided::rows(&w, n, k, k), &mut rows, threads);
                 let mut cols = vec![f32::NAN; m * n];
-                matmul(&a, k + 3, m, &Cols { data: &wt, k, n, ld: n }, &mut cols, threads);
+                matmul(&a, k + 3, m, &Strided::cols(&wt, k, n, n), &mut cols, threads);
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // The AVX2 kernel too, also where AVX-512 is what `matmul` picks.
                     let mut packed = vec![0f32; k * NR];
-                    Rows { data: &w, n, k, ld: k }.pack(0, &mut packed);
+                    Strided::rows(&w, n, k, k).pack(0, &mut packed);
                     let mut tile = vec![0f32; m * NR];
                     // SAFETY: the CPU has AVX2 and FMA.
                     unsafe { x86::panel_avx2(&a, k + 3, m, k, &packed, &mut tile) };
@@ -341,7 +343,7 @@ mod tests {
                 }
                 let mut portable = vec![0f32; m * NR];
                 let mut packed = vec![0f32; k * NR];
-                Rows { data: &w, n, k, ld: k }.pack(0, &mut packed);
+                Strided::rows(&w, n, k, k).pack(0, &mut packed);
                 panel_portable(&a, k + 3, m, k, &packed, &mut portable);
                 for (got, what) in [(&rows, "rows"), (&cols, "cols")] {
                     let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);

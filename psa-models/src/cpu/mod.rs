@@ -105,7 +105,7 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
         let x = values(x);
         let m = x.len() / d_in;
         let mut y = vec![0f32; m * d_out];
-        gemm::matmul(&x, d_in, m, &gemm::Cols { data: &w, k: d_in, n: d_out, ld: d_out }, &mut y, true);
+        gemm::matmul(&x, d_in, m, &gemm::Strided::cols(&w, d_in, d_out, d_out), &mut y, true);
         if let Some(bias) = &linear.bias {
             let b = values(bias.val());
             y.par_chunks_mut(d_out * (CHUNK / d_out).max(1)).for_each(|rows| {
@@ -134,8 +134,8 @@ pub fn self_attention(
         let (q, k, v) = (values(q), values(k), values(v));
         let out = attention::per_head_blocks(b, t, heads, hd, |r, head, first, rows| {
             let base = r * t * d + head * hd;
-            let keys = gemm::Rows { data: &k[base..], n: t, k: hd, ld: d };
-            let values = gemm::Cols { data: &v[base..], k: t, n: hd, ld: d };
+            let keys = gemm::Strided::rows(&k[base..], t, hd, d);
+            let values = gemm::Strided::cols(&v[base..], t, hd, d);
             attention::attend(&q[base + first * d..], d, rows, &keys, &values, |_, _| true)
         });
         return Tensor::from_data(TensorData::new(out, [b, t, d]), &device);

@@ -6,7 +6,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::cpu::gemm::{self, NR, Panels, Rows};
+use crate::cpu::gemm::{self, NR, Panels, Strided};
 
 /// Elements per Q8_0 block (ggml's block size).
 pub const Q8_BLOCK: usize = 32;
@@ -37,7 +37,7 @@ impl HostMatrix {
     /// Keeps `data` (row-major `[rows, cols]`) in f32, packed once into the blocked product's panels.
     pub fn f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data does not match {rows}×{cols}");
-        let source = Rows { data: &data, n: rows, k: cols, ld: cols };
+        let source = Strided::rows(&data, rows, cols, cols);
         let mut packed = vec![0f32; rows.div_ceil(NR) * cols * NR];
         packed.par_chunks_mut((cols * NR).max(1)).enumerate().for_each(|(j, panel)| source.pack(j * NR, panel));
         Self { rows, cols, storage: Storage::F32(packed) }

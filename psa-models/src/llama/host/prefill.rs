@@ -62,8 +62,8 @@ impl HostDecoder {
             let seen = first + rows;
             let base = (r * kv + head / (h / kv)) * cap * hd;
             let queries = &q[(r * t + first) * width + head * hd..];
-            let keys = gemm::Rows { data: &keys[base..], n: seen, k: hd, ld: hd };
-            let values = gemm::Cols { data: &values[base..], k: seen, n: hd, ld: hd };
+            let keys = gemm::Strided::rows(&keys[base..], seen, hd, hd);
+            let values = gemm::Strided::cols(&values[base..], seen, hd, hd);
             let visible = &mask.rows()[r];
             attention::attend(queries, width, rows, &keys, &values, |i, s| s <= first + i && visible[s])
         })
