@@ -170,8 +170,9 @@ fn packed_panel<'a>(b: &'a impl Panels, j: usize, buffer: &'a mut Vec<f32>) -> &
 fn panel_product(a: &[f32], lda: usize, m: usize, k: usize, packed: &[f32], tile: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        x86::check_bounds(a, lda, m, k, packed, tile);
         if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; every row and panel read is in bounds (checked by `rows_in_bounds`).
+            // SAFETY: the CPU has AVX-512F; every row and panel read is in bounds (checked above).
             return unsafe { x86::panel_avx512(a, lda, m, k, packed, tile) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -200,32 +201,49 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// Checks what the unchecked kernels read and write.
-    fn rows_in_bounds(a: &[f32], lda: usize, m: usize, k: usize, packed: &[f32], tile: &[f32]) {
+    pub(super) fn check_bounds(a: &[f32], lda: usize, m: usize, k: usize, packed: &[f32], tile: &[f32]) {
         assert!(a.len() >= (m - 1) * lda + k && packed.len() >= k * NR && tile.len() >= m * NR);
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn panel_avx512(a: &[f32], lda: usize, m: usize, k: usize, packed: &[f32], tile: &mut [f32]) {
-        rows_in_bounds(a, lda, m, k, packed, tile);
+    /// Walks the rows of `a` and `tile` in blocks of up to `mr`, calling `kernel(rows, a, tile)` on each block.
+    fn row_blocks(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        tile: &mut [f32],
+        mr: usize,
+        mut kernel: impl FnMut(usize, *const f32, *mut f32),
+    ) {
         let mut i = 0;
         while i < m {
-            let r = (m - i).min(8);
-            let (a, t) = (a[i * lda..].as_ptr(), tile[i * NR..].as_mut_ptr());
-            // SAFETY: rows i..i + r of `a` and `tile` exist (checked above); the panel holds k rows of NR.
-            unsafe {
-                match r {
-                    8 => tile512::<8>(a, lda, k, packed.as_ptr(), t),
-                    7 => tile512::<7>(a, lda, k, packed.as_ptr(), t),
-                    6 => tile512::<6>(a, lda, k, packed.as_ptr(), t),
-                    5 => tile512::<5>(a, lda, k, packed.as_ptr(), t),
-                    4 => tile512::<4>(a, lda, k, packed.as_ptr(), t),
-                    3 => tile512::<3>(a, lda, k, packed.as_ptr(), t),
-                    2 => tile512::<2>(a, lda, k, packed.as_ptr(), t),
-                    _ => tile512::<1>(a, lda, k, packed.as_ptr(), t),
-                }
-            }
+            let r = (m - i).min(mr);
+            kernel(r, a[i * lda..].as_ptr(), tile[i * NR..].as_mut_ptr());
             i += r;
         }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F; `a` holds `m` rows of `k` values at stride `lda`, `packed` `k·NR` values, `tile`
+    /// `m·NR` ([`check_bounds`]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn panel_avx512(a: &[f32], lda: usize, m: usize, k: usize, packed: &[f32], tile: &mut [f32]) {
+        let b = packed.as_ptr();
+        row_blocks(a, lda, m, tile, 8, |r, a, t| {
+            // SAFETY: the CPU has AVX-512F, `a` has the block's r rows of k values, `tile` r rows of NR and the
+            // panel k rows of NR (this function's contract).
+            unsafe {
+                match r {
+                    8 => tile512::<8>(a, lda, k, b, t),
+                    7 => tile512::<7>(a, lda, k, b, t),
+                    6 => tile512::<6>(a, lda, k, b, t),
+                    5 => tile512::<5>(a, lda, k, b, t),
+                    4 => tile512::<4>(a, lda, k, b, t),
+                    3 => tile512::<3>(a, lda, k, b, t),
+                    2 => tile512::<2>(a, lda, k, b, t),
+                    _ => tile512::<1>(a, lda, k, b, t),
+                }
+            }
+        });
     }
 
     #[inline]
@@ -253,23 +271,21 @@ mod x86 {
         }
     }
 
+    /// # Safety
+    /// As [`panel_avx512`], with AVX2 and FMA instead of AVX-512F.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn panel_avx2(a: &[f32], lda: usize, m: usize, k: usize, packed: &[f32], tile: &mut [f32]) {
-        rows_in_bounds(a, lda, m, k, packed, tile);
-        let mut i = 0;
-        while i < m {
-            let r = (m - i).min(3);
-            let (a, t) = (a[i * lda..].as_ptr(), tile[i * NR..].as_mut_ptr());
-            // SAFETY: as in `panel_avx512`.
+        let b = packed.as_ptr();
+        row_blocks(a, lda, m, tile, 3, |r, a, t| {
+            // SAFETY: as in `panel_avx512`, with AVX2 and FMA.
             unsafe {
                 match r {
-                    3 => tile256::<3>(a, lda, k, packed.as_ptr(), t),
-                    2 => tile256::<2>(a, lda, k, packed.as_ptr(), t),
-                    _ => tile256::<1>(a, lda, k, packed.as_ptr(), t),
+                    3 => tile256::<3>(a, lda, k, b, t),
+                    2 => tile256::<2>(a, lda, k, b, t),
+                    _ => tile256::<1>(a, lda, k, b, t),
                 }
             }
-            i += r;
-        }
+        });
     }
 
     #[inline]
@@ -333,7 +349,8 @@ mod tests {
                     let mut packed = vec![0f32; k * NR];
                     Strided::rows(&w, n, k, k).pack(0, &mut packed);
                     let mut tile = vec![0f32; m * NR];
-                    // SAFETY: the CPU has AVX2 and FMA.
+                    x86::check_bounds(&a, k + 3, m, k, &packed, &tile);
+                    // SAFETY: the CPU has AVX2 and FMA; the buffers have the sizes the kernel reads and writes.
                     unsafe { x86::panel_avx2(&a, k + 3, m, k, &packed, &mut tile) };
                     let err = (0..m)
                         .flat_map(|i| (0..n.min(NR)).map(move |j| (i, j)))
