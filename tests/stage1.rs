@@ -8,7 +8,7 @@ use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::prepare::{PrepareOptions, prepare};
-use psa_vlm::train::trainer::{RunOptions, concept_accuracy, train_stage1};
+use psa_vlm::train::trainer::{FrozenLm, RunOptions, concept_accuracy, train_stage1};
 
 #[test]
 fn stage1_learns_the_concepts_and_touches_only_safety_modules() {
@@ -154,8 +154,18 @@ fn data_parallel_replicas_equal_single_device_accumulation() {
     let (data, _) = prepare_file(&model, &file, &dir, false, &device).unwrap();
     // 20 samples, batch 4, accumulation 2: micro-batch groups [2, 2, 1] per epoch, 2 epochs = 6 steps.
     let recipe = Recipe { lr: 1e-3, warmup_steps: 2, epochs: 2, batch_size: 4, grad_accum: 2, ..Recipe::stage1() };
-    let (single, single_metrics) = train_stage1(model, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    // Replicas run the frozen LLM on their devices; the single-device reference does too.
+    let on_device = RunOptions { frozen_lm: FrozenLm::Device, ..Default::default() };
+    let (single, single_metrics) = train_stage1(model, &data, &recipe, 998, &on_device, |_| {}).unwrap();
     let want = snapshot(&single);
+    // The host engine serves every replica too, with the same result as on one device.
+    let host = RunOptions { frozen_lm: FrozenLm::Host, ..Default::default() };
+    let (one, one_metrics) = train_stage1(load(), &data, &recipe, 998, &host, |_| {}).unwrap();
+    let two_flex = RunOptions { devices: vec![device.clone(), Device::flex().autodiff()], ..host };
+    let (two, two_metrics) = train_stage1(load(), &data, &recipe, 998, &two_flex, |_| {}).unwrap();
+    assert_eq!(snapshot(&one), snapshot(&two), "host engine: two flex replicas must equal one device exactly");
+    let losses = |m: &[psa_vlm::train::trainer::StepMetrics]| m.iter().map(|m| m.loss).collect::<Vec<_>>();
+    assert_eq!(losses(&one_metrics), losses(&two_metrics));
     for (name, other) in devices() {
         let run = RunOptions { devices: vec![device.clone(), other.autodiff()], ..Default::default() };
         let (dp, dp_metrics) = train_stage1(load(), &data, &recipe, 998, &run, |_| {}).unwrap();

@@ -23,6 +23,6 @@ pub use config::{LlavaConfig, SelectStrategy};
 pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError};
 pub use generate::{FinishReason, Generation, GenerationConfig, generate, generate_with};
 pub use guard::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, LogitRows, Timings, Verdict};
-pub use llama::{HostDecoder, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
+pub use llama::{HostDecoder, HostLmLoss, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
 pub use psa::{ConceptLabels, PsaConfig, PsaOutput, PsaVlm};

@@ -1,13 +1,13 @@
 //! The PSA-VLM model: LLaVA plus the safety modules. A classify-only path that never runs the
 //! LLM, and the full forward with `[S2 ; projected image tokens]` spliced in at each `<image>` position.
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use psa_core::{ConceptLogits, ConceptLoss, SafetyConfig, SafetyModules, concept_loss};
 use serde_json::Value;
 
 use crate::config::{LlavaConfig, read_json};
 use crate::error::{ConfigError, ModelError};
-use crate::llama::PaddingMask;
+use crate::llama::{HostLmLoss, PaddingMask};
 use crate::llava::{LlavaForConditionalGeneration, MergedInputs, merge_image_features};
 use crate::loss::{IGNORE_INDEX, causal_lm_loss, supervised_lm_loss};
 use crate::vision::VisionConfig;
@@ -283,7 +283,7 @@ impl PsaVlm {
         labels: Option<&[Vec<i64>]>,
         concept_labels: Option<ConceptLabels<'_>>,
     ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels), true)
+        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels), LmPass::Full)
     }
 
     /// The LM path of [`forward_features`](Self::forward_features) without the safety head (stage II with frozen
@@ -295,12 +295,16 @@ impl PsaVlm {
         mask: Option<&PaddingMask>,
         labels: Option<&[Vec<i64>]>,
     ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, None, true)
+        self.forward_inner(features, input_ids, mask, labels, None, LmPass::Full)
     }
 
     /// The losses of a training step from cached features: the safety head runs when `run_head` (with the concept
     /// loss when `concepts` are given), and the LM loss projects only the positions whose next label is supervised
     /// (same value as [`forward_features`](Self::forward_features); `logits` is `None`).
+    ///
+    /// With `frozen_lm` (a host copy of this model's frozen LLM) the LM loss and its gradient with respect to the
+    /// LLM's inputs come from the host engine, and gradients reach the modules before the LLM only.
+    #[allow(clippy::too_many_arguments)]
     pub fn training_outputs(
         &self,
         features: Tensor<3>,
@@ -309,13 +313,18 @@ impl PsaVlm {
         labels: &[Vec<i64>],
         concepts: Option<ConceptLabels<'_>>,
         run_head: bool,
+        frozen_lm: Option<&HostLmLoss>,
     ) -> Result<PsaOutput, ModelError> {
         let head = run_head.then_some(concepts);
-        self.forward_inner(features, input_ids, mask, Some(labels), head, false)
+        let lm = match frozen_lm {
+            Some(host) => LmPass::Host(host),
+            None => LmPass::Supervised,
+        };
+        self.forward_inner(features, input_ids, mask, Some(labels), head, lm)
     }
 
     /// `head`: `None` skips the safety head, `Some(labels)` runs it (with the concept loss when labelled);
-    /// `full_logits`: project every position (else only the supervised ones, for the loss).
+    /// `lm`: how the LLM's part runs.
     fn forward_inner(
         &self,
         features: Tensor<3>,
@@ -323,7 +332,7 @@ impl PsaVlm {
         mask: Option<&PaddingMask>,
         labels: Option<&[Vec<i64>]>,
         head: Option<Option<ConceptLabels<'_>>>,
-        full_logits: bool,
+        lm_pass: LmPass<'_>,
     ) -> Result<PsaOutput, ModelError> {
         // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
         let text = self.text_embeddings(input_ids);
@@ -332,17 +341,26 @@ impl PsaVlm {
             None => None,
         };
         let merged = self.merge_embedded(features, text, input_ids, mask)?;
-        let hidden = self.llava.language_model.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false);
         let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
         let lm = &self.llava.language_model;
-        let (logits, lm_loss) = if full_logits {
-            let logits = lm.logits(hidden.last_hidden_state);
-            let loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
-            (Some(logits), loss)
-        } else {
-            let loss =
-                merged_labels.as_ref().and_then(|l| supervised_lm_loss(hidden.last_hidden_state, l, |h| lm.logits(h)));
-            (None, loss)
+        let hidden = || lm.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false).last_hidden_state;
+        let (logits, lm_loss) = match lm_pass {
+            LmPass::Full => {
+                let logits = lm.logits(hidden());
+                let loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
+                (Some(logits), loss)
+            }
+            LmPass::Supervised => {
+                let loss = match &merged_labels {
+                    Some(l) => supervised_lm_loss(hidden(), l, |h| lm.logits(h)),
+                    None => None,
+                };
+                (None, loss)
+            }
+            LmPass::Host(host) => match &merged_labels {
+                Some(l) => (None, host_lm_loss(host, &merged.inputs_embeds, &merged.mask, l)?),
+                None => (None, None),
+            },
         };
         let concept_loss = match (&concepts, head.flatten()) {
             (Some(logits), Some(c)) => Some(concept_loss(logits, c.levels, c.types, self.cls_loss_weight)),
@@ -358,10 +376,44 @@ impl PsaVlm {
     }
 }
 
+/// How [`PsaVlm::forward_inner`] runs the LLM.
+#[derive(Clone, Copy)]
+enum LmPass<'a> {
+    /// Logits at every position.
+    Full,
+    /// Logits only where the loss needs them.
+    Supervised,
+    /// The host engine's loss and input gradient (frozen LLM).
+    Host(&'a HostLmLoss),
+}
+
+/// The host engine's LM loss on `embeds` as a tensor: its value is the host's loss and its gradient with respect
+/// to `embeds` the host's gradient (`sum(embeds · g)` minus its own detached value, plus the loss).
+fn host_lm_loss(
+    host: &HostLmLoss,
+    embeds: &Tensor<3>,
+    mask: &PaddingMask,
+    labels: &[Vec<i64>],
+) -> Result<Option<Tensor<1>>, ModelError> {
+    let (dims, device) = (embeds.dims(), embeds.device());
+    let values = embeds
+        .clone()
+        .detach()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+    let Some((loss, grad)) = host.loss_and_grad(&values, mask, labels)? else {
+        return Ok(None);
+    };
+    let grad = Tensor::<3>::from_data(TensorData::new(grad, dims), &device);
+    let inner = (embeds.clone() * grad).sum();
+    Ok(Some(inner.clone() - inner.detach() + loss as f32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::TensorData;
 
     #[test]
     fn pool_grid_averages_k_by_k_blocks() {

@@ -18,7 +18,7 @@ use crate::data::{Balance, LabelSpace, balance, read_jsonl};
 use crate::feature_cache::FeatureCache;
 use crate::prepare::{PrepareOptions, prepare};
 use crate::recipe::Recipe;
-use crate::trainer::{RunOptions, Stage, StepMetrics, concept_accuracy, train};
+use crate::trainer::{FrozenLm, RunOptions, Stage, StepMetrics, concept_accuracy, train};
 
 /// Which stage a configuration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +270,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
         resume_from: cfg.resume_from.clone(),
         max_steps: None,
         devices: if devices.len() > 1 { devices.clone() } else { Vec::new() },
+        frozen_lm: FrozenLm::Auto,
     };
     let start = Instant::now();
     let pad = psa_cfg.llava.pad_token_id.unwrap_or(0);

@@ -11,7 +11,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use psa_core::concept_loss;
 use psa_models::lora::LoraConfig;
-use psa_models::{ConceptLabels, ModelError, PsaVlm};
+use psa_models::{ConceptLabels, HostLmLoss, ModelError, PsaVlm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -125,6 +125,22 @@ pub struct RunOptions {
     /// concurrently on model replicas, and their gradients gathered on the first device, where the optimizer
     /// runs. Empty: the model's own device.
     pub devices: Vec<Device>,
+    /// Where stage I computes the frozen LLM's loss and its input gradient.
+    pub frozen_lm: FrozenLm,
+}
+
+/// Where stage I runs the frozen LLM: its loss and the gradient with respect to its inputs are all the step needs
+/// from it (no LLM weight is trained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrozenLm {
+    /// The host engine when the model lives on the flex CPU backend and trains on one device, else the device.
+    #[default]
+    Auto,
+    /// Autodiff on the model's device.
+    Device,
+    /// The host engine ([`HostLmLoss`]: f32 weights copied to host memory, forward and activation gradients on
+    /// all CPU threads), whatever the model's device.
+    Host,
 }
 
 /// Why a run stopped early.
@@ -217,7 +233,7 @@ fn micro_step(
     stage: &Stage,
     items: &[&Prepared],
     scale: f64,
-    (pad_id, lm_loss): (u32, bool),
+    (pad_id, lm_loss, frozen_lm): (u32, bool, Option<&HostLmLoss>),
 ) -> Result<MicroOut, ModelError> {
     let device = model.llava.device();
     let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
@@ -235,7 +251,7 @@ fn micro_step(
         return Ok(MicroOut { grads, loss: scalar(loss) / scale, lm: 0.0, level, risk_type, samples: items.len() });
     }
     let run_head = !matches!(stage, Stage::Two { train_safety: false, .. });
-    let out = model.training_outputs(features, &ids, Some(&mask), &labels, Some(concepts), run_head)?;
+    let out = model.training_outputs(features, &ids, Some(&mask), &labels, Some(concepts), run_head, frozen_lm)?;
     let loss = out.loss.ok_or_else(|| ModelError::Input("no supervised position in the micro-batch".into()))? * scale;
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let (level, risk_type) = out.concept_loss.map_or((0.0, 0.0), |c| (scalar(c.level), scalar(c.risk_type)));
@@ -258,6 +274,7 @@ fn step_micro_batches(
     group: &[&[usize]],
     (pad_id, seed, step, lm_loss): (u32, u64, usize, bool),
     devices: &[Device],
+    frozen_lm: Option<&HostLmLoss>,
 ) -> Result<Vec<MicroOut>, ModelError> {
     let scale = 1.0 / group.len() as f64;
     let items = |batch: &[usize]| -> Vec<&Prepared> { batch.iter().map(|&i| &data[i]).collect() };
@@ -268,7 +285,7 @@ fn step_micro_batches(
             .enumerate()
             .map(|(m, batch)| {
                 device.seed(micro_seed(seed, step, m));
-                micro_step(model, stage, &items(batch), scale, (pad_id, lm_loss))
+                micro_step(model, stage, &items(batch), scale, (pad_id, lm_loss, frozen_lm))
             })
             .collect();
     }
@@ -285,7 +302,7 @@ fn step_micro_batches(
                     let mut outs = Vec::new();
                     for (m, batch) in group.iter().enumerate().skip(d).step_by(devices.len()) {
                         device.seed(micro_seed(seed, step, m));
-                        let mut out = micro_step(&replica, stage, &items(batch), scale, (pad_id, lm_loss))?;
+                        let mut out = micro_step(&replica, stage, &items(batch), scale, (pad_id, lm_loss, frozen_lm))?;
                         out.grads = out.grads.to_device(main, &replica);
                         outs.push((m, out));
                     }
@@ -301,6 +318,29 @@ fn step_micro_batches(
     }
     outs.sort_by_key(|(m, _)| *m);
     Ok(outs.into_iter().map(|(_, o)| o).collect())
+}
+
+/// The host engine for the frozen LLM when `run` asks for it (or leaves it to [`FrozenLm::Auto`] on flex) and the
+/// step has an LM loss through a frozen LLM (stage I). Under `Auto`, a model the engine cannot take (unmerged
+/// adapters) stays on its device.
+fn frozen_lm_engine(
+    model: &PsaVlm,
+    stage: &Stage,
+    recipe: &Recipe,
+    run: &RunOptions,
+) -> Result<Option<HostLmLoss>, ModelError> {
+    if *stage != Stage::One || !recipe.lm_loss {
+        return Ok(None);
+    }
+    let lm = &model.llava.language_model;
+    match run.frozen_lm {
+        FrozenLm::Device => Ok(None),
+        FrozenLm::Host => HostLmLoss::new(lm).map(Some),
+        FrozenLm::Auto => {
+            let on_flex = psa_models::cpu::is_flex(&model.llava.device()) && run.devices.len() <= 1;
+            Ok(on_flex.then(|| HostLmLoss::new(lm).ok()).flatten())
+        }
+    }
 }
 
 /// The optimisation loop shared by both stages.
@@ -335,6 +375,7 @@ pub fn train(
         optim = o;
         state = s;
     }
+    let host_lm = frozen_lm_engine(&model, stage, recipe, run)?;
     let limit = run.max_steps.unwrap_or(total).min(total);
     let mut metrics = Vec::new();
     while state.epoch < recipe.epochs && state.step < limit {
@@ -351,6 +392,7 @@ pub fn train(
                 group,
                 (pad_id, recipe.seed, state.step, recipe.lm_loss),
                 &run.devices,
+                host_lm.as_ref(),
             )?;
             let mut acc = GradientsAccumulator::<PsaVlm>::new();
             let (mut loss, mut lm, mut level, mut risk_type, mut n) = (0.0, 0.0, 0.0, 0.0, 0);

@@ -23,6 +23,17 @@ const CHUNK: usize = 1 << 14;
 /// on flex's own product and eight images (2056 rows) about 25 % faster on the host product.
 pub const LINEAR_ROWS: usize = 512;
 
+/// Whether `device` is the flex CPU backend (with or without autodiff); `false` when flex is not compiled in.
+pub fn is_flex(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "flex")]
+    return *device == Device::flex();
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Whether `x` is an f32 tensor on plain flex (no autodiff).
 #[cfg(feature = "flex")]
 fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
@@ -145,6 +156,7 @@ pub fn self_attention(
 }
 
 /// SiLU, `x·σ(x)`.
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }

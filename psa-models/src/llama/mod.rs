@@ -13,7 +13,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
 
 pub use cache::KvCache;
 pub use config::{LlamaConfig, TokenIds};
-pub use host::{HostCache, HostDecoder, HostWeights};
+pub use host::{HostCache, HostDecoder, HostLmLoss, HostWeights};
 pub use mask::PaddingMask;
 use rope::Rope;
 

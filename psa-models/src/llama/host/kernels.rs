@@ -37,7 +37,12 @@ impl HostMatrix {
     /// Keeps `data` (row-major `[rows, cols]`) in f32, packed once into the blocked product's panels.
     pub fn f32(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data does not match {rows}×{cols}");
-        let source = Strided::rows(&data, rows, cols, cols);
+        Self::packed(&Strided::rows(&data, rows, cols, cols))
+    }
+
+    /// The matrix whose row `r` is output column `r` of `source` (`[source.n(), source.k()]`), in f32, packed.
+    pub fn packed(source: &impl Panels) -> Self {
+        let (rows, cols) = (source.n(), source.k());
         let mut packed = vec![0f32; rows.div_ceil(NR) * cols * NR];
         packed.par_chunks_mut((cols * NR).max(1)).enumerate().for_each(|(j, panel)| source.pack(j * NR, panel));
         Self { rows, cols, storage: Storage::F32(packed) }

@@ -6,7 +6,10 @@
 //! projection are spread over all threads, keys and values are written in place, and grouped-query heads read
 //! their shared key/value head without copying it. The prefill ([`HostDecoder::prefill`]) runs each projection as
 //! one blocked product over every prompt row, straight from the stored weights (Q8_0 blocks are unpacked one panel
-//! at a time). A cache prefilled on a tensor backend can be taken over too ([`HostDecoder::cache_from`]).
+//! at a time). A cache prefilled on a tensor backend can be taken over too ([`HostDecoder::cache_from`]). For training
+through a frozen LLM, [`HostLmLoss`] keeps each weight's transpose as well and returns the next-token loss with its
+gradient with respect to the input embeddings.
+mod backward;
 mod kernels;
 mod prefill;
 
@@ -15,11 +18,13 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use backward::HostLmLoss;
 pub use kernels::HostMatrix;
 
 use super::rope::Rope;
 use super::{KvCache, LlamaForCausalLM, PaddingMask};
 use crate::cpu;
+use crate::cpu::gemm::Strided;
 use crate::error::ModelError;
 
 /// How the host decoder stores the LLM's weights.
@@ -51,6 +56,15 @@ impl std::str::FromStr for HostWeights {
 struct Projection {
     weight: HostMatrix,
     bias: Option<Vec<f32>>,
+    /// The weight transposed (`[in, out]` rows), for products with output gradients ([`HostLmLoss`]).
+    transposed: Option<HostMatrix>,
+}
+
+impl Projection {
+    /// The transposed weight; present on every projection of a decoder built for gradients.
+    fn back(&self) -> &HostMatrix {
+        self.transposed.as_ref().expect("a decoder built for gradients keeps every transposed weight")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +85,8 @@ struct HostLayer {
 pub struct HostDecoder {
     layers: Vec<HostLayer>,
     embed: HostMatrix,
+    /// The embedding table transposed, `[d, vocab]` rows, when tied embeddings need gradients.
+    embed_transposed: Option<HostMatrix>,
     lm_head: Option<Projection>,
     norm: Vec<f32>,
     eps: f32,
@@ -107,22 +123,34 @@ fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))
 }
 
-fn matrix(linear: &Linear, format: HostWeights) -> Result<Projection, ModelError> {
-    // Burn keeps `[in, out]`; rows of `[out, in]` make each output one contiguous dot product.
+/// A `Linear` on the host: Burn stores its weight `[in, out]`, whose columns are the output features' rows, so f32
+/// panels are packed straight from it; Q8_0 quantises rows of `[out, in]`. With `transposed` (f32 only), the
+/// stored `[in, out]` rows are kept packed too.
+fn matrix(linear: &Linear, format: HostWeights, transposed: bool) -> Result<Projection, ModelError> {
     let [d_in, d_out] = linear.weight.dims();
-    let data = host_vec(linear.weight.val().transpose())?;
-    let weight = host_matrix(d_out, d_in, data, format)?;
+    let data = host_vec(linear.weight.val())?;
+    let weight = match format {
+        HostWeights::Q8_0 if d_in.is_multiple_of(kernels::Q8_BLOCK) => {
+            let mut rows = vec![0f32; data.len()];
+            for (i, row) in data.chunks_exact(d_out).enumerate() {
+                row.iter().enumerate().for_each(|(o, &v)| rows[o * d_in + i] = v);
+            }
+            HostMatrix::q8_0(d_out, d_in, &rows).map_err(ModelError::HostDecoder)?
+        }
+        _ => HostMatrix::packed(&Strided::cols(&data, d_in, d_out, d_out)),
+    };
+    let transposed = transposed.then(|| HostMatrix::packed(&Strided::rows(&data, d_in, d_out, d_out)));
     let bias = linear.bias.as_ref().map(|b| host_vec(b.val())).transpose()?;
-    Ok(Projection { weight, bias })
+    Ok(Projection { weight, bias, transposed })
 }
 
 /// Q8_0 needs rows of whole 32-element blocks; a matrix whose rows are not stays in f32 (as llama.cpp does).
-fn host_matrix(rows: usize, cols: usize, data: Vec<f32>, format: HostWeights) -> Result<HostMatrix, ModelError> {
+fn host_matrix(rows: usize, cols: usize, data: &[f32], format: HostWeights) -> Result<HostMatrix, ModelError> {
     match format {
         HostWeights::Q8_0 if cols.is_multiple_of(kernels::Q8_BLOCK) => {
-            HostMatrix::q8_0(rows, cols, &data).map_err(ModelError::HostDecoder)
+            HostMatrix::q8_0(rows, cols, data).map_err(ModelError::HostDecoder)
         }
-        _ => Ok(HostMatrix::f32(rows, cols, data)),
+        _ => Ok(HostMatrix::packed(&Strided::rows(data, rows, cols, cols))),
     }
 }
 
@@ -134,6 +162,11 @@ impl HostDecoder {
     /// Copies the decoder's weights to the host in `format`. Adapters must be merged first
     /// ([`LlamaForCausalLM::merge_lora`]).
     pub fn new(lm: &LlamaForCausalLM, format: HostWeights) -> Result<Self, ModelError> {
+        Self::build(lm, format, false)
+    }
+
+    /// [`HostDecoder::new`], keeping each f32 weight transposed as well when `transposed` (for gradients).
+    fn build(lm: &LlamaForCausalLM, format: HostWeights, transposed: bool) -> Result<Self, ModelError> {
         let model = &lm.model;
         let first = model.layers.first().ok_or_else(|| ModelError::HostDecoder("the model has no layers".into()))?;
         let a = &first.self_attn;
@@ -149,24 +182,27 @@ impl HostDecoder {
                 return Err(ModelError::HostDecoder("merge the LoRA adapters into the weights first".into()));
             }
             layers.push(HostLayer {
-                q: matrix(&at.q_proj, format)?,
-                k: matrix(&at.k_proj, format)?,
-                v: matrix(&at.v_proj, format)?,
-                o: matrix(&at.o_proj, format)?,
-                gate: matrix(&m.gate_proj, format)?,
-                up: matrix(&m.up_proj, format)?,
-                down: matrix(&m.down_proj, format)?,
+                q: matrix(&at.q_proj, format, transposed)?,
+                k: matrix(&at.k_proj, format, transposed)?,
+                v: matrix(&at.v_proj, format, transposed)?,
+                o: matrix(&at.o_proj, format, transposed)?,
+                gate: matrix(&m.gate_proj, format, transposed)?,
+                up: matrix(&m.up_proj, format, transposed)?,
+                down: matrix(&m.down_proj, format, transposed)?,
                 input_norm: norm(&layer.input_layernorm)?,
                 post_norm: norm(&layer.post_attention_layernorm)?,
             });
         }
         let [vocab, d] = model.embed_tokens.weight.dims();
         let table = host_vec(model.embed_tokens.weight.val())?;
-        let embed = host_matrix(vocab, d, table, format)?;
-        let lm_head = lm.lm_head.as_ref().map(|h| matrix(h, format)).transpose()?;
+        let embed = host_matrix(vocab, d, &table, format)?;
+        let lm_head = lm.lm_head.as_ref().map(|h| matrix(h, format, transposed)).transpose()?;
+        let embed_transposed =
+            (transposed && lm_head.is_none()).then(|| HostMatrix::packed(&Strided::cols(&table, vocab, d, d)));
         Ok(Self {
             layers,
             embed,
+            embed_transposed,
             lm_head,
             norm: norm(&model.norm)?,
             eps: model.norm.epsilon as f32,
