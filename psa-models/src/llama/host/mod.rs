@@ -7,8 +7,8 @@
 //! their shared key/value head without copying it. The prefill ([`HostDecoder::prefill`]) runs each projection as
 //! one blocked product over every prompt row, straight from the stored weights (Q8_0 blocks are unpacked one panel
 //! at a time). A cache prefilled on a tensor backend can be taken over too ([`HostDecoder::cache_from`]). For training
-through a frozen LLM, [`HostLmLoss`] keeps each weight's transpose as well and returns the next-token loss with its
-gradient with respect to the input embeddings.
+//! through a frozen LLM, [`HostLmLoss`] keeps each weight's transpose as well and returns the next-token loss with its
+//! gradient with respect to the input embeddings.
 mod backward;
 mod kernels;
 mod prefill;
