@@ -15,7 +15,7 @@ use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
 use psa_vlm::models::cpu::gemm;
 use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
-use psa_vlm::models::{HostDecoder, HostWeights, KvCache, PaddingMask, PsaVlm};
+use psa_vlm::models::{HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};
 
@@ -126,6 +126,21 @@ fn bench(c: &mut Criterion) {
             let ids = vec![inputs::classify_ids(image); batch];
             group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
                 bench.iter(|| model.classify(pixels.clone(), &ids, None).expect("classify").level.into_data())
+            });
+        }
+        group.finish();
+        // The vision tower on the host engine (the CPU default of the CLI and pipelines), then the same head.
+        let host = HostVision::new(&model.llava).expect("host vision");
+        let mut group = c.benchmark_group(format!("{name}/classify-host"));
+        group.sample_size(10);
+        for batch in [1usize, 8] {
+            let pixels = Tensor::<4>::from_data(inputs::pixels(batch), &device);
+            let ids = vec![inputs::classify_ids(image); batch];
+            group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
+                bench.iter(|| {
+                    let features = host.selected_features(pixels.clone()).expect("host features");
+                    model.classify_features(features, &ids, None).expect("classify").level.into_data()
+                })
             });
         }
         group.finish();

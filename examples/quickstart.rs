@@ -214,7 +214,8 @@ fn main() -> Result<()> {
     println!("[5/7] calibration on the validation split, model directory");
     let plain = device.clone().without_autodiff();
     let pipeline = GuardedPipeline::new(model.valid(), config, LoadReport::default(), text, images, template, &plain)?
-        .with_host_decoder(Some(HostWeights::F32))?;
+        .with_host_decoder(Some(HostWeights::F32))?
+        .with_host_vision(true)?;
     let read = |name: &str| -> Result<Vec<psa_vlm::train::eval::EvalItem>> {
         Ok(read_benchmark(Format::Jsonl, &split(name)?, &ReadOptions::default())?.items)
     };

@@ -91,7 +91,7 @@ fn main() -> Result<()> {
         bail!("no images in {}", args.images.display());
     }
     let template = Template::by_name(&saved_template(&args.model_dir).unwrap_or_else(|| "llava_v1".into()))?;
-    let pipeline = GuardedPipeline::load(&args.model_dir, None, template, &Device::flex())?;
+    let pipeline = GuardedPipeline::load(&args.model_dir, None, template, &Device::flex())?.with_host_vision(true)?;
     let cfg = ServeConfig {
         max_pending: args.max_pending,
         batching: Batching { max_batch: args.max_batch, window: Duration::from_millis(2) },

@@ -231,6 +231,8 @@ def main():
             ids = ids.masked_fill(ids == m.image, 0)
             t = timed(lambda: m.classify(m.features(px), ids), 10)
             rows.append((f"classify, batch {b} (ms per image)", "classify", str(b), t, 1e3 / b, "ms"))
+            rows.append((f"classify, batch {b}, host vision engine (ms per image)", "classify-host", str(b), t,
+                         1e3 / b, "ms"))
             if b == 1:
                 level, kind = m.classify(m.features(px), ids)
                 print("classify level logits", [round(v, 4) for v in level[0].tolist()])

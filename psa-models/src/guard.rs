@@ -17,6 +17,7 @@ use crate::llama::{HostDecoder, HostWeights};
 use crate::pipeline::{PipelineError, processors};
 use crate::processor::{ImageProcessor, PaddingSide, Template, TextProcessor};
 use crate::psa::{PsaConfig, PsaVlm};
+use crate::vision::HostVision;
 
 /// One question about one image, with an optional policy for this request only.
 #[derive(Debug, Clone)]
@@ -129,6 +130,8 @@ pub struct GuardedPipeline {
     pub calibration: Calibration,
     /// Where decode steps run: `None` on the model's device, else on the host decoder.
     host: Option<HostDecoder>,
+    /// Where the vision tower runs: `None` on the model's device, else on the host engine.
+    host_vision: Option<HostVision>,
     device: Device,
 }
 
@@ -184,7 +187,20 @@ impl GuardedPipeline {
         Self::check_taxonomy(&taxonomy, &config)?;
         let (policy, device) = (SafetyPolicy::default(), device.clone());
         let calibration = Calibration::default();
-        Ok(Self { model, config, report, text, images, template, taxonomy, policy, calibration, host: None, device })
+        Ok(Self {
+            model,
+            config,
+            report,
+            text,
+            images,
+            template,
+            taxonomy,
+            policy,
+            calibration,
+            host: None,
+            host_vision: None,
+            device,
+        })
     }
 
     /// Runs generation (prefill and decode steps) on a host engine holding the LLM in `weights` (`None`: on the
@@ -193,6 +209,19 @@ impl GuardedPipeline {
     pub fn with_host_decoder(mut self, weights: Option<HostWeights>) -> Result<Self, PipelineError> {
         self.host = weights.map(|w| HostDecoder::new(&self.model.llava.language_model, w)).transpose()?;
         Ok(self)
+    }
+
+    /// Runs the vision tower's encoder layers on the host engine ([`HostVision`], weights packed once, in f32) when
+    /// `on_host`, else on the model's device (the default). Faster on a CPU; keeps a second copy of the tower's
+    /// weights up to the feature layer.
+    pub fn with_host_vision(mut self, on_host: bool) -> Result<Self, PipelineError> {
+        self.host_vision = on_host.then(|| HostVision::new(&self.model.llava)).transpose()?;
+        Ok(self)
+    }
+
+    /// Whether the vision tower runs on the host engine.
+    pub fn host_vision(&self) -> bool {
+        self.host_vision.is_some()
     }
 
     /// The host decoder's weight format, when decode steps run there.
@@ -250,7 +279,10 @@ impl GuardedPipeline {
         let start = Instant::now();
         let owned: Vec<DynamicImage> = images.iter().map(|&i| i.clone()).collect();
         let pixels = self.images.preprocess(&owned, &self.device)?;
-        let features = self.model.llava.selected_features(pixels);
+        let features = match &self.host_vision {
+            Some(host) => host.selected_features(pixels)?,
+            None => self.model.llava.selected_features(pixels),
+        };
         Ok((features, start.elapsed().as_secs_f64() * 1e3))
     }
 

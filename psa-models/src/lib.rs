@@ -26,3 +26,4 @@ pub use guard::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, LogitRow
 pub use llama::{HostDecoder, HostLmLoss, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
 pub use psa::{ConceptLabels, PsaConfig, PsaOutput, PsaVlm};
+pub use vision::HostVision;

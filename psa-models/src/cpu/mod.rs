@@ -172,7 +172,8 @@ pub fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer without a library call.
     const ROUND: f32 = 12_582_912.0;
     let clamped = x.clamp(-87.3, 88.3);
-    let n = (clamped * LOG2E + ROUND) - ROUND;
+    let rounded = clamped * LOG2E + ROUND;
+    let n = rounded - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = ((((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
@@ -182,7 +183,9 @@ pub fn exp(x: f32) -> f32 {
         + 1.0)
         * r
         + 1.0;
-    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `rounded`'s low mantissa bits hold n (|n| ≤ 127); n + 127 shifted into the exponent field is 2ⁿ, with integer
+    // operations only (a float-to-int cast would not vectorise).
+    let e = p * f32::from_bits(rounded.to_bits().wrapping_add(127) << 23);
     if x < -87.3 { 0.0 } else { e }
 }
 
@@ -194,14 +197,30 @@ pub fn softmax_visible(row: &mut [f32], visible: impl Fn(usize) -> bool) {
             *v = f32::NEG_INFINITY;
         }
     }
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = lanes(row, f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
     }
     row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / row.iter().sum::<f32>();
+    let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Folds `x` with `op` in 16 independent lanes, then folds the lanes: a reduction the compiler vectorises (a single
+/// running value would serialise every step).
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [init; L];
+    let chunks = x.chunks_exact(L);
+    let tail = chunks.remainder().iter().fold(init, |a, &b| op(a, b));
+    for c in chunks {
+        for i in 0..L {
+            acc[i] = op(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| op(a, b))
 }
 
 /// RMSNorm in place on each `gamma.len()`-wide row of `x`: `x / sqrt(mean(x²) + eps) · gamma`.

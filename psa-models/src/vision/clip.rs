@@ -129,6 +129,7 @@ impl ClipVisionConfig {
                 encoder: ClipEncoder { layers },
                 post_layernorm: ln(),
             },
+            layer_norm_eps: self.layer_norm_eps,
         })
     }
 }
@@ -138,6 +139,8 @@ impl ClipVisionConfig {
 pub struct ClipVisionModel {
     /// The transformer.
     pub vision_model: ClipVisionTransformer,
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 /// `CLIPVisionTransformer`.
@@ -195,7 +198,7 @@ pub struct ClipAttention {
     pub v_proj: Linear,
     /// Output projection.
     pub out_proj: Linear,
-    num_heads: usize,
+    pub(crate) num_heads: usize,
 }
 
 /// `CLIPMLP`.
@@ -206,7 +209,7 @@ pub struct ClipMlp {
     /// Down projection.
     pub fc2: Linear,
     #[module(skip)]
-    act: Activation,
+    pub(crate) act: Activation,
 }
 
 impl ClipVisionEmbeddings {
@@ -249,6 +252,11 @@ impl ClipEncoderLayer {
 }
 
 impl ClipVisionModel {
+    /// The epsilon of every LayerNorm.
+    pub fn layer_norm_eps(&self) -> f64 {
+        self.layer_norm_eps
+    }
+
     /// Runs the embeddings and the first `layers` encoder layers (all when `None`).
     ///
     /// `hidden_states[0]` is the output of `pre_layrnorm`; `last_hidden_state` is set only when every layer ran.
@@ -256,13 +264,19 @@ impl ClipVisionModel {
         let vm = &self.vision_model;
         let total = vm.encoder.layers.len();
         let run = layers.unwrap_or(total).min(total);
-        let mut x = vm.pre_layrnorm.forward(vm.embeddings.forward(pixel_values));
+        let mut x = self.embed(pixel_values);
         let mut hidden_states = vec![x.clone()];
         for layer in &vm.encoder.layers[..run] {
             x = layer.forward(x);
             hidden_states.push(x.clone());
         }
         VisionOutput { last_hidden_state: (run == total).then_some(x), hidden_states }
+    }
+
+    /// The encoder's input: embeddings after `pre_layrnorm`, `[batch, grid² + 1, d]`.
+    pub fn embed(&self, pixel_values: Tensor<4>) -> Tensor<3> {
+        let vm = &self.vision_model;
+        vm.pre_layrnorm.forward(vm.embeddings.forward(pixel_values))
     }
 
     /// `post_layernorm` applied to the CLS token of `last_hidden_state`.

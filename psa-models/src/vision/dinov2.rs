@@ -150,6 +150,7 @@ impl Dinov2Config {
             },
             encoder: Dinov2Encoder { layer },
             layernorm: ln(),
+            layer_norm_eps: self.layer_norm_eps,
         })
     }
 }
@@ -163,6 +164,8 @@ pub struct Dinov2Model {
     pub encoder: Dinov2Encoder,
     /// Final norm over all tokens.
     pub layernorm: LayerNorm,
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 /// `Dinov2Embeddings`.
@@ -227,7 +230,7 @@ pub struct Dinov2SelfAttention {
     pub key: Linear,
     /// Value projection.
     pub value: Linear,
-    num_heads: usize,
+    pub(crate) num_heads: usize,
 }
 
 /// `Dinov2SelfOutput`.
@@ -252,7 +255,7 @@ pub struct Dinov2Mlp {
     /// Down projection.
     pub fc2: Linear,
     #[module(skip)]
-    act: Activation,
+    pub(crate) act: Activation,
 }
 
 impl Dinov2Embeddings {
@@ -303,6 +306,11 @@ impl Dinov2Layer {
 }
 
 impl Dinov2Model {
+    /// The epsilon of every LayerNorm.
+    pub fn layer_norm_eps(&self) -> f64 {
+        self.layer_norm_eps
+    }
+
     /// Runs the embeddings and the first `layers` encoder layers (all when `None`).
     ///
     /// `hidden_states[0]` is the embedding output; `last_hidden_state` (after `layernorm`) is set only when

@@ -1,6 +1,7 @@
 //! Vision towers: CLIP and DINOv2 ViTs, selected by `config.json`'s `model_type`.
 pub mod clip;
 pub mod dinov2;
+mod host;
 mod interpolate;
 
 use burn::module::Module;
@@ -9,6 +10,7 @@ use serde_json::Value;
 
 pub use clip::{ClipVisionConfig, ClipVisionModel};
 pub use dinov2::{Dinov2Config, Dinov2Model};
+pub use host::HostVision;
 
 use crate::error::ConfigError;
 
@@ -108,6 +110,14 @@ impl VisionTower {
         match self {
             Self::Clip(m) => m.forward(pixel_values, layers),
             Self::Dinov2(m) => m.forward(pixel_values, layers),
+        }
+    }
+
+    /// The encoder's input (`hidden_states[0]` of [`forward`](Self::forward)): `[batch, tokens, d]`.
+    pub fn embed(&self, pixel_values: Tensor<4>) -> Tensor<3> {
+        match self {
+            Self::Clip(m) => m.embed(pixel_values),
+            Self::Dinov2(m) => m.embeddings.forward(pixel_values),
         }
     }
 }

@@ -36,6 +36,37 @@ pub struct ModelArgs {
     /// logits move slightly).
     #[arg(long, value_enum, default_value_t = Decode::Auto)]
     pub decode: Decode,
+    /// Where the vision tower runs: `auto` (the host engine on a CPU device, else the device), `device`, or `host`
+    /// (its weights packed once in host memory, f32).
+    #[arg(long, value_enum, default_value_t = Vision::Auto)]
+    pub vision: Vision,
+}
+
+/// `--vision`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vision {
+    /// Host engine on CPU devices, else the device.
+    Auto,
+    /// The model's device.
+    Device,
+    /// The host engine.
+    Host,
+}
+
+impl Vision {
+    /// Whether the tower runs on the host engine, given the device string.
+    pub fn on_host(self, device: &str) -> bool {
+        match self {
+            Self::Auto => is_cpu(device),
+            Self::Device => false,
+            Self::Host => true,
+        }
+    }
+}
+
+/// Whether a `--device` string names a CPU backend.
+fn is_cpu(device: &str) -> bool {
+    matches!(device.trim().to_ascii_lowercase().as_str(), "cpu" | "flex" | "ndarray")
 }
 
 /// `--decode`.
@@ -55,9 +86,8 @@ pub enum Decode {
 impl Decode {
     /// The host decoder's weights, or `None` for the device, given the device string.
     pub fn host_weights(self, device: &str) -> Option<HostWeights> {
-        let cpu = matches!(device.trim().to_ascii_lowercase().as_str(), "cpu" | "flex" | "ndarray");
         match self {
-            Self::Auto if cpu => Some(HostWeights::F32),
+            Self::Auto if is_cpu(device) => Some(HostWeights::F32),
             Self::Auto | Self::Device => None,
             Self::HostF32 => Some(HostWeights::F32),
             Self::HostQ8_0 => Some(HostWeights::Q8_0),
@@ -81,7 +111,7 @@ impl ModelArgs {
             let policy = SafetyPolicy::from_file(path, &p.taxonomy)?;
             p = p.with_policy(policy)?;
         }
-        Ok(p)
+        Ok(p.with_host_vision(self.vision.on_host(&self.device))?)
     }
 
     /// [`load`](Self::load), with the decode engine `--decode` asks for (commands that generate).

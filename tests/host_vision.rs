@@ -1,0 +1,86 @@
+//! The host vision engine (encoder layers on the CPU with packed weights) against transformers' hidden states on the
+//! tiny CLIP (MHA and GQA LLaVA fixtures) and DINOv2 fixtures, and against the tensor path.
+mod common;
+
+use common::*;
+use psa_vlm::burn::tensor::{Tensor, TensorData};
+use psa_vlm::models::import::{LoadOptions, load_dinov2};
+use psa_vlm::models::vision::VisionTower;
+use psa_vlm::models::{GuardRequest, HostVision, LogitRows};
+
+/// Largest difference measured against transformers here: 1.8e-6 (CLIP) and 5.7e-6 (DINOv2, whose tensor path is
+/// as far).
+const TOL: f64 = 2e-5;
+
+fn pixels(r: &Ref, device: &psa_vlm::burn::tensor::Device) -> Tensor<4> {
+    let shape: [usize; 4] = r.shape.clone().try_into().unwrap();
+    Tensor::from_data(TensorData::new(r.values.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape), device)
+}
+
+#[test]
+fn host_vision_matches_transformers_and_the_tensor_path() {
+    for (backend, device) in devices() {
+        for variant in ["tiny_llava", "tiny_llava_gqa"] {
+            let fx = read_fixture(&fixtures().join(variant).join("fixture.safetensors"));
+            let llava = load_tiny_llava(variant, &device);
+            let px = pixels(&fx["inputs.pixel_values"], &device);
+            let host = HostVision::new(&llava).unwrap().selected_features(px.clone()).unwrap();
+            let d = assert_close(
+                &format!("{variant}/{backend} host features"),
+                host.clone(),
+                &fx["vision.selected_features"],
+                TOL,
+            );
+            let tensor = llava.selected_features(px);
+            let (_, a) = common::host(host);
+            let (_, b) = common::host(tensor);
+            let t = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            eprintln!("{variant}/{backend}: host vs transformers {d:.2e}, vs tensor path {t:.2e}");
+        }
+        // DINOv2 as the tower (LayerScale, exact GELU, resized position table), the LLaVA feature layer 1.
+        let mut llava = load_tiny_llava("tiny_llava", &device);
+        let dir = fixtures().join("tiny_dinov2");
+        let (dino, _, _) = load_dinov2(&dir.join("model"), &device, &LoadOptions { strict: true }).unwrap();
+        llava.vision_tower = VisionTower::Dinov2(dino);
+        let engine = HostVision::new(&llava).unwrap();
+        let fx = read_fixture(&dir.join("fixture.safetensors"));
+        let layer = llava.feature_layer();
+        for case in ["down", "up"] {
+            let px = pixels(&fx[&format!("{case}.pixel_values")], &device);
+            let got = engine.selected_features(px.clone()).unwrap();
+            let want = &fx[&format!("{case}.hidden_states.{layer}")];
+            let t = want.shape[1];
+            let want = Ref {
+                shape: vec![want.shape[0], t - 1, want.shape[2]],
+                values: want.values.chunks(t * want.shape[2]).flat_map(|img| img[want.shape[2]..].to_vec()).collect(),
+            };
+            let d = assert_close(&format!("dinov2 {case}/{backend} host features"), got, &want, TOL);
+            let tensor = max_diff(llava.selected_features(px), &want);
+            eprintln!(
+                "dinov2 {case}/{backend}: host vs transformers {d:.2e}, tensor path vs transformers {tensor:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pipeline_on_the_host_vision_engine_gives_the_same_logits() {
+    let plain = tiny_pipeline("llava_v1");
+    assert!(!plain.host_vision());
+    let requests: Vec<GuardRequest> = (0..3)
+        .map(|i| GuardRequest {
+            id: None,
+            image: image::DynamicImage::ImageRgb8(draw(i, 40 + i as u64)),
+            question: format!("What is in picture {i}?"),
+            policy: None,
+        })
+        .collect();
+    let want = plain.concept_logits(&requests).unwrap();
+    let hosted = tiny_pipeline("llava_v1").with_host_vision(true).unwrap();
+    assert!(hosted.host_vision());
+    let got = hosted.concept_logits(&requests).unwrap();
+    let rows = |r: &LogitRows| r.level.iter().chain(&r.risk_type).flatten().copied().collect::<Vec<f32>>();
+    let d = rows(&got).iter().zip(&rows(&want)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("concept logits, host vision against the tensor path: max abs diff {d:.2e}");
+    assert!(d <= 1e-5, "concept logits differ by {d:e}");
+}
