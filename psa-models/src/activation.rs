@@ -1,6 +1,5 @@
 //! Activation functions named by Hugging Face `hidden_act` strings.
 use burn::tensor::{Tensor, activation};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -63,9 +62,7 @@ impl Activation {
 
     /// Applies the activation to host values in place, on all threads.
     pub fn apply_host(&self, x: &mut [f32]) {
-        fn each(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-            x.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
-        }
+        use crate::cpu::map_slice as each;
         match self {
             Self::Gelu => each(x, gelu_erf),
             Self::GeluTanh => each(x, gelu_tanh),

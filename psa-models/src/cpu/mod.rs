@@ -12,11 +12,9 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 #[cfg(feature = "flex")]
 use burn::tensor::{DType, Device, TensorData};
-#[cfg(feature = "flex")]
 use rayon::prelude::*;
 
 /// Elements per parallel task.
-#[cfg(feature = "flex")]
 const CHUNK: usize = 1 << 14;
 
 /// Rows from which [`linear`] takes the host product: measured on a ViT-S/14 tower, one 257-token image ran faster
@@ -57,7 +55,7 @@ pub fn map<const D: usize>(
     if on_flex(&x) {
         let (shape, device) = (x.shape(), x.device());
         let mut v = values(x);
-        v.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|a| *a = f(*a)));
+        map_slice(&mut v, f);
         return Tensor::from_data(TensorData::new(v, shape), &device);
     }
     let _ = &f;
@@ -153,6 +151,26 @@ pub fn self_attention(
     }
     let _ = heads;
     otherwise(q, k, v)
+}
+
+/// `f` applied to every value of `x` in place, on all threads; on x86-64 CPUs with AVX2 and FMA the loop is
+/// compiled for them (eight lanes instead of SSE's four), picked at run time.
+pub fn map_slice(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    x.par_chunks_mut(CHUNK).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { map_avx2(c, &f) };
+        }
+        c.iter_mut().for_each(|v| *v = f(*v));
+    });
+}
+
+/// [`map_slice`]'s loop for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_avx2(x: &mut [f32], f: &impl Fn(f32) -> f32) {
+    x.iter_mut().for_each(|v| *v = f(*v));
 }
 
 /// SiLU, `x·σ(x)`.
