@@ -99,10 +99,14 @@ impl Panels for Strided<'_> {
     }
 }
 
+/// Rows of `a` per block when `a` is too tall to stay in cache while every panel passes over it: each task then
+/// multiplies one block of rows by one panel.
+const MC: usize = 256;
+
 /// `c = a · b` for the `m` rows of `a` (row `i` at `a[i·lda..]`, `b.k()` values used); `c` is `[m, b.n()]`.
 ///
-/// With `threads`, panels are spread over rayon's threads; without, everything runs on the calling thread (for
-/// callers that already run in parallel).
+/// With `threads`, (row block, panel) tasks are spread over rayon's threads; without, everything runs on the
+/// calling thread (for callers that already run in parallel).
 pub fn matmul(a: &[f32], lda: usize, m: usize, b: &impl Panels, c: &mut [f32], threads: bool) {
     let (n, k) = (b.n(), b.k());
     assert!(m == 0 || a.len() >= (m - 1) * lda + k, "left factor too short for {m} rows of {k} (stride {lda})");
@@ -111,45 +115,59 @@ pub fn matmul(a: &[f32], lda: usize, m: usize, b: &impl Panels, c: &mut [f32], t
         return;
     }
     let panels = n.div_ceil(NR);
-    let out = Product { ptr: c.as_mut_ptr(), m, n };
-    let run = |j: usize, (packed, tile): &mut (Vec<f32>, Vec<f32>)| {
-        panel_product(a, lda, m, k, packed_panel(b, j, packed), tile);
-        // SAFETY: `out` points into `c`, borrowed mutably for this whole call, and panel `j` writes only its own
-        // columns of each row.
-        unsafe { out.write_panel(j, tile) };
+    let blocks = m.div_ceil(MC);
+    // Several row blocks read every panel: pack each once up front unless it is stored packed already.
+    let packed_all: Option<Vec<f32>> = (blocks > 1 && b.panel(0).is_none()).then(|| {
+        let mut all = vec![0f32; panels * k * NR];
+        all.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| b.pack(j * NR, panel));
+        all
+    });
+    let out = Product { ptr: c.as_mut_ptr(), n };
+    let run = |task: usize, (packed, tile): &mut (Vec<f32>, Vec<f32>)| {
+        let (block, j) = (task / panels, task % panels);
+        let (first, rows) = (block * MC, MC.min(m - block * MC));
+        let panel = match &packed_all {
+            Some(all) => &all[j * k * NR..(j + 1) * k * NR],
+            None => packed_panel(b, j, packed),
+        };
+        panel_product(&a[first * lda..], lda, rows, k, panel, tile);
+        // SAFETY: `out` points into `c`, borrowed mutably for this whole call, and each task writes only its own
+        // rows of its own panel's columns.
+        unsafe { out.write_panel(j, first, &tile[..rows * NR]) };
     };
-    let buffers = || (Vec::new(), vec![0f32; m * NR]);
-    if threads && panels > 1 && rayon::current_num_threads() > 1 {
-        (0..panels).into_par_iter().for_each_init(buffers, |bufs, j| run(j, bufs));
+    let buffers = || (Vec::new(), vec![0f32; MC.min(m) * NR]);
+    let tasks = blocks * panels;
+    if threads && tasks > 1 && rayon::current_num_threads() > 1 {
+        (0..tasks).into_par_iter().for_each_init(buffers, |bufs, t| run(t, bufs));
     } else {
         let mut bufs = buffers();
-        (0..panels).for_each(|j| run(j, &mut bufs));
+        (0..tasks).for_each(|t| run(t, &mut bufs));
     }
 }
 
-/// The `[m, n]` product buffer shared by the panel tasks of one [`matmul`]; each writes only its own columns.
+/// The `[m, n]` product buffer shared by the tasks of one [`matmul`]; each writes only its own rows and columns.
 #[derive(Clone, Copy)]
 struct Product {
     ptr: *mut f32,
-    m: usize,
     n: usize,
 }
 
-// SAFETY: tasks write disjoint columns of the buffer, which outlives them (see `matmul`).
+// SAFETY: tasks write disjoint parts of the buffer, which outlives them (see `matmul`).
 unsafe impl Send for Product {}
 // SAFETY: as above.
 unsafe impl Sync for Product {}
 
 impl Product {
-    /// Copies the `[m, NR]` tile of panel `j` into its columns.
+    /// Copies a `[rows, NR]` tile of panel `j` into its columns, from row `first` on.
     ///
     /// # Safety
-    /// The buffer must be alive and no other task may write panel `j`'s columns.
-    unsafe fn write_panel(self, j: usize, tile: &[f32]) {
+    /// The buffer must be alive, hold rows `first..first + rows`, and no other task may write those rows of panel
+    /// `j`'s columns.
+    unsafe fn write_panel(self, j: usize, first: usize, tile: &[f32]) {
         let width = NR.min(self.n - j * NR);
-        for (i, row) in tile.chunks_exact(NR).take(self.m).enumerate() {
-            // SAFETY: row i < m, columns j·NR .. j·NR + width < n, inside the m·n buffer.
-            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(i * self.n + j * NR), width) };
+        for (i, row) in tile.chunks_exact(NR).enumerate() {
+            // SAFETY: row first + i is inside the buffer; columns j·NR .. j·NR + width < n.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add((first + i) * self.n + j * NR), width) };
         }
     }
 }
@@ -328,7 +346,9 @@ mod tests {
 
     #[test]
     fn products_match_a_plain_loop_for_every_tail_and_layout() {
-        for &(m, n, k) in &[(1, 1, 1), (7, 33, 5), (9, 64, 70), (20, 95, 129), (3, 32, 16)] {
+        // The last two span several row blocks (MC).
+        for &(m, n, k) in &[(1, 1, 1), (7, 33, 5), (9, 64, 70), (20, 95, 129), (3, 32, 16), (600, 70, 40), (513, 33, 7)]
+        {
             let a = values(m * (k + 3), 1);
             let w = values(n * k, 2);
             let want: Vec<f64> = (0..m)
