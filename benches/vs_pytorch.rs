@@ -15,7 +15,7 @@ use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
 use psa_vlm::models::cpu::gemm;
 use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
-use psa_vlm::models::{HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm};
+use psa_vlm::models::{HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};
 
@@ -117,7 +117,7 @@ fn bench(c: &mut Criterion) {
             group.finish();
         }
 
-        let (model, _, _) = load_psa(&dir, &device, &LoadOptions::default()).expect("quickstart model");
+        let (model, cfg, _) = load_psa(&dir, &device, &LoadOptions::default()).expect("quickstart model");
         let image = model.llava.image_token_index();
         let mut group = c.benchmark_group(format!("{name}/classify"));
         group.sample_size(10);
@@ -129,8 +129,10 @@ fn bench(c: &mut Criterion) {
             });
         }
         group.finish();
-        // The vision tower on the host engine (the CPU default of the CLI and pipelines), then the same head.
+        // The vision tower and the safety projector on the host engines (the CPU default of the CLI and
+        // pipelines), then the same head.
         let host = HostVision::new(&model.llava).expect("host vision");
+        let abstractor = HostAbstractor::new(&model.safety, &cfg.safety).expect("host abstractor");
         let mut group = c.benchmark_group(format!("{name}/classify-host"));
         group.sample_size(10);
         for batch in [1usize, 8] {
@@ -139,7 +141,8 @@ fn bench(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
                 bench.iter(|| {
                     let features = host.selected_features(pixels.clone()).expect("host features");
-                    model.classify_features(features, &ids, None).expect("classify").level.into_data()
+                    let h_s = abstractor.project(features).expect("host abstractor");
+                    model.classify_projected(h_s, &ids, None).expect("classify").level.into_data()
                 })
             });
         }

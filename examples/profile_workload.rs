@@ -6,7 +6,7 @@
 //! perf record -F 499 -g target/release/examples/profile_workload classify-1 30
 //! ```
 //!
-//! Workloads: `classify-1`, `classify-8` (tensor path), `classify-1-host`, `classify-8-host` (host vision engine),
+//! Workloads: `classify-1`, `classify-8` (tensor path), `classify-1-host`, `classify-8-host` (host vision and C-Abstractor engines),
 //! `prefill-80`, `prefill-320` (tensor path), `prefill-80-host`,
 //! `prefill-320-host` (host engine, f32), `decode-80`, `decode-80-host`, `stage1`. The second argument is the number
 //! of seconds to loop (default 20). Model: `PSA_BENCH_MODEL` or the quickstart's.
@@ -24,7 +24,7 @@ use psa_vlm::burn::tensor::{Device, Tensor};
 use psa_vlm::models::generate::argmax;
 use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::{
-    GenerationConfig, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm, generate_with,
+    GenerationConfig, HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm, generate_with,
 };
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};
@@ -44,20 +44,26 @@ fn main() -> anyhow::Result<()> {
     }
     let train_mode = workload == "stage1";
     let device = if train_mode { Device::flex().autodiff() } else { Device::flex() };
-    let (model, _, _) = load_psa(&dir, &device, &LoadOptions::default())?;
+    let (model, config, _) = load_psa(&dir, &device, &LoadOptions::default())?;
     let image = model.llava.image_token_index();
     let mut run: Workload = match workload.as_str() {
         "classify-1" | "classify-8" | "classify-1-host" | "classify-8-host" => {
             let b = if workload.contains('8') { 8 } else { 1 };
             let pixels = Tensor::<4>::from_data(inputs::pixels(b), &device);
             let ids = vec![inputs::classify_ids(image); b];
-            let host = workload.ends_with("host").then(|| HostVision::new(&model.llava)).transpose()?;
+            let host = match workload.ends_with("host") {
+                true => Some((HostVision::new(&model.llava)?, HostAbstractor::new(&model.safety, &config.safety)?)),
+                false => None,
+            };
             Box::new(move |m| {
-                let features = match &host {
-                    Some(h) => h.selected_features(pixels.clone())?,
-                    None => m.llava.selected_features(pixels.clone()),
+                let level = match &host {
+                    Some((vision, abstractor)) => {
+                        let h_s = abstractor.project(vision.selected_features(pixels.clone())?)?;
+                        m.classify_projected(h_s, &ids, None)?.level
+                    }
+                    None => m.classify_features(m.llava.selected_features(pixels.clone()), &ids, None)?.level,
                 };
-                m.classify_features(features, &ids, None)?.level.into_data();
+                level.into_data();
                 Ok(())
             })
         }

@@ -1,18 +1,23 @@
 //! The host vision engine (encoder layers on the CPU with packed weights) against transformers' hidden states on the
-//! tiny CLIP (MHA and GQA LLaVA fixtures) and DINOv2 fixtures, and against the tensor path.
+//! tiny CLIP (MHA and GQA LLaVA fixtures) and DINOv2 fixtures, and against the tensor path; the host C-Abstractor
+//! against PyTorch (timm) on the tiny PSA fixtures.
 mod common;
 
 use common::*;
-use psa_vlm::burn::tensor::{Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_dinov2};
+use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
+use psa_vlm::models::import::{LoadOptions, load_dinov2, load_psa, load_psa_with_safety};
+use psa_vlm::models::llama::PaddingMask;
 use psa_vlm::models::vision::VisionTower;
-use psa_vlm::models::{GuardRequest, HostVision, LogitRows};
+use psa_vlm::models::{GuardRequest, HostAbstractor, HostVision, LogitRows};
 
 /// Largest difference measured against transformers here: 1.8e-6 (CLIP) and 5.7e-6 (DINOv2, whose tensor path is
 /// as far).
 const TOL: f64 = 2e-5;
+/// The C-Abstractor's output against PyTorch: 2.3e-6 measured (the tensor path 2.5e-6); the head's logits from it
+/// against the tensor path: 1.8e-7.
+const ABSTRACTOR_TOL: f64 = 1e-5;
 
-fn pixels(r: &Ref, device: &psa_vlm::burn::tensor::Device) -> Tensor<4> {
+fn pixels(r: &Ref, device: &Device) -> Tensor<4> {
     let shape: [usize; 4] = r.shape.clone().try_into().unwrap();
     Tensor::from_data(TensorData::new(r.values.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape), device)
 }
@@ -83,4 +88,48 @@ fn pipeline_on_the_host_vision_engine_gives_the_same_logits() {
     let d = rows(&got).iter().zip(&rows(&want)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     eprintln!("concept logits, host vision against the tensor path: max abs diff {d:.2e}");
     assert!(d <= 1e-5, "concept logits differ by {d:e}");
+}
+
+#[test]
+fn host_abstractor_matches_pytorch_and_the_head_gives_the_tensor_paths_logits() {
+    let device = Device::flex();
+    let base = fixtures().join("tiny_llava/hub_f32");
+    let opts = LoadOptions { strict: true };
+    let tiny = load_psa(&fixtures().join("tiny_psa/model"), &device, &opts).unwrap();
+    let pool4 =
+        load_psa_with_safety(&base, &fixtures().join("tiny_psa_pool4/safety_modules.safetensors"), &device, &opts)
+            .unwrap();
+    for (name, (model, cfg, _)) in [("tiny_psa", tiny), ("tiny_psa_pool4", pool4)] {
+        let fx = read_fixture(&fixtures().join(name).join("fixture.safetensors"));
+        let f = &fx["vision.selected_features"];
+        let shape: [usize; 3] = f.shape.clone().try_into().unwrap();
+        let features = Tensor::<3>::from_data(
+            TensorData::new(f.values.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape),
+            &device,
+        );
+        let host = HostAbstractor::new(&model.safety, &cfg.safety).unwrap();
+        let h_s = host.project(features.clone()).unwrap();
+        let d = assert_close(&format!("{name} host h_s"), h_s.clone(), &fx["safety.h_s"], ABSTRACTOR_TOL);
+        let tensor = max_diff(model.safety.project(features.clone()), &fx["safety.h_s"]);
+        eprintln!("{name}: host h_s vs PyTorch {d:.2e}, tensor path vs PyTorch {tensor:.2e}");
+        // The head on the host's h_s against the whole tensor path, on the fixture's prompts.
+        let ids = fx["inputs.input_ids"].ids();
+        let mask_rows: Vec<Vec<i64>> = fx["inputs.attention_mask"]
+            .values
+            .chunks(ids[0].len())
+            .map(|r| r.iter().map(|&v| v as i64).collect())
+            .collect();
+        let mask = PaddingMask::from_attention_mask(&mask_rows);
+        let got = model.classify_projected(h_s, &ids, Some(&mask)).unwrap();
+        let want = model.classify_features(features, &ids, Some(&mask)).unwrap();
+        let (_, a) = common::host(got.level);
+        let (_, b) = common::host(want.level);
+        let l = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        eprintln!("{name}: level logits from host h_s vs the tensor path {l:.2e}");
+        assert!(l <= ABSTRACTOR_TOL, "{name}: level logits differ by {l:e}");
+    }
+    let (model, cfg, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &opts).unwrap();
+    let host = HostAbstractor::new(&model.safety, &cfg.safety).unwrap();
+    let err = host.project(Tensor::<3>::zeros([1, 15, 64], &device)).unwrap_err();
+    assert!(err.to_string().contains("square patch grid"), "{err}");
 }

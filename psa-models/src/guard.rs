@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
 use crate::generate::{FinishReason, GenerationConfig, generate_with};
+use crate::host_abstractor::HostAbstractor;
 use crate::import::{LoadOptions, LoadReport, load_psa};
 use crate::llama::{HostDecoder, HostWeights};
 use crate::pipeline::{PipelineError, processors};
@@ -130,8 +131,8 @@ pub struct GuardedPipeline {
     pub calibration: Calibration,
     /// Where decode steps run: `None` on the model's device, else on the host decoder.
     host: Option<HostDecoder>,
-    /// Where the vision tower runs: `None` on the model's device, else on the host engine.
-    host_vision: Option<HostVision>,
+    /// Where the vision tower and the safety projector run: `None` on the model's device, else on host engines.
+    host_vision: Option<(HostVision, HostAbstractor)>,
     device: Device,
 }
 
@@ -211,11 +212,16 @@ impl GuardedPipeline {
         Ok(self)
     }
 
-    /// Runs the vision tower's encoder layers on the host engine ([`HostVision`], weights packed once, in f32) when
-    /// `on_host`, else on the model's device (the default). Faster on a CPU; keeps a second copy of the tower's
-    /// weights up to the feature layer.
+    /// Runs the vision tower's encoder layers and the safety projector on host engines ([`HostVision`],
+    /// [`HostAbstractor`]: weights packed once, in f32) when `on_host`, else on the model's device (the default).
+    /// Faster on a CPU; keeps a second copy of the tower's weights up to the feature layer and of the projector's.
     pub fn with_host_vision(mut self, on_host: bool) -> Result<Self, PipelineError> {
-        self.host_vision = on_host.then(|| HostVision::new(&self.model.llava)).transpose()?;
+        self.host_vision = if on_host {
+            let vision = HostVision::new(&self.model.llava)?;
+            Some((vision, HostAbstractor::new(&self.model.safety, &self.config.safety)?))
+        } else {
+            None
+        };
         Ok(self)
     }
 
@@ -280,7 +286,7 @@ impl GuardedPipeline {
         let owned: Vec<DynamicImage> = images.iter().map(|&i| i.clone()).collect();
         let pixels = self.images.preprocess(&owned, &self.device)?;
         let features = match &self.host_vision {
-            Some(host) => host.selected_features(pixels)?,
+            Some((host, _)) => host.selected_features(pixels)?,
             None => self.model.llava.selected_features(pixels),
         };
         Ok((features, start.elapsed().as_secs_f64() * 1e3))
@@ -293,7 +299,10 @@ impl GuardedPipeline {
             .map(|q| self.text.encode_prompt(&self.template.image_prompt(q), None))
             .collect::<Result<Vec<_>, _>>()?;
         let (ids, mask) = TextProcessor::pad(&rows, self.config.llava.pad_token_id.unwrap_or(0), PaddingSide::Right);
-        let logits = self.model.classify_features(features, &ids, Some(&mask))?;
+        let logits = match &self.host_vision {
+            Some((_, abstractor)) => self.model.classify_projected(abstractor.project(features)?, &ids, Some(&mask))?,
+            None => self.model.classify_features(features, &ids, Some(&mask))?,
+        };
         Ok(LogitRows { level: logit_rows(&logits.level), risk_type: logit_rows(&logits.risk_type) })
     }
 

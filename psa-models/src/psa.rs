@@ -217,6 +217,26 @@ impl PsaVlm {
         self.classify_embedded(features, self.text_embeddings(input_ids), input_ids, mask)
     }
 
+    /// Concept logits from the safety projector's output `h_s` (`[b, num_queries, safety_dim]`, e.g. from
+    /// [`crate::HostAbstractor`]) instead of vision features. One image per row.
+    pub fn classify_projected(
+        &self,
+        h_s: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<ConceptLogits, ModelError> {
+        let n = h_s.dims()[0];
+        if n != input_ids.len() {
+            return Err(ModelError::Input(format!(
+                "{n} image(s) for {} prompt(s): one image per row",
+                input_ids.len()
+            )));
+        }
+        let qmask = self.query_mask(input_ids, mask);
+        let kv = self.safety.key_values(h_s);
+        Ok(self.safety.safe_part.forward(self.text_embeddings(input_ids), kv, Some(&qmask)))
+    }
+
     /// Concept logits from features and the prompt's token embeddings (`text_embeddings`). One image per row.
     fn classify_embedded(
         &self,

@@ -7,6 +7,7 @@
 //! tensors that live elsewhere: it stays the reference on every other backend and under autodiff.
 pub mod attention;
 pub mod gemm;
+pub(crate) mod layers;
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;

@@ -5,32 +5,15 @@
 //! On a tensor backend every linear layer repacks its weight on each call; at one image (257 tokens) that packing
 //! costs about as much as the product. The vision tower is frozen in both training stages, so a snapshot of its
 //! weights stays valid for the model's life.
-use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 use super::VisionTower;
 use crate::activation::Activation;
 use crate::cpu::attention;
-use crate::cpu::gemm::{self, Strided};
+use crate::cpu::gemm::Strided;
+use crate::cpu::layers::{Dense, Norm, dense, host_vec, layer_norm, norm, product, residual};
 use crate::error::ModelError;
-use crate::llama::host::HostMatrix;
 use crate::llava::LlavaForConditionalGeneration;
-
-/// Rows per parallel task of the row-wise kernels.
-const ROWS_PER_TASK: usize = 16;
-
-#[derive(Debug, Clone)]
-struct Norm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-#[derive(Debug, Clone)]
-struct Dense {
-    weight: HostMatrix,
-    bias: Vec<f32>,
-}
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -56,42 +39,6 @@ pub struct HostVision {
     eps: f32,
     act: Activation,
     keep_cls: bool,
-}
-
-fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))
-}
-
-fn norm(n: &LayerNorm) -> Result<Norm, ModelError> {
-    let gamma = host_vec(n.gamma.val())?;
-    let beta = match &n.beta {
-        Some(b) => host_vec(b.val())?,
-        None => vec![0.0; gamma.len()],
-    };
-    Ok(Norm { gamma, beta })
-}
-
-/// Linear layers side by side (same input): Burn stores each weight `[in, out]`, so the fused weight's row `i` is
-/// row `i` of each in turn.
-fn dense(linears: &[&Linear]) -> Result<Dense, ModelError> {
-    let d_in = linears[0].weight.dims()[0];
-    let widths: Vec<usize> = linears.iter().map(|l| l.weight.dims()[1]).collect();
-    let total: usize = widths.iter().sum();
-    let mut data = vec![0f32; d_in * total];
-    let mut bias = Vec::with_capacity(total);
-    let mut offset = 0;
-    for (l, &w) in linears.iter().zip(&widths) {
-        let values = host_vec(l.weight.val())?;
-        for (i, row) in values.chunks_exact(w).enumerate() {
-            data[i * total + offset..][..w].copy_from_slice(row);
-        }
-        match &l.bias {
-            Some(b) => bias.extend(host_vec(b.val())?),
-            None => bias.extend(std::iter::repeat_n(0.0, w)),
-        }
-        offset += w;
-    }
-    Ok(Dense { weight: HostMatrix::packed(&Strided::cols(&data, d_in, total, total)), bias })
 }
 
 impl HostVision {
@@ -179,44 +126,4 @@ impl HostVision {
         self.act.apply_host(&mut hidden);
         residual(x, &product(&layer.fc2, &hidden, n), layer.scale2.as_deref());
     }
-}
-
-/// `x · W + bias` for `n` rows.
-fn product(dense: &Dense, x: &[f32], n: usize) -> Vec<f32> {
-    let width = dense.bias.len();
-    let mut y = vec![0f32; n * width];
-    gemm::matmul(x, dense.weight.cols(), n, &dense.weight, &mut y, true);
-    y.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
-        rows.chunks_exact_mut(width).for_each(|row| row.iter_mut().zip(&dense.bias).for_each(|(a, b)| *a += b))
-    });
-    y
-}
-
-/// `x += h` (times a per-channel `scale` when given).
-fn residual(x: &mut [f32], h: &[f32], scale: Option<&[f32]>) {
-    match scale {
-        Some(s) => x.par_chunks_mut(s.len()).zip(h.par_chunks(s.len())).for_each(|(x, h)| {
-            x.iter_mut().zip(h).zip(s).for_each(|((x, h), s)| *x += h * s);
-        }),
-        None => x.par_chunks_mut(1 << 14).zip(h.par_chunks(1 << 14)).for_each(|(x, h)| {
-            x.iter_mut().zip(h).for_each(|(x, h)| *x += h);
-        }),
-    }
-}
-
-/// LayerNorm of each row (biased variance, as PyTorch), into a new buffer.
-fn layer_norm(x: &[f32], n: &Norm, eps: f32) -> Vec<f32> {
-    let d = n.gamma.len();
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(y, x)| {
-        for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let mean = x.iter().sum::<f32>() / d as f32;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (((y, x), g), b) in y.iter_mut().zip(x).zip(&n.gamma).zip(&n.beta) {
-                *y = (x - mean) * inv * g + b;
-            }
-        }
-    });
-    y
 }
