@@ -119,34 +119,35 @@ fn bench(c: &mut Criterion) {
 
         let (model, cfg, _) = load_psa(&dir, &device, &LoadOptions::default()).expect("quickstart model");
         let image = model.llava.image_token_index();
-        let mut group = c.benchmark_group(format!("{name}/classify"));
-        group.sample_size(10);
-        for batch in [1usize, 8] {
-            let pixels = Tensor::<4>::from_data(inputs::pixels(batch), &device);
-            let ids = vec![inputs::classify_ids(image); batch];
-            group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
-                bench.iter(|| model.classify(pixels.clone(), &ids, None).expect("classify").level.into_data())
-            });
-        }
-        group.finish();
-        // The vision tower and the safety projector on the host engines (the CPU default of the CLI and
-        // pipelines), then the same head.
+        // On the tensor path, and with the vision tower and the safety projector on the host engines (the CPU
+        // default of the CLI and pipelines), then the same head.
         let host = HostVision::new(&model.llava).expect("host vision");
         let abstractor = HostAbstractor::new(&model.safety, &cfg.safety).expect("host abstractor");
-        let mut group = c.benchmark_group(format!("{name}/classify-host"));
-        group.sample_size(10);
-        for batch in [1usize, 8] {
-            let pixels = Tensor::<4>::from_data(inputs::pixels(batch), &device);
-            let ids = vec![inputs::classify_ids(image); batch];
-            group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
-                bench.iter(|| {
-                    let features = host.selected_features(pixels.clone()).expect("host features");
-                    let h_s = abstractor.project(features).expect("host abstractor");
-                    model.classify_projected(h_s, &ids, None).expect("classify").level.into_data()
-                })
-            });
+        for (label, on_host) in [("classify", false), ("classify-host", true)] {
+            let mut group = c.benchmark_group(format!("{name}/{label}"));
+            group.sample_size(10);
+            for batch in [1usize, 8] {
+                let pixels = Tensor::<4>::from_data(inputs::pixels(batch), &device);
+                let ids = vec![inputs::classify_ids(image); batch];
+                group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |bench, _| {
+                    bench.iter(|| {
+                        let logits = match on_host {
+                            true => {
+                                let features = host.selected_features(pixels.clone()).expect("host features");
+                                model.classify_projected(
+                                    abstractor.project(features).expect("host abstractor"),
+                                    &ids,
+                                    None,
+                                )
+                            }
+                            false => model.classify(pixels.clone(), &ids, None),
+                        };
+                        logits.expect("classify").level.into_data()
+                    })
+                });
+            }
+            group.finish();
         }
-        group.finish();
 
         let hosts = [
             ("", None),

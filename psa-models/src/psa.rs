@@ -225,16 +225,7 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<ConceptLogits, ModelError> {
-        let n = h_s.dims()[0];
-        if n != input_ids.len() {
-            return Err(ModelError::Input(format!(
-                "{n} image(s) for {} prompt(s): one image per row",
-                input_ids.len()
-            )));
-        }
-        let qmask = self.query_mask(input_ids, mask);
-        let kv = self.safety.key_values(h_s);
-        Ok(self.safety.safe_part.forward(self.text_embeddings(input_ids), kv, Some(&qmask)))
+        self.head(h_s, self.text_embeddings(input_ids), input_ids, mask)
     }
 
     /// Concept logits from features and the prompt's token embeddings (`text_embeddings`). One image per row.
@@ -245,7 +236,18 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<ConceptLogits, ModelError> {
-        let n = features.dims()[0];
+        self.head(self.safety.project(features), text, input_ids, mask)
+    }
+
+    /// The safety head on `h_s` and the prompt's token embeddings. One image per row.
+    fn head(
+        &self,
+        h_s: Tensor<3>,
+        text: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+    ) -> Result<ConceptLogits, ModelError> {
+        let n = h_s.dims()[0];
         if n != input_ids.len() {
             return Err(ModelError::Input(format!(
                 "{n} image(s) for {} prompt(s): one image per row",
@@ -253,7 +255,7 @@ impl PsaVlm {
             )));
         }
         let qmask = self.query_mask(input_ids, mask);
-        Ok(self.safety.classify(features, text, Some(&qmask)))
+        Ok(self.safety.safe_part.forward(text, self.safety.key_values(h_s), Some(&qmask)))
     }
 
     /// The LLM's input: prompt embeddings with `[S2 ; projected image tokens]` at each `<image>` (generation starts
