@@ -8,7 +8,7 @@ use psa_core::projector::{Bottleneck, ConvNorm};
 use psa_core::{SafetyConfig, SafetyModules};
 use rayon::prelude::*;
 
-use crate::cpu::layers::{Dense, Norm, dense, host_vec, layer_norm, norm, pointwise, product};
+use crate::cpu::layers::{Dense, Norm, add, dense, host_vec, layer_norm, norm, pointwise, product};
 use crate::cpu::{exp, map_slice, silu};
 use crate::error::ModelError;
 
@@ -77,7 +77,7 @@ impl HostBlock {
         map_slice(&mut y, silu);
         self.squeeze_excite(&mut y, b);
         let y = self.conv3.forward(&y, rows, eps);
-        shortcut.iter_mut().zip(&y).for_each(|(s, v)| *s += v);
+        add(&mut shortcut, &y);
         map_slice(&mut shortcut, silu);
         shortcut
     }

@@ -6,6 +6,7 @@ use psa_core::{ConceptLogits, ConceptLoss, SafetyConfig, SafetyModules, concept_
 use serde_json::Value;
 
 use crate::config::{LlavaConfig, read_json};
+use crate::cpu::layers::host_vec;
 use crate::error::{ConfigError, ModelError};
 use crate::llama::{HostLmLoss, PaddingMask};
 use crate::llava::{LlavaForConditionalGeneration, MergedInputs, merge_image_features};
@@ -418,13 +419,7 @@ fn host_lm_loss(
     labels: &[Vec<i64>],
 ) -> Result<Option<Tensor<1>>, ModelError> {
     let (dims, device) = (embeds.dims(), embeds.device());
-    let values = embeds
-        .clone()
-        .detach()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+    let values = host_vec(embeds.clone().detach())?;
     let Some((loss, grad)) = host.loss_and_grad(&values, mask, labels)? else {
         return Ok(None);
     };

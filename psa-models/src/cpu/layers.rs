@@ -89,15 +89,20 @@ pub(crate) fn product(dense: &Dense, x: &[f32], n: usize) -> Vec<f32> {
     y
 }
 
+/// `a += b`, elementwise on all threads.
+pub(crate) fn add(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(1 << 14)
+        .zip(b.par_chunks(1 << 14))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+}
+
 /// `x += h` (times a per-channel `scale` when given).
 pub(crate) fn residual(x: &mut [f32], h: &[f32], scale: Option<&[f32]>) {
     match scale {
         Some(s) => x.par_chunks_mut(s.len()).zip(h.par_chunks(s.len())).for_each(|(x, h)| {
             x.iter_mut().zip(h).zip(s).for_each(|((x, h), s)| *x += h * s);
         }),
-        None => x.par_chunks_mut(1 << 14).zip(h.par_chunks(1 << 14)).for_each(|(x, h)| {
-            x.iter_mut().zip(h).for_each(|(x, h)| *x += h);
-        }),
+        None => add(x, h),
     }
 }
 

@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::{HostDecoder, HostWeights, project, rms_norm, rotate};
+use crate::cpu::layers::add;
 use crate::cpu::{self, attention, gemm};
 use crate::error::ModelError;
 use crate::llama::{LlamaForCausalLM, PaddingMask};
@@ -234,13 +235,6 @@ impl HostLmLoss {
         }
         (dq, dk, dv)
     }
-}
-
-/// `a += b`, elementwise on all threads.
-fn add(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(1 << 14)
-        .zip(b.par_chunks(1 << 14))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
 }
 
 /// Transposes a `n×n` matrix in place.

@@ -14,7 +14,6 @@ mod kernels;
 mod prefill;
 
 use burn::nn::{Linear, RmsNorm};
-use burn::tensor::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +24,7 @@ use super::rope::Rope;
 use super::{KvCache, LlamaForCausalLM, PaddingMask};
 use crate::cpu;
 use crate::cpu::gemm::Strided;
+use crate::cpu::layers::host_vec;
 use crate::error::ModelError;
 
 /// How the host decoder stores the LLM's weights.
@@ -117,10 +117,6 @@ impl HostCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
-
-fn host_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Input(format!("{e:?}")))
 }
 
 /// A `Linear` on the host: Burn stores its weight `[in, out]`, whose columns are the output features' rows, so f32
