@@ -40,7 +40,7 @@ fn host(t: Tensor<3>) -> (Vec<usize>, Vec<f32>) {
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = parse_device(&args.device)?;
-    let (model, cfg, _) = load_psa(&args.model_dir, &device, &LoadOptions { strict: true })?;
+    let (model, cfg, _) = load_psa(&args.model_dir, &device, &LoadOptions::strict())?;
     let (weights, config) = save_safety_modules(&model.safety, &cfg.safety, &args.out)?;
     println!("wrote {} and {}", weights.display(), config.display());
     let Some(fixture) = args.fixture else { return Ok(()) };

@@ -16,7 +16,7 @@ fn weights_and_logits_match_transformers() {
     let fx = read_fixture(&fixtures().join("tiny_gguf/fixture.safetensors"));
     for (backend, device) in devices() {
         for variant in ["spm", "bpe"] {
-            let (model, cfg, report) = load_llama_gguf(&gguf(variant), &device, &LoadOptions { strict: true }).unwrap();
+            let (model, cfg, report) = load_llama_gguf(&gguf(variant), &device, &LoadOptions::strict()).unwrap();
             assert_eq!(cfg.tie_word_embeddings, variant == "bpe", "{variant}: tied iff output.weight is absent");
             assert_eq!((cfg.kv_heads(), cfg.num_hidden_layers), (if variant == "bpe" { 2 } else { 4 }, 2));
             assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);

@@ -45,7 +45,7 @@ fn host_vision_matches_transformers_and_the_tensor_path() {
         // DINOv2 as the tower (LayerScale, exact GELU, resized position table), the LLaVA feature layer 1.
         let mut llava = load_tiny_llava("tiny_llava", &device);
         let dir = fixtures().join("tiny_dinov2");
-        let (dino, _, _) = load_dinov2(&dir.join("model"), &device, &LoadOptions { strict: true }).unwrap();
+        let (dino, _, _) = load_dinov2(&dir.join("model"), &device, &LoadOptions::strict()).unwrap();
         llava.vision_tower = VisionTower::Dinov2(dino);
         let engine = HostVision::new(&llava).unwrap();
         let fx = read_fixture(&dir.join("fixture.safetensors"));
@@ -94,7 +94,7 @@ fn pipeline_on_the_host_vision_engine_gives_the_same_logits() {
 fn host_abstractor_matches_pytorch_and_the_head_gives_the_tensor_paths_logits() {
     let device = Device::flex();
     let base = fixtures().join("tiny_llava/hub_f32");
-    let opts = LoadOptions { strict: true };
+    let opts = LoadOptions::strict();
     let tiny = load_psa(&fixtures().join("tiny_psa/model"), &device, &opts).unwrap();
     let pool4 =
         load_psa_with_safety(&base, &fixtures().join("tiny_psa_pool4/safety_modules.safetensors"), &device, &opts)

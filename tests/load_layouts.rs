@@ -9,7 +9,7 @@ use psa_vlm::models::import::{LoadOptions, load_llava};
 
 fn logits(dir: &std::path::Path, device: &Device) -> Tensor<3> {
     let (model, _, report) =
-        load_llava(dir, device, &LoadOptions { strict: true }).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        load_llava(dir, device, &LoadOptions::strict()).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
     let fx = read_fixture(&fixtures().join("tiny_llava/fixture.safetensors"));
     let p = &fx["inputs.pixel_values"];
@@ -45,7 +45,7 @@ fn missing_key_is_named() {
     let err = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err();
     assert!(matches!(&err, LoadError::MissingKeys { keys } if keys == &vec![key.to_string()]), "{err}");
     assert!(err.to_string().contains(key), "{err}");
-    let strict = load_llava(&dir, &Device::flex(), &LoadOptions { strict: false });
+    let strict = load_llava(&dir, &Device::flex(), &LoadOptions::default());
     assert!(strict.is_err(), "a missing key fails whatever the strictness");
 }
 
@@ -63,7 +63,7 @@ fn unexpected_key_fails_only_when_strict() {
     });
     let (_, _, report) = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap();
     assert_eq!(report.unexpected, vec!["extra_head.bias".to_string()]);
-    let err = load_llava(&dir, &Device::flex(), &LoadOptions { strict: true }).unwrap_err();
+    let err = load_llava(&dir, &Device::flex(), &LoadOptions::strict()).unwrap_err();
     assert!(err.to_string().contains("extra_head.bias"), "{err}");
 }
 
@@ -179,7 +179,7 @@ fn bfloat16_checkpoint_loads_every_value_exactly() {
     file.extend_from_slice(&out_data);
     std::fs::write(dir.join("model.safetensors"), file).unwrap();
 
-    let (model, _, report) = load_llava(&dir, &Device::flex(), &LoadOptions { strict: true }).unwrap();
+    let (model, _, report) = load_llava(&dir, &Device::flex(), &LoadOptions::strict()).unwrap();
     assert_eq!(report.loaded, expected.len());
     let mut checked = 0;
     for t in model.collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true) {

@@ -14,9 +14,8 @@ fn onnx_backbone_matches_onnxruntime_and_the_safetensors_weights() {
     let onnx = fixtures().join("tiny_onnx/tiny_focus.onnx");
     for (backend, device) in devices() {
         let (reference, config, _) =
-            load_dinov2(&fixtures().join("tiny_dinov2/model"), &device, &LoadOptions { strict: true }).unwrap();
-        let (model, report) =
-            load_dinov2_onnx(&onnx, "backbone.", &config, &device, &LoadOptions { strict: true }).unwrap();
+            load_dinov2(&fixtures().join("tiny_dinov2/model"), &device, &LoadOptions::strict()).unwrap();
+        let (model, report) = load_dinov2_onnx(&onnx, "backbone.", &config, &device, &LoadOptions::strict()).unwrap();
         assert_eq!(report.loaded, 43, "every DINOv2 parameter");
         let want = &fx["input_image"];
         let pixels = Tensor::<4>::from_data(

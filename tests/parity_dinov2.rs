@@ -11,7 +11,7 @@ use psa_vlm::models::import::{LoadOptions, load_dinov2};
 fn dinov2_hidden_states_match_transformers() {
     for (backend, device) in devices() {
         let dir = fixtures().join("tiny_dinov2");
-        let (model, _, _) = load_dinov2(&dir.join("model"), &device, &LoadOptions { strict: true }).unwrap();
+        let (model, _, _) = load_dinov2(&dir.join("model"), &device, &LoadOptions::strict()).unwrap();
         let fx = read_fixture(&dir.join("fixture.safetensors"));
         for case in ["down", "up"] {
             let p = &fx[&format!("{case}.pixel_values")];

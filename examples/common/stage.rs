@@ -58,6 +58,12 @@ pub struct Common {
     /// Seed (default 42).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Dtype of the frozen base: f32, f16 or bf16 (the trained modules stay f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: psa_vlm::models::Precision,
+    /// Recompute each LLM layer's activations in the backward pass instead of keeping them.
+    #[arg(long)]
+    pub activation_checkpointing: bool,
     /// Device: cpu, ndarray, wgpu, vulkan, cuda:N; a comma-separated list trains data-parallel over them.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -92,6 +98,8 @@ impl Common {
             lora: None,
             train_safety: false,
             progress: true,
+            dtype: self.dtype,
+            activation_checkpointing: self.activation_checkpointing,
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum LoadError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The device cannot hold the requested dtype.
+    #[error("{0}")]
+    Unsupported(String),
     /// Model parameters that no file provides.
     #[error("{} model parameter(s) missing from the checkpoint: {}", .keys.len(), preview(.keys))]
     MissingKeys {

@@ -16,6 +16,7 @@ use crate::host_abstractor::HostAbstractor;
 use crate::import::{LoadOptions, LoadReport, load_psa};
 use crate::llama::{HostDecoder, HostWeights};
 use crate::pipeline::{PipelineError, processors};
+use crate::precision::Precision;
 use crate::processor::{ImageProcessor, PaddingSide, Template, TextProcessor};
 use crate::psa::{PsaConfig, PsaVlm};
 use crate::vision::HostVision;
@@ -155,7 +156,19 @@ impl GuardedPipeline {
         template: Template,
         device: &Device,
     ) -> Result<Self, PipelineError> {
-        let (model, config, report) = load_psa(model_dir, device, &LoadOptions::default())?;
+        Self::load_with(model_dir, tokenizer, template, device, Precision::F32)
+    }
+
+    /// [`load`](Self::load) with the frozen base in `precision` (the safety modules stay f32).
+    pub fn load_with(
+        model_dir: &Path,
+        tokenizer: Option<PathBuf>,
+        template: Template,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, PipelineError> {
+        let opts = LoadOptions::default().with_precision(precision);
+        let (model, config, report) = load_psa(model_dir, device, &opts)?;
         let (text, images) = processors(model_dir, tokenizer, &config.llava.vision)?;
         let mut pipeline = Self::new(model, config, report, text, images, template, device)?;
         let calibration = model_dir.join("calibration.json");

@@ -16,6 +16,7 @@ pub mod llava;
 pub mod lora;
 pub mod loss;
 pub mod pipeline;
+pub mod precision;
 pub mod processor;
 pub mod psa;
 pub mod vision;
@@ -27,5 +28,6 @@ pub use guard::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, LogitRow
 pub use host_abstractor::HostAbstractor;
 pub use llama::{HostDecoder, HostLmLoss, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
-pub use psa::{ConceptLabels, PsaConfig, PsaOutput, PsaVlm};
+pub use precision::Precision;
+pub use psa::{ConceptLabels, LmEngine, PsaConfig, PsaOutput, PsaVlm};
 pub use vision::HostVision;

@@ -34,6 +34,7 @@ impl MultiModalProjector {
     /// # Shapes
     /// - `features`: `[batch, tokens, d_vision]` → `[batch, tokens, d_text]`
     pub fn forward(&self, features: Tensor<3>) -> Tensor<3> {
+        let features = crate::precision::to_dtype(features, self.linear_1.weight.val().dtype());
         crate::cpu::linear(&self.linear_2, self.act.forward(crate::cpu::linear(&self.linear_1, features)))
     }
 }
@@ -257,7 +258,7 @@ pub fn merge_image_features(
                 Piece::Image(k) => {
                     let f = image_features.as_ref().expect("planned images imply features");
                     row_spans.push((m.len(), k));
-                    parts.push(f.clone().slice([k..k + 1, 0..n_tok, 0..d]));
+                    parts.push(crate::precision::to_dtype(f.clone().slice([k..k + 1, 0..n_tok, 0..d]), text.dtype()));
                     m.extend(std::iter::repeat_n(true, n_tok));
                     src.extend(std::iter::repeat_n(None, n_tok));
                 }
@@ -277,7 +278,7 @@ pub fn merge_image_features(
         if missing == 0 {
             continue;
         }
-        let pad = Tensor::<3>::zeros([1, missing, d], &device);
+        let pad = Tensor::<3>::zeros([1, missing, d], (&device, text.dtype()));
         if left {
             *row = Tensor::cat(vec![pad, row.clone()], 1);
             m.splice(0..0, std::iter::repeat_n(false, missing));

@@ -98,8 +98,11 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// A fresh adapter for a `d_in → d_out` projection.
     pub fn new(d_in: usize, d_out: usize, cfg: &LoraConfig, device: &Device) -> Self {
+        let lora_a = LinearConfig::new(d_in, cfg.r).with_bias(false).init(device);
+        // Drawn now, not on first use: the draw then does not depend on how the first step runs the LLM.
+        let _ = lora_a.weight.val();
         Self {
-            lora_a: LinearConfig::new(d_in, cfg.r).with_bias(false).init(device),
+            lora_a,
             lora_b: LinearConfig::new(cfg.r, d_out).with_bias(false).with_initializer(Initializer::Zeros).init(device),
             dropout: DropoutConfig::new(cfg.lora_dropout).init(),
             scale: cfg.scale(),
@@ -117,18 +120,24 @@ impl LoraAdapter {
     }
 }
 
-/// `linear(x)`, plus the adapter's update when there is one.
+/// `linear(x)`, plus the adapter's update when there is one (computed in f32, the adapters' dtype, and rounded to
+/// the base layer's).
 pub fn adapted(linear: &Linear, lora: &Option<LoraAdapter>, x: Tensor<3>) -> Tensor<3> {
     match lora {
-        Some(a) => linear.forward(x.clone()) + a.forward(x),
+        Some(a) => {
+            let dtype = x.dtype();
+            linear.forward(x.clone()) + crate::precision::to_dtype(a.forward(crate::precision::to_f32(x)), dtype)
+        }
         None => linear.forward(x),
     }
 }
 
-/// Folds an adapter into its linear layer's weight and removes it.
+/// Folds an adapter into its linear layer's weight (summed in f32, stored in the weight's dtype) and removes it.
 pub fn merge_into(linear: &mut Linear, lora: &mut Option<LoraAdapter>) {
     if let Some(a) = lora.take() {
-        let w = linear.weight.val() + a.delta_weight().detach();
+        let w = linear.weight.val();
+        let dtype = w.dtype();
+        let w = crate::precision::to_dtype(crate::precision::to_f32(w) + a.delta_weight().detach(), dtype);
         linear.weight = burn::module::Param::from_tensor(w);
     }
 }

@@ -11,6 +11,7 @@ use crate::error::{ConfigError, ModelError};
 use crate::llama::{HostLmLoss, PaddingMask};
 use crate::llava::{LlavaForConditionalGeneration, MergedInputs, merge_image_features};
 use crate::loss::{IGNORE_INDEX, causal_lm_loss, supervised_lm_loss};
+use crate::precision::{Precision, cast_frozen, to_f32};
 use crate::vision::VisionConfig;
 
 /// A PSA-VLM configuration: the LLaVA base and the safety modules.
@@ -168,6 +169,17 @@ pub struct PsaOutput {
 }
 
 impl PsaVlm {
+    /// The precision of the frozen base (the safety modules are always f32).
+    pub fn precision(&self) -> Precision {
+        Precision::of(self.llava.language_model.model.dtype()).unwrap_or_default()
+    }
+
+    /// The model with its frozen base (vision tower, projector, LLM) cast to `precision`; the safety modules and
+    /// LoRA adapters stay f32.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        cast_frozen(self, precision)
+    }
+
     /// The weight λ of the concept loss.
     pub fn cls_loss_weight(&self) -> f64 {
         self.cls_loss_weight
@@ -237,7 +249,7 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<ConceptLogits, ModelError> {
-        self.head(self.safety.project(features), text, input_ids, mask)
+        self.head(self.safety.project(to_f32(features)), text, input_ids, mask)
     }
 
     /// The safety head on `h_s` and the prompt's token embeddings. One image per row.
@@ -256,7 +268,7 @@ impl PsaVlm {
             )));
         }
         let qmask = self.query_mask(input_ids, mask);
-        Ok(self.safety.safe_part.forward(text, self.safety.key_values(h_s), Some(&qmask)))
+        Ok(self.safety.safe_part.forward(to_f32(text), self.safety.key_values(to_f32(h_s)), Some(&qmask)))
     }
 
     /// The LLM's input: prompt embeddings with `[S2 ; projected image tokens]` at each `<image>` (generation starts
@@ -278,7 +290,7 @@ impl PsaVlm {
         mask: Option<&PaddingMask>,
     ) -> Result<MergedInputs, ModelError> {
         let features = pool_grid(features, self.llm_image_pool)?;
-        let image_rows = self.safety.llm_image_tokens(self.llava.multi_modal_projector.forward(features));
+        let image_rows = self.safety.llm_image_tokens(to_f32(self.llava.multi_modal_projector.forward(features)));
         merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)
     }
 
@@ -325,8 +337,7 @@ impl PsaVlm {
     /// loss when `concepts` are given), and the LM loss projects only the positions whose next label is supervised
     /// (same value as [`forward_features`](Self::forward_features); `logits` is `None`).
     ///
-    /// With `frozen_lm` (a host copy of this model's frozen LLM) the LM loss and its gradient with respect to the
-    /// LLM's inputs come from the host engine, and gradients reach the modules before the LLM only.
+    /// `engine` says how the LLM's part is differentiated (see [`LmEngine`]).
     #[allow(clippy::too_many_arguments)]
     pub fn training_outputs(
         &self,
@@ -336,12 +347,13 @@ impl PsaVlm {
         labels: &[Vec<i64>],
         concepts: Option<ConceptLabels<'_>>,
         run_head: bool,
-        frozen_lm: Option<&HostLmLoss>,
+        engine: LmEngine<'_>,
     ) -> Result<PsaOutput, ModelError> {
         let head = run_head.then_some(concepts);
-        let lm = match frozen_lm {
-            Some(host) => LmPass::Host(host),
-            None => LmPass::Supervised,
+        let lm = match engine {
+            LmEngine::Autodiff => LmPass::Supervised,
+            LmEngine::Checkpointed => LmPass::Checkpointed,
+            LmEngine::Host(host) => LmPass::Host(host),
         };
         self.forward_inner(features, input_ids, mask, Some(labels), head, lm)
     }
@@ -380,6 +392,10 @@ impl PsaVlm {
                 };
                 (None, loss)
             }
+            LmPass::Checkpointed => match &merged_labels {
+                Some(l) => (None, lm.checkpointed_loss(merged.inputs_embeds.clone(), &merged.mask, l)),
+                None => (None, None),
+            },
             LmPass::Host(host) => match &merged_labels {
                 Some(l) => (None, host_lm_loss(host, &merged.inputs_embeds, &merged.mask, l)?),
                 None => (None, None),
@@ -399,6 +415,20 @@ impl PsaVlm {
     }
 }
 
+/// How a training step differentiates the LLM's next-token loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum LmEngine<'a> {
+    /// Ordinary autodiff: every layer's activations are kept for the backward pass.
+    #[default]
+    Autodiff,
+    /// Activation checkpointing: only each layer's input is kept, and each layer runs again in the backward pass
+    /// ([`LlamaForCausalLM::checkpointed_loss`](crate::LlamaForCausalLM::checkpointed_loss)); the same gradients
+    /// for about a third more compute.
+    Checkpointed,
+    /// The host engine's loss and input gradient (a frozen LLM only: gradients reach the modules before it).
+    Host(&'a HostLmLoss),
+}
+
 /// How [`PsaVlm::forward_inner`] runs the LLM.
 #[derive(Clone, Copy)]
 enum LmPass<'a> {
@@ -406,6 +436,8 @@ enum LmPass<'a> {
     Full,
     /// Logits only where the loss needs them.
     Supervised,
+    /// Logits only where the loss needs them, with activation checkpointing.
+    Checkpointed,
     /// The host engine's loss and input gradient (frozen LLM).
     Host(&'a HostLmLoss),
 }
@@ -424,7 +456,7 @@ fn host_lm_loss(
         return Ok(None);
     };
     let grad = Tensor::<3>::from_data(TensorData::new(grad, dims), &device);
-    let inner = (embeds.clone() * grad).sum();
+    let inner = (to_f32(embeds.clone()) * grad).sum();
     Ok(Some(inner.clone() - inner.detach() + loss as f32))
 }
 

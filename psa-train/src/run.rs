@@ -8,6 +8,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use psa_core::Taxonomy;
+use psa_models::Precision;
 use psa_models::import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules, saved_template};
 use psa_models::lora::LoraConfig;
 use psa_models::pipeline::processors;
@@ -123,6 +124,13 @@ pub struct TrainConfig {
     /// Show a progress bar.
     #[serde(default = "yes")]
     pub progress: bool,
+    /// Dtype of the frozen base (`f32`, `f16`, `bf16`); the trained modules and the optimiser state stay f32.
+    #[serde(default)]
+    pub dtype: Precision,
+    /// Recompute each LLM layer's activations in the backward pass instead of keeping them (less memory, about a
+    /// third more compute).
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 fn dot() -> PathBuf {
@@ -222,7 +230,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
         .cloned()
         .ok_or_else(|| RunError::Config { path: cfg.out.clone(), reason: "no device given".into() })?;
     device.seed(recipe.seed);
-    let (model, psa_cfg, _) = load_psa(&cfg.model_dir, &device, &LoadOptions::default())?;
+    let (model, psa_cfg, _) = load_psa(&cfg.model_dir, &device, &LoadOptions::default().with_precision(cfg.dtype))?;
     let (text, images) = processors(&cfg.model_dir, cfg.tokenizer.clone(), &psa_cfg.llava.vision)
         .map_err(|e| RunError::Config { path: cfg.model_dir.clone(), reason: e.to_string() })?;
     let name = cfg.template.clone().or_else(|| saved_template(&cfg.model_dir)).unwrap_or_else(|| "llava_v1".into());
@@ -271,6 +279,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
         max_steps: None,
         devices: if devices.len() > 1 { devices.clone() } else { Vec::new() },
         frozen_lm: FrozenLm::Auto,
+        activation_checkpointing: cfg.activation_checkpointing,
     };
     let start = Instant::now();
     let pad = psa_cfg.llava.pad_token_id.unwrap_or(0);

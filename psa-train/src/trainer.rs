@@ -11,7 +11,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use psa_core::concept_loss;
 use psa_models::lora::LoraConfig;
-use psa_models::{ConceptLabels, HostLmLoss, ModelError, PsaVlm};
+use psa_models::{ConceptLabels, HostLmLoss, LmEngine, ModelError, PsaVlm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -127,6 +127,9 @@ pub struct RunOptions {
     pub devices: Vec<Device>,
     /// Where stage I computes the frozen LLM's loss and its input gradient.
     pub frozen_lm: FrozenLm,
+    /// Activation checkpointing for the LLM when it runs on the device (both stages): each decoder layer's
+    /// activations are recomputed in the backward pass instead of kept, so memory holds one layer's at a time.
+    pub activation_checkpointing: bool,
 }
 
 /// Where stage I runs the frozen LLM: its loss and the gradient with respect to its inputs are all the step needs
@@ -233,7 +236,7 @@ fn micro_step(
     stage: &Stage,
     items: &[&Prepared],
     scale: f64,
-    (pad_id, lm_loss, frozen_lm): (u32, bool, Option<&HostLmLoss>),
+    (pad_id, lm_loss, engine): (u32, bool, LmEngine<'_>),
 ) -> Result<MicroOut, ModelError> {
     let device = model.llava.device();
     let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
@@ -251,7 +254,7 @@ fn micro_step(
         return Ok(MicroOut { grads, loss: scalar(loss) / scale, lm: 0.0, level, risk_type, samples: items.len() });
     }
     let run_head = !matches!(stage, Stage::Two { train_safety: false, .. });
-    let out = model.training_outputs(features, &ids, Some(&mask), &labels, Some(concepts), run_head, frozen_lm)?;
+    let out = model.training_outputs(features, &ids, Some(&mask), &labels, Some(concepts), run_head, engine)?;
     let loss = out.loss.ok_or_else(|| ModelError::Input("no supervised position in the micro-batch".into()))? * scale;
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let (level, risk_type) = out.concept_loss.map_or((0.0, 0.0), |c| (scalar(c.level), scalar(c.risk_type)));
@@ -274,7 +277,7 @@ fn step_micro_batches(
     group: &[&[usize]],
     (pad_id, seed, step, lm_loss): (u32, u64, usize, bool),
     devices: &[Device],
-    frozen_lm: Option<&HostLmLoss>,
+    engine: LmEngine<'_>,
 ) -> Result<Vec<MicroOut>, ModelError> {
     let scale = 1.0 / group.len() as f64;
     let items = |batch: &[usize]| -> Vec<&Prepared> { batch.iter().map(|&i| &data[i]).collect() };
@@ -285,7 +288,7 @@ fn step_micro_batches(
             .enumerate()
             .map(|(m, batch)| {
                 device.seed(micro_seed(seed, step, m));
-                micro_step(model, stage, &items(batch), scale, (pad_id, lm_loss, frozen_lm))
+                micro_step(model, stage, &items(batch), scale, (pad_id, lm_loss, engine))
             })
             .collect();
     }
@@ -302,7 +305,7 @@ fn step_micro_batches(
                     let mut outs = Vec::new();
                     for (m, batch) in group.iter().enumerate().skip(d).step_by(devices.len()) {
                         device.seed(micro_seed(seed, step, m));
-                        let mut out = micro_step(&replica, stage, &items(batch), scale, (pad_id, lm_loss, frozen_lm))?;
+                        let mut out = micro_step(&replica, stage, &items(batch), scale, (pad_id, lm_loss, engine))?;
                         out.grads = out.grads.to_device(main, &replica);
                         outs.push((m, out));
                     }
@@ -337,7 +340,9 @@ fn frozen_lm_engine(
         FrozenLm::Device => Ok(None),
         FrozenLm::Host => HostLmLoss::new(lm).map(Some),
         FrozenLm::Auto => {
-            let on_flex = psa_models::cpu::is_flex(&model.llava.device()) && run.devices.len() <= 1;
+            let on_flex = psa_models::cpu::is_flex(&model.llava.device())
+                && run.devices.len() <= 1
+                && model.precision() == psa_models::Precision::F32;
             Ok(on_flex.then(|| HostLmLoss::new(lm).ok()).flatten())
         }
     }
@@ -376,6 +381,11 @@ pub fn train(
         state = s;
     }
     let host_lm = frozen_lm_engine(&model, stage, recipe, run)?;
+    let engine = match (&host_lm, run.activation_checkpointing) {
+        (Some(host), _) => LmEngine::Host(host),
+        (None, true) => LmEngine::Checkpointed,
+        (None, false) => LmEngine::Autodiff,
+    };
     let limit = run.max_steps.unwrap_or(total).min(total);
     let mut metrics = Vec::new();
     while state.epoch < recipe.epochs && state.step < limit {
@@ -392,7 +402,7 @@ pub fn train(
                 group,
                 (pad_id, recipe.seed, state.step, recipe.lm_loss),
                 &run.devices,
-                host_lm.as_ref(),
+                engine,
             )?;
             let mut acc = GradientsAccumulator::<PsaVlm>::new();
             let (mut loss, mut lm, mut level, mut risk_type, mut n) = (0.0, 0.0, 0.0, 0.0, 0);

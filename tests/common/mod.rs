@@ -27,7 +27,7 @@ pub fn load_tiny_llava(variant: &str, device: &Device) -> psa_vlm::models::Llava
     let base = fixtures().join(variant);
     let f32_dir = base.join("hub_f32");
     let dir = if f32_dir.is_dir() { f32_dir } else { base.join("hub_f16_sharded") };
-    let opts = psa_vlm::models::import::LoadOptions { strict: true };
+    let opts = psa_vlm::models::import::LoadOptions::strict();
     psa_vlm::models::import::load_llava(&dir, device, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).0
 }
 

@@ -1,11 +1,12 @@
 //! Finding weight files in a model directory and reading their tensors (safetensors, PyTorch pickles).
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use burn::store::burn_pack::Tensor as PackTensor;
-use burn::store::{ModuleStore, PytorchStore, SafetensorsStore};
+use burn::store::burn_pack::{Error as PackError, Tensor as PackTensor};
+use burn::store::{ModuleStore, PytorchStore};
+use burn::tensor::{DType, TensorData};
 
 use crate::config::read_json;
 use crate::error::LoadError;
@@ -75,13 +76,14 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError
         .collect()
 }
 
-/// Reads every tensor of `path` (lazily for safetensors), keyed by its name in the file.
+/// Reads every tensor of `path`, keyed by its name in the file. Safetensors tensors are read from disk only when
+/// their parameter is loaded, one at a time, so a load holds at most one tensor beyond the model.
 pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, LoadError> {
     let bad = |reason: String| LoadError::BadFile { path: path.into(), reason };
     let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
     let tensors = if is_safetensors {
-        check_safetensors(path).map_err(bad)?;
-        SafetensorsStore::from_file(path).get_all_tensors().map_err(|e| bad(e.to_string()))?.clone()
+        let header = check_safetensors(path).map_err(bad)?;
+        deferred_safetensors(path, &header).map_err(bad)?
     } else {
         PytorchStore::from_file(path)
             .map_indices_contiguous(false)
@@ -92,8 +94,53 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, 
     Ok(tensors.into_iter().map(|(k, tensor)| (k, FileTensor { tensor, path: path.into() })).collect())
 }
 
-/// Validates a safetensors header and that the file holds every byte the header promises.
-fn check_safetensors(path: &Path) -> Result<(), String> {
+/// Tensors whose bytes are read from `path` on demand, from a validated header (`header` = its JSON bytes).
+fn deferred_safetensors(path: &Path, header: &[u8]) -> Result<BTreeMap<String, PackTensor>, String> {
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let entries = value.as_object().ok_or("corrupt safetensors header: not a JSON object")?;
+    let start = 8 + header.len() as u64;
+    let mut tensors = BTreeMap::new();
+    for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let text = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or_default();
+        let dtype = match text {
+            "F64" => DType::F64,
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "I64" => DType::I64,
+            "I32" => DType::I32,
+            "I16" => DType::I16,
+            "I8" => DType::I8,
+            "U64" => DType::U64,
+            "U32" => DType::U32,
+            "U16" => DType::U16,
+            "U8" | "BOOL" => DType::U8,
+            other => return Err(format!("tensor `{name}` has dtype {other}, which psa-vlm cannot load")),
+        };
+        let shape: Vec<usize> = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .map(|s| s.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
+            .unwrap_or_default();
+        let offsets = entry.get("data_offsets").and_then(|o| o.as_array()).cloned().unwrap_or_default();
+        let begin = offsets.first().and_then(|o| o.as_u64()).unwrap_or(0);
+        let len = offsets.get(1).and_then(|o| o.as_u64()).unwrap_or(0).saturating_sub(begin) as usize;
+        let (file, at, dims) = (path.to_path_buf(), start + begin, shape.clone());
+        let provider = move || -> Result<_, PackError> {
+            let io = |e: std::io::Error| PackError::IoError(format!("{}: {e}", file.display()));
+            let mut f = File::open(&file).map_err(io)?;
+            f.seek(SeekFrom::Start(at)).map_err(io)?;
+            let mut bytes = vec![0u8; len];
+            f.read_exact(&mut bytes).map_err(io)?;
+            Ok(TensorData::from_bytes_vec(bytes, dims.clone(), dtype).into_bytes())
+        };
+        tensors.insert(name.clone(), PackTensor::deferred(name.clone(), dtype, shape, None, len, provider));
+    }
+    Ok(tensors)
+}
+
+/// Validates a safetensors header and that the file holds every byte the header promises; returns the header.
+fn check_safetensors(path: &Path) -> Result<Vec<u8>, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     let mut len = [0u8; 8];
@@ -104,7 +151,8 @@ fn check_safetensors(path: &Path) -> Result<(), String> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|e| format!("truncated header: {e}"))?;
-    check_safetensors_header(&header, size - 8 - n)
+    check_safetensors_header(&header, size - 8 - n)?;
+    Ok(header)
 }
 
 /// Validates a safetensors JSON header against `data` bytes of tensor data: every entry has a known dtype, a shape

@@ -9,15 +9,15 @@ pub mod layout;
 pub mod onnx;
 mod peft;
 mod psa;
+mod random;
+mod shapes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{
-    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
-};
-use burn::tensor::{DType, Device};
+use burn::store::{ApplyError, ModuleAdapter, ModuleSnapshot};
+use burn::tensor::Device;
 
 use files::{FileTensor, read_tensors};
 pub use files::{check_safetensors_header, weight_files};
@@ -27,18 +27,35 @@ pub use psa::{
     ModelDirParts, TEMPLATE_KEY, load_psa, load_psa_with_safety, save_psa, save_safety_modules, saved_template,
     write_f32_safetensors,
 };
+pub use random::{RandomCheckpoint, write_random_psa};
+use shapes::{HfToBurn, PrecisionAdapter, pytorch_shapes};
 
 use crate::config::{LlavaConfig, parse, read_json};
 use crate::error::LoadError;
 use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::llava::LlavaForConditionalGeneration;
+use crate::precision::Precision;
 use crate::vision::{ClipVisionConfig, ClipVisionModel, Dinov2Config, Dinov2Model, VisionConfig};
 
-/// How strictly a checkpoint must match the model.
+/// How strictly a checkpoint must match the model, and in which precision it is loaded.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Fail on checkpoint tensors the model does not use (they are only reported otherwise).
     pub strict: bool,
+    /// Dtype of the frozen weights; the safety modules and LoRA adapters always load as f32.
+    pub precision: Precision,
+}
+
+impl LoadOptions {
+    /// Strict loading in f32.
+    pub fn strict() -> Self {
+        Self { strict: true, ..Self::default() }
+    }
+
+    /// These options with the frozen weights in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
 }
 
 /// What a successful load read.
@@ -125,13 +142,10 @@ pub(crate) fn apply_tensors<M: Module + ModuleSnapshot>(
         origin.insert(name.clone(), (key, ft.path));
         tensors.insert(name, tensor);
     }
-    // Expected names and shapes in PyTorch layout (norm `weight`/`bias`, Linear `[out, in]`).
-    let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter) as Box<dyn ModuleAdapter>), true)
-        .into_iter()
-        .filter(|t| wanted(&t.name))
-        .map(|t| (t.name.clone(), t.shape.to_vec()))
-        .collect();
+    // Expected names and shapes in PyTorch layout (norm `weight`/`bias`, Linear `[out, in]`), read without
+    // materialising the randomly initialised parameters the checkpoint replaces.
+    let expected: BTreeMap<String, Vec<usize>> =
+        pytorch_shapes(&model).into_iter().filter(|(name, _)| wanted(name)).collect();
     let tied_head = |name: &str| name.ends_with("lm_head.weight") && !expected.contains_key(name);
     let mut missing = Vec::new();
     for (name, shape) in &expected {
@@ -155,8 +169,8 @@ pub(crate) fn apply_tensors<M: Module + ModuleSnapshot>(
         return Err(LoadError::UnexpectedKeys { keys: report.unexpected });
     }
     let used: Vec<_> = tensors.into_iter().filter(|(n, _)| expected.contains_key(n)).map(|(_, t)| t).collect();
-    let dtype: DType = device.settings().float_dtype.into();
-    let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype));
+    opts.precision.check(device).map_err(LoadError::Unsupported)?;
+    let adapter = HfToBurn.chain(PrecisionAdapter(opts.precision));
     let result = model.apply(used, None, Some(Box::new(adapter)), true);
     if let Some(err) = result.errors.first() {
         let (key, reason) = match err {

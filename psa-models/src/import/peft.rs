@@ -86,7 +86,7 @@ pub fn load_peft_adapter(
     cfg.validate().map_err(|reason| LoadError::BadFile { path: cfg_path.clone(), reason })?;
     let lm = lm.apply_lora(&cfg, device);
     let files = [dir.join("adapter_model.safetensors")];
-    let opts = LoadOptions { strict: true };
+    let opts = LoadOptions::strict();
     let (lm, report) = load_matching(lm, &files, layout(inside_llava), &opts, device, is_lora)?;
     Ok((lm, cfg, report))
 }

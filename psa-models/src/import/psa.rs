@@ -16,7 +16,8 @@ use crate::error::LoadError;
 use crate::psa::{PsaConfig, PsaVlm};
 use crate::vision::VisionConfig;
 
-fn layout(cfg: &LlavaConfig) -> Layout {
+/// The key layout of a PSA-VLM checkpoint with this base.
+pub(crate) fn layout(cfg: &LlavaConfig) -> Layout {
     match cfg.vision {
         VisionConfig::Clip(_) => Layout::PsaClip,
         VisionConfig::Dinov2(_) => Layout::PsaDinov2,

@@ -1,6 +1,7 @@
 //! LLaMA decoder (`LlamaForCausalLM`, transformers `models/llama/modeling_llama.py`): RMSNorm, rotate-half
 //! RoPE, grouped-query attention, SwiGLU MLP, tied or untied `lm_head`, padding masks and a KV cache.
 mod cache;
+mod checkpoint;
 mod config;
 pub mod host;
 mod mask;
@@ -9,7 +10,7 @@ pub mod rope;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::module::attention;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData, activation};
 
 pub use cache::KvCache;
 pub use config::{LlamaConfig, TokenIds};
@@ -20,6 +21,7 @@ use rope::Rope;
 use crate::cpu;
 use crate::error::ConfigError;
 use crate::lora::{LoraAdapter, LoraConfig, adapted, merge_into};
+use crate::precision::{to_dtype, to_f32};
 
 impl LlamaConfig {
     /// Builds the model with random weights.
@@ -175,7 +177,9 @@ impl LlamaAttention {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(k, h / kv), repeat_kv(v, h / kv));
-        let out = attention(q, k, v, Some(mask), None, Default::default());
+        // Scores and probabilities in f32 whatever the weights' dtype.
+        let dtype = q.dtype();
+        let out = to_dtype(attention(to_f32(q), to_f32(k), to_f32(v), Some(mask), None, Default::default()), dtype);
         adapted(&self.o_proj, &self.o_proj_lora, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
@@ -189,8 +193,15 @@ fn repeat_kv(x: Tensor<4>, n: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2).expand([b, kv, n, s, hd]).reshape([b, kv * n, s, hd])
 }
 
-/// RMSNorm, on all threads for flex tensors ([`cpu::rms_norm`]).
+/// RMSNorm, on all threads for flex tensors ([`cpu::rms_norm`]). In half precision the input is normalised in
+/// f32 and rounded before the (half) scale multiplies it, as transformers' `LlamaRMSNorm` does.
 fn rms_norm(norm: &RmsNorm, x: Tensor<3>) -> Tensor<3> {
+    let dtype = x.dtype();
+    if dtype != DType::F32 {
+        let x = x.cast(DType::F32);
+        let inv = (x.clone().square().mean_dim(2) + norm.epsilon).sqrt().recip();
+        return (x * inv).cast(dtype) * norm.gamma.val().unsqueeze::<3>();
+    }
     cpu::rms_norm(x, &norm.gamma.val(), norm.epsilon, |x| norm.forward(x))
 }
 
@@ -214,6 +225,11 @@ impl LlamaDecoderLayer {
 }
 
 impl LlamaModel {
+    /// The dtype of the weights, in which the decoder computes.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.weight.val().dtype()
+    }
+
     /// Embeds token ids.
     ///
     /// # Shapes
@@ -242,7 +258,10 @@ impl LlamaModel {
         assert_eq!(mask.batch(), b, "padding mask has {} rows for a batch of {b}", mask.batch());
         assert_eq!(mask.len(), past + t, "padding mask covers {} positions, expected {}", mask.len(), past + t);
         let device = inputs_embeds.device();
+        let dtype = self.dtype();
+        let inputs_embeds = to_dtype(inputs_embeds, dtype);
         let (cos, sin) = Rope::new(self.head_dim, self.rope_theta).tables(&mask.position_ids(t), &device);
+        let (cos, sin) = (to_dtype(cos, dtype), to_dtype(sin, dtype));
         let attn_mask = mask.attention_mask(t, &device);
         let mut x = inputs_embeds;
         let mut hidden_states = Vec::new();
@@ -262,9 +281,11 @@ impl LlamaModel {
 }
 
 impl LlamaForCausalLM {
-    /// Vocabulary logits for hidden states of any rank-3 shape `[batch, seq, d]` → `[batch, seq, vocab]`.
+    /// Vocabulary logits, in f32 whatever the weights' dtype, for hidden states of any rank-3 shape
+    /// `[batch, seq, d]` → `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
+        let hidden = to_dtype(hidden, self.model.dtype());
+        to_f32(match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
                 // A 2-D product with the transposed table as a strided view: adding a batch axis to the view
@@ -274,7 +295,7 @@ impl LlamaForCausalLM {
                 let vocab = table.dims()[0];
                 hidden.reshape([b * t, d]).matmul(table.transpose()).reshape([b, t, vocab])
             }
-        }
+        })
     }
 
     /// Token ids → logits, with an optional padding mask (no padding when `None`).

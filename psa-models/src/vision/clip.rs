@@ -216,7 +216,7 @@ impl ClipVisionEmbeddings {
     /// # Shapes
     /// - `pixel_values`: `[batch, channels, size, size]` → `[batch, grid² + 1, d]`
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<3> {
-        let patches = self.patch_embedding.forward(pixel_values);
+        let patches = crate::precision::patch_embed(&self.patch_embedding, pixel_values);
         let [b, d, gh, gw] = patches.dims();
         let n = gh * gw;
         let [num_positions, _] = self.position_embedding.weight.dims();

@@ -276,7 +276,7 @@ impl Dinov2Embeddings {
     /// # Shapes
     /// - `pixel_values`: `[batch, channels, height, width]` → `[batch, 1 + grid_h·grid_w, d]`
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<3> {
-        let patches = self.patch_embeddings.projection.forward(pixel_values);
+        let patches = crate::precision::patch_embed(&self.patch_embeddings.projection, pixel_values);
         let [b, d, gh, gw] = patches.dims();
         let patches = patches.reshape([b, d, gh * gw]).swap_dims(1, 2);
         let cls = self.cls_token.val().expand([b, 1, d]);

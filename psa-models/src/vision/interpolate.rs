@@ -59,6 +59,9 @@ pub(crate) fn resize_grid(
     device: &Device,
 ) -> Tensor<2> {
     let [_, d] = tokens.dims();
+    // In f32 whatever the table's dtype (as transformers does).
+    let dtype = tokens.dtype();
+    let tokens = crate::precision::to_f32(tokens);
     let matrix = |n_out: usize| {
         let w: Vec<f32> = bicubic_matrix(side, n_out, antialias).into_iter().map(|v| v as f32).collect();
         Tensor::<2>::from_data(TensorData::new(w, [n_out, side]), device)
@@ -67,7 +70,7 @@ pub(crate) fn resize_grid(
     let grid = tokens.reshape([side, side, d]).permute([2, 0, 1]);
     let along_w = grid.matmul(matrix(out_w).transpose().unsqueeze::<3>()); // [d, h, out_w]
     let along_h = matrix(out_h).unsqueeze::<3>().matmul(along_w); // [d, out_h, out_w]
-    along_h.permute([1, 2, 0]).reshape([out_h * out_w, d])
+    crate::precision::to_dtype(along_h.permute([1, 2, 0]).reshape([out_h * out_w, d]), dtype)
 }
 
 #[cfg(test)]

@@ -127,8 +127,10 @@ impl VisionTower {
 pub(crate) fn self_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
     crate::cpu::self_attention(q, k, v, heads, |q, k, v| {
         let [b, t, d] = q.dims();
-        let split = |x: Tensor<3>| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
+        // Scores and probabilities in f32 whatever the weights' dtype.
+        let dtype = q.dtype();
+        let split = |x: Tensor<3>| crate::precision::to_f32(x.reshape([b, t, heads, d / heads]).swap_dims(1, 2));
         let out = burn::tensor::module::attention(split(q), split(k), split(v), None, None, Default::default());
-        out.swap_dims(1, 2).reshape([b, t, d])
+        crate::precision::to_dtype(out.swap_dims(1, 2).reshape([b, t, d]), dtype)
     })
 }

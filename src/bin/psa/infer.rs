@@ -7,7 +7,7 @@ use psa_vlm::core::{SafetyPolicy, Taxonomy};
 use psa_vlm::device::parse_device;
 use psa_vlm::models::import::saved_template;
 use psa_vlm::models::processor::{Template, load_image};
-use psa_vlm::models::{GuardRequest, GuardedPipeline, HostWeights};
+use psa_vlm::models::{GuardRequest, GuardedPipeline, HostWeights, Precision};
 
 /// Where the model, its tokenizer, taxonomy and policy come from.
 #[derive(Args, Debug)]
@@ -31,13 +31,17 @@ pub struct ModelArgs {
     /// Device: cpu, ndarray, wgpu, vulkan, cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Where generation (prefill and decode steps) runs: `auto` (the host engine in f32 on a CPU device, else the
-    /// device), `device`, `host-f32`, or `host-q8_0` (8-bit weights: a quarter of the memory, faster decoding,
-    /// logits move slightly).
+    /// Dtype of the frozen weights (vision tower, projector, LLM): f32, f16 or bf16. The safety modules always
+    /// compute in f32; half precision halves the memory of the base model.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
+    /// Where generation (prefill and decode steps) runs: `auto` (the host engine in f32 on a CPU device when
+    /// `--dtype f32`, else the device), `device`, `host-f32`, or `host-q8_0` (8-bit weights: a quarter of the
+    /// memory, faster decoding, logits move slightly).
     #[arg(long, value_enum, default_value_t = Decode::Auto)]
     pub decode: Decode,
-    /// Where the vision tower runs: `auto` (the host engine on a CPU device, else the device), `device`, or `host`
-    /// (its weights packed once in host memory, f32).
+    /// Where the vision tower runs: `auto` (the host engine on a CPU device when `--dtype f32`, else the device),
+    /// `device`, or `host` (its weights packed once in host memory, f32).
     #[arg(long, value_enum, default_value_t = Vision::Auto)]
     pub vision: Vision,
 }
@@ -54,10 +58,10 @@ pub enum Vision {
 }
 
 impl Vision {
-    /// Whether the tower runs on the host engine, given the device string.
-    pub fn on_host(self, device: &str) -> bool {
+    /// Whether the tower runs on the host engine, given the device string and the weights' dtype.
+    pub fn on_host(self, device: &str, dtype: Precision) -> bool {
         match self {
-            Self::Auto => is_cpu(device),
+            Self::Auto => is_cpu(device) && dtype == Precision::F32,
             Self::Device => false,
             Self::Host => true,
         }
@@ -84,10 +88,10 @@ pub enum Decode {
 }
 
 impl Decode {
-    /// The host decoder's weights, or `None` for the device, given the device string.
-    pub fn host_weights(self, device: &str) -> Option<HostWeights> {
+    /// The host decoder's weights, or `None` for the device, given the device string and the weights' dtype.
+    pub fn host_weights(self, device: &str, dtype: Precision) -> Option<HostWeights> {
         match self {
-            Self::Auto if is_cpu(device) => Some(HostWeights::F32),
+            Self::Auto if is_cpu(device) && dtype == Precision::F32 => Some(HostWeights::F32),
             Self::Auto | Self::Device => None,
             Self::HostF32 => Some(HostWeights::F32),
             Self::HostQ8_0 => Some(HostWeights::Q8_0),
@@ -102,7 +106,7 @@ impl ModelArgs {
         let name =
             self.template.clone().or_else(|| saved_template(&self.model_dir)).unwrap_or_else(|| "llava_v1".into());
         let template = Template::by_name(&name)?;
-        let mut p = GuardedPipeline::load(&self.model_dir, self.tokenizer.clone(), template, &device)
+        let mut p = GuardedPipeline::load_with(&self.model_dir, self.tokenizer.clone(), template, &device, self.dtype)
             .with_context(|| format!("loading {}", self.model_dir.display()))?;
         if let Some(path) = &self.taxonomy {
             p = p.with_taxonomy(Taxonomy::from_file(path)?)?;
@@ -111,12 +115,12 @@ impl ModelArgs {
             let policy = SafetyPolicy::from_file(path, &p.taxonomy)?;
             p = p.with_policy(policy)?;
         }
-        Ok(p.with_host_vision(self.vision.on_host(&self.device))?)
+        Ok(p.with_host_vision(self.vision.on_host(&self.device, self.dtype))?)
     }
 
     /// [`load`](Self::load), with the decode engine `--decode` asks for (commands that generate).
     pub fn load_generating(&self) -> Result<GuardedPipeline> {
-        Ok(self.load()?.with_host_decoder(self.decode.host_weights(&self.device))?)
+        Ok(self.load()?.with_host_decoder(self.decode.host_weights(&self.device, self.dtype))?)
     }
 }
 

@@ -60,6 +60,9 @@ enum Command {
         grad_accum: Option<usize>,
         #[arg(long)]
         seed: Option<u64>,
+        /// Dtype of the frozen base (f32, f16, bf16); overrides the config's `dtype`.
+        #[arg(long)]
+        dtype: Option<psa_vlm::models::Precision>,
         /// No progress bar (logs only).
         #[arg(long)]
         quiet: bool,
@@ -173,7 +176,20 @@ enum AssetsAction {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Train { stage, config, device, out, resume_from, lr, epochs, batch_size, grad_accum, seed, quiet } => {
+        Command::Train {
+            stage,
+            config,
+            device,
+            out,
+            resume_from,
+            lr,
+            epochs,
+            batch_size,
+            grad_accum,
+            seed,
+            dtype,
+            quiet,
+        } => {
             let mut cfg = TrainConfig::from_file(&config)?;
             let wanted = match stage.as_str() {
                 "stage1" => StageName::Stage1,
@@ -192,6 +208,7 @@ fn main() -> Result<()> {
             r.grad_accum = grad_accum.or(r.grad_accum);
             r.seed = seed.or(r.seed);
             cfg.progress = !quiet && cfg.progress;
+            cfg.dtype = dtype.unwrap_or(cfg.dtype);
             let devices = parse_devices(&device)?;
             let summary =
                 psa_vlm::train::run(&cfg, &devices).with_context(|| format!("running {}", config.display()))?;
