@@ -135,3 +135,46 @@ fn stage2_with_lora_dropout_resumes_exactly() {
     let (_, plain) = train_stage2(load(), &no_dropout, &data, &recipe, 998, &RunOptions::default(), |_| {}).unwrap();
     assert_ne!(plain[5].loss, full_metrics[5].loss, "dropout had no effect");
 }
+
+#[test]
+fn stage2_on_a_bf16_base_trains_f32_adapters_with_checkpointing() {
+    use psa_vlm::burn::tensor::DType;
+    use psa_vlm::models::Precision;
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("stage2-bf16");
+    let file = dataset(&dir, "s2h", 8, 11);
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let opts = LoadOptions::default().with_precision(Precision::Bf16);
+    let (model, _, _) = load_psa(&fixtures().join("tiny_psa/model"), &device, &opts).unwrap();
+    let (data, _) = prepare_file(&model, &file, &dir, false, &device).unwrap();
+    let before = snapshot(&model);
+    let lora = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: 0.05,
+        target_modules: LoraTargets::AllLinear("all-linear".into()),
+    };
+    let recipe = Recipe { lr: 1e-2, warmup_steps: 2, epochs: 12, batch_size: 8, grad_accum: 1, ..Recipe::stage2() };
+    let run = RunOptions { activation_checkpointing: true, ..Default::default() };
+    let (model, metrics) = train_stage2(model, &lora, &data, &recipe, 998, &run, |_| {}).unwrap();
+    let first = metrics[..2].iter().map(|m| m.lm_loss).sum::<f64>() / 2.0;
+    let last = metrics[metrics.len() - 2..].iter().map(|m| m.lm_loss).sum::<f64>() / 2.0;
+    eprintln!("stage II on a bf16 base, checkpointed: {} steps, LM loss {first:.3} → {last:.3}", metrics.len());
+    assert!(last < 0.5 * first, "LM loss {first} → {last}");
+    let lm = &model.llava.language_model.model;
+    let adapter = lm.layers[0].self_attn.q_proj_lora.as_ref().expect("adapted");
+    assert_eq!((lm.dtype(), adapter.lora_b.weight.val().dtype()), (DType::BF16, DType::F32));
+    let after = snapshot(&model);
+    for (name, old) in &before {
+        assert_eq!(old, &after[name], "non-LoRA tensor {name} changed");
+    }
+    // Merging sums in f32 and stores in the base's dtype.
+    let merged = model.llava.language_model.clone().merge_lora();
+    assert_eq!(merged.model.layers[0].self_attn.q_proj.weight.val().dtype(), DType::BF16);
+    assert_ne!(
+        host(merged.model.layers[0].self_attn.q_proj.weight.val()),
+        host(model.llava.language_model.model.layers[0].self_attn.q_proj.weight.val()),
+        "the adapter moved the merged weight"
+    );
+}
