@@ -8,6 +8,8 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::precision::{to_dtype, to_f32};
+
 /// The LLaMA projections LoRA can adapt (`lm_head` is never one of them).
 pub const LINEAR_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
@@ -126,7 +128,7 @@ pub fn adapted(linear: &Linear, lora: &Option<LoraAdapter>, x: Tensor<3>) -> Ten
     match lora {
         Some(a) => {
             let dtype = x.dtype();
-            linear.forward(x.clone()) + crate::precision::to_dtype(a.forward(crate::precision::to_f32(x)), dtype)
+            linear.forward(x.clone()) + to_dtype(a.forward(to_f32(x)), dtype)
         }
         None => linear.forward(x),
     }
@@ -137,7 +139,7 @@ pub fn merge_into(linear: &mut Linear, lora: &mut Option<LoraAdapter>) {
     if let Some(a) = lora.take() {
         let w = linear.weight.val();
         let dtype = w.dtype();
-        let w = crate::precision::to_dtype(crate::precision::to_f32(w) + a.delta_weight().detach(), dtype);
+        let w = to_dtype(to_f32(w) + a.delta_weight().detach(), dtype);
         linear.weight = burn::module::Param::from_tensor(w);
     }
 }

@@ -158,7 +158,7 @@ impl ModuleMapper for Caster {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let dtype = dtype_for(&format!("{}.", self.path.join(".")), self.precision);
+        let dtype = dtype_for(&self.path.join("."), self.precision);
         // A fresh leaf in the new dtype, trainable if the old one was.
         param.map(|t| {
             let grad = t.is_require_grad();

@@ -37,7 +37,7 @@ pub fn load_psa(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<(PsaV
 /// A model whose safety modules or LoRA adapters hold NaN or infinite values is never returned: its verdicts
 /// would be meaningless.
 fn refuse_non_finite(model: &PsaVlm, source: &Path) -> Result<(), LoadError> {
-    let bad = psa_core::finite::non_finite_params(model, |p| p.starts_with("safety.") || p.contains("_lora."));
+    let bad = psa_core::finite::non_finite_params(model, crate::precision::is_trainable_path);
     match bad.first() {
         None => Ok(()),
         Some(first) => Err(LoadError::BadFile {

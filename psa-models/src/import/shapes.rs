@@ -82,7 +82,7 @@ pub(crate) struct PrecisionAdapter(pub Precision);
 
 impl ModuleAdapter for PrecisionAdapter {
     fn adapt(&self, tensor: PackTensor, ctx: ModuleContext<'_>) -> PackTensor {
-        let dtype = dtype_for(&format!("{}.", tensor.name), self.0);
+        let dtype = dtype_for(&tensor.name, self.0);
         FloatCastAdapter::to(dtype).adapt(tensor, ctx)
     }
 
