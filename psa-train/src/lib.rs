@@ -4,6 +4,7 @@
 //! from a TOML/JSON configuration with progress, metrics and a loss curve; and evaluation of a trained guard on
 //! standard safety benchmarks with calibrated verdicts.
 pub mod checkpoint;
+pub mod clip;
 pub mod data;
 pub mod error;
 pub mod eval;

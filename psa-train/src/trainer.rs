@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
@@ -368,7 +367,6 @@ pub fn train(
         .with_beta_2(recipe.beta_2)
         .with_epsilon(recipe.epsilon)
         .with_weight_decay(recipe.weight_decay)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(recipe.max_grad_norm)))
         .init();
     let micro_per_epoch = data.len().div_ceil(recipe.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(recipe.grad_accum);
@@ -422,6 +420,7 @@ pub fn train(
             if !bad.is_empty() || !grad_norm.is_finite() {
                 return Err(diverged(format!("non-finite gradient of {}", names(&bad))));
             }
+            let grads = crate::clip::clip_grad_norm(&model, grads, grad_norm, recipe.max_grad_norm as f64);
             let lr = recipe.lr_at(state.step, total);
             model = optim.step(lr, model, grads);
             let bad = psa_core::finite::non_finite_params(&model, |p| stage.is_trainable(p));
