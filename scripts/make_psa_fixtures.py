@@ -886,6 +886,10 @@ def verify_export(d, fixture=None, tol=1e-5, base_dir=BASE_DIR):
         print(f"  [{'FAIL' if bad else 'ok'}] {k}: {diffs[k]}")
     unknown = sorted(set(expected) - set(required) - set(optional) - {k for k in expected if k.startswith("inputs.")})
     report.update({"diffs": diffs, "ignored_expected_tensors": unknown, "errors": errors, "pass": not errors})
+    # PyTorch's own outputs from the exported file, for the Rust test to compare against (not just this verdict).
+    mf.write_safetensors_canonical(os.path.join(d, "pytorch_outputs.safetensors"),
+                                   {k: T[k].to(torch.float32).contiguous() for k in required if k in T},
+                                   metadata={"format": "pt"})
     mf.write_json(os.path.join(d, "verify_report.json"), report)
     print("PASS" if not errors else f"FAIL: {errors}")
     return 0 if not errors else 1
