@@ -283,3 +283,34 @@ fn thirteen_b_widths_build_and_classify() {
     let (_, v) = host(out.level);
     assert!(v.iter().all(|x| x.is_finite()));
 }
+
+#[test]
+fn ref_pad_query_asks_with_the_pad_embedding_like_the_reference_training() {
+    let device = Device::flex();
+    let dir = fixtures().join("tiny_psa");
+    let fx = read_fixture(&dir.join("fixture.safetensors"));
+    let (model, cfg, _) = load_psa(&dir.join("model"), &device, &LoadOptions::default()).unwrap();
+    let pad = cfg.llava.pad_token_id.expect("the fixture names its pad token");
+    let x = inputs(&fx, &device);
+    // The reference's training rows start with `<pad>`: position 0 of such a row is the query ref_pad_query uses.
+    let pad_first: Vec<Vec<u32>> =
+        x.ids.iter().map(|r| std::iter::once(pad).chain(r[1..].iter().copied()).collect()).collect();
+    let want = model.classify(x.pixels.clone(), &pad_first, Some(&x.mask)).unwrap();
+    let bos_first = model.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
+    let mut reference = model;
+    reference.safety.safe_part = reference.safety.safe_part.clone().with_query_mode(QueryMode::RefPadQuery);
+    let got = reference.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
+    assert_eq!(host(got.level.clone()), host(want.level), "the <pad> query equals position 0 of a pad-first row");
+    assert_eq!(host(got.risk_type.clone()), host(want.risk_type));
+    assert_ne!(host(got.level.clone()), host(bos_first.level), "and differs from the BOS query");
+    // Constant in the question, as the reference's query was.
+    let other: Vec<Vec<u32>> =
+        x.ids.iter().map(|r| r.iter().map(|&id| if id == 999 { id } else { 40 }).collect()).collect();
+    let again = reference.classify(x.pixels, &other, Some(&x.mask)).unwrap();
+    assert_eq!(host(got.level), host(again.level));
+    let parsed: SafetyConfig =
+        serde_json::from_value(serde_json::json!({"safety_dim": 64, "vision_dim": 64, "abstractor_width": 72,
+            "num_queries": 16, "query_mode": "ref_pad_query"}))
+        .unwrap();
+    assert_eq!(parsed.query_mode, QueryMode::RefPadQuery);
+}

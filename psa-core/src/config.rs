@@ -12,6 +12,9 @@ pub enum QueryMode {
     /// question does not influence the verdict.
     #[default]
     Position0,
+    /// The reference as trained: one query, the `<pad>` token's embedding (its preprocessing rotated every training
+    /// sequence to start with `<pad>`). For reference-trained safety heads; constant like `Position0`.
+    RefPadQuery,
     /// Mean of the output rows over the real text tokens (padding, `<image>` and BOS excluded): text-aware.
     TextMean,
     /// Output row of the last real text token.

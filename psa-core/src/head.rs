@@ -109,7 +109,8 @@ impl SafetyHead {
     pub fn forward(&self, text_embeds: Tensor<3>, kv: Tensor<3>, query_mask: Option<&[Vec<bool>]>) -> ConceptLogits {
         let [b, t, e] = text_embeds.dims();
         let feature = match self.query_mode {
-            QueryMode::Position0 => {
+            // The caller hands `RefPadQuery` the `<pad>` embedding as the only text row.
+            QueryMode::Position0 | QueryMode::RefPadQuery => {
                 let q = text_embeds.slice([0..b, 0..1, 0..e]);
                 self.cross_attention.forward(q, kv).reshape([b, e])
             }

@@ -2,7 +2,7 @@
 //! LLM, and the full forward with `[S2 ; projected image tokens]` spliced in at each `<image>` position.
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use psa_core::{ConceptLogits, ConceptLoss, SafetyConfig, SafetyModules, concept_loss};
+use psa_core::{ConceptLogits, ConceptLoss, QueryMode, SafetyConfig, SafetyModules, concept_loss};
 use serde_json::Value;
 
 use crate::config::{LlavaConfig, read_json};
@@ -99,6 +99,7 @@ impl PsaConfig {
             llava: self.llava.init(device)?,
             safety: self.safety.init(device).map_err(|e| ConfigError::Invalid(e.to_string()))?,
             bos_token_id: self.llava.text.bos_token_id,
+            pad_token_id: self.llava.pad_token_id,
             cls_loss_weight: self.safety.cls_loss_weight,
             llm_image_pool: self.safety.llm_image_pool,
         })
@@ -135,6 +136,7 @@ pub struct PsaVlm {
     /// Safety tokens, safety projector and safety head.
     pub safety: SafetyModules,
     bos_token_id: Option<u32>,
+    pad_token_id: Option<u32>,
     cls_loss_weight: f64,
     llm_image_pool: usize,
 }
@@ -267,8 +269,16 @@ impl PsaVlm {
                 input_ids.len()
             )));
         }
+        let kv = self.safety.key_values(to_f32(h_s));
+        if self.safety.safe_part.query_mode() == QueryMode::RefPadQuery {
+            let pad = self
+                .pad_token_id
+                .ok_or_else(|| ModelError::Input("the ref_pad_query mode needs the model's pad_token_id".into()))?;
+            let query = self.text_embeddings(&vec![vec![pad]; n]);
+            return Ok(self.safety.safe_part.forward(to_f32(query), kv, None));
+        }
         let qmask = self.query_mask(input_ids, mask);
-        Ok(self.safety.safe_part.forward(to_f32(text), self.safety.key_values(to_f32(h_s)), Some(&qmask)))
+        Ok(self.safety.safe_part.forward(to_f32(text), kv, Some(&qmask)))
     }
 
     /// The LLM's input: prompt embeddings with `[S2 ; projected image tokens]` at each `<image>` (generation starts
