@@ -132,8 +132,9 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     assert!((lm_only - lm).abs() < 1e-6, "{tag} LM-only loss {lm_only} vs {lm}");
     // The training pass projects only the supervised positions and gives the same LM loss.
     let features = model.llava.selected_features(x.pixels.clone());
-    let trained =
-        model.training_outputs(features, &x.ids, Some(&x.mask), &x.labels, None, false, Default::default()).unwrap();
+    let trained = model
+        .training_outputs(features, &x.ids, Some(&x.mask), &x.labels, None, false, Default::default(), None)
+        .unwrap();
     assert!(trained.logits.is_none() && trained.concepts.is_none());
     let trained = scalar(trained.lm_loss.unwrap());
     assert!((trained - lm).abs() < 1e-6, "{tag} training-pass LM loss {trained} vs {lm}");

@@ -61,9 +61,12 @@ pub fn stage1_batch(image: u32, device: &Device) -> Vec<Prepared> {
         .map(|row| {
             let ids = stage1_ids(row, image);
             let labels = ids.iter().map(|&i| if i == image { -100 } else { i as i64 }).collect();
+            // No question marks: the text-aware query modes fall back to every text token (the default mode does not
+            // pool).
+            let question = vec![false; ids.len()];
             Prepared {
                 features: Tensor::from_data(stage1_features(row), device),
-                encoded: Encoded { input_ids: ids, labels, truncated: false },
+                encoded: Encoded { input_ids: ids, labels, truncated: false, question },
                 level: row % 4,
                 risk_type: row % 7,
             }

@@ -15,9 +15,9 @@ pub enum QueryMode {
     /// The reference as trained: one query, the `<pad>` token's embedding (its preprocessing rotated every training
     /// sequence to start with `<pad>`). For reference-trained safety heads; constant like `Position0`.
     RefPadQuery,
-    /// Mean of the output rows over the real text tokens (padding, `<image>` and BOS excluded): text-aware.
+    /// Mean of the output rows over the query rows the caller marks (the user's question tokens): text-aware.
     TextMean,
-    /// Output row of the last real text token.
+    /// Output row of the last marked token.
     LastTextToken,
 }
 

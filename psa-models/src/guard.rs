@@ -305,16 +305,33 @@ impl GuardedPipeline {
         Ok((features, start.elapsed().as_secs_f64() * 1e3))
     }
 
-    /// Raw concept logits of a batch: the head's queries come from each row's unhinted prompt.
+    /// Raw concept logits of a batch: the head's queries come from each row's unhinted prompt, the text-aware modes'
+    /// from its question tokens (as in training).
     fn logits(&self, features: Tensor<3>, questions: &[&str]) -> Result<LogitRows, PipelineError> {
-        let rows = questions
+        let (rows, marks): (Vec<Vec<u32>>, Vec<Vec<bool>>) = questions
             .iter()
-            .map(|q| self.text.encode_prompt(&self.template.image_prompt(q), None))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|q| {
+                let (prompt, span) = self.template.image_prompt_with_question(q);
+                self.text.encode_marked(&prompt, span)
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let (ids, mask) = TextProcessor::pad(&rows, self.config.llava.pad_token_id.unwrap_or(0), PaddingSide::Right);
+        let len = mask.len();
+        let question: Vec<Vec<bool>> = marks
+            .into_iter()
+            .map(|mut m| {
+                m.resize(len, false);
+                m
+            })
+            .collect();
+        let q = Some(question.as_slice());
         let logits = match &self.host_vision {
-            Some((_, abstractor)) => self.model.classify_projected(abstractor.project(features)?, &ids, Some(&mask))?,
-            None => self.model.classify_features(features, &ids, Some(&mask))?,
+            Some((_, abstractor)) => {
+                self.model.classify_projected_with(abstractor.project(features)?, &ids, Some(&mask), q)?
+            }
+            None => self.model.classify_features_with(features, &ids, Some(&mask), q)?,
         };
         Ok(LogitRows { level: logit_rows(&logits.level), risk_type: logit_rows(&logits.risk_type) })
     }

@@ -211,6 +211,22 @@ impl PsaVlm {
             .collect()
     }
 
+    /// The rows the text-aware query modes pool: the tokens `question` marks, or every real text token
+    /// ([`query_mask`](Self::query_mask)) in rows where it marks none or is not given.
+    pub fn query_rows(
+        &self,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        question: Option<&[Vec<bool>]>,
+    ) -> Result<Vec<Vec<bool>>, ModelError> {
+        let fallback = self.query_mask(input_ids, mask);
+        let Some(question) = question else { return Ok(fallback) };
+        if question.len() != input_ids.len() || question.iter().zip(input_ids).any(|(q, r)| q.len() != r.len()) {
+            return Err(ModelError::Input("the question marks must have the shape of input_ids".into()));
+        }
+        Ok(question.iter().zip(fallback).map(|(q, f)| if q.iter().any(|&m| m) { q.clone() } else { f }).collect())
+    }
+
     /// Concept logits only: vision tower, C-Abstractor and head; the LLM never runs. One image per row.
     pub fn classify(
         &self,
@@ -229,7 +245,20 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<ConceptLogits, ModelError> {
-        self.classify_embedded(features, self.text_embeddings(input_ids), input_ids, mask)
+        self.classify_features_with(features, input_ids, mask, None)
+    }
+
+    /// [`classify_features`](Self::classify_features) with the user's question marked per token (`question`, one row
+    /// per input row): the text-aware query modes pool those tokens only (rows that mark none fall back to every real
+    /// text token).
+    pub fn classify_features_with(
+        &self,
+        features: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        question: Option<&[Vec<bool>]>,
+    ) -> Result<ConceptLogits, ModelError> {
+        self.classify_embedded(features, self.text_embeddings(input_ids), input_ids, mask, question)
     }
 
     /// Concept logits from the safety projector's output `h_s` (`[b, num_queries, safety_dim]`, e.g. from
@@ -240,7 +269,19 @@ impl PsaVlm {
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
     ) -> Result<ConceptLogits, ModelError> {
-        self.head(h_s, self.text_embeddings(input_ids), input_ids, mask)
+        self.classify_projected_with(h_s, input_ids, mask, None)
+    }
+
+    /// [`classify_projected`](Self::classify_projected) with the user's question marked per token (see
+    /// [`classify_features_with`](Self::classify_features_with)).
+    pub fn classify_projected_with(
+        &self,
+        h_s: Tensor<3>,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        question: Option<&[Vec<bool>]>,
+    ) -> Result<ConceptLogits, ModelError> {
+        self.head(h_s, self.text_embeddings(input_ids), input_ids, mask, question)
     }
 
     /// Concept logits from features and the prompt's token embeddings (`text_embeddings`). One image per row.
@@ -250,8 +291,9 @@ impl PsaVlm {
         text: Tensor<3>,
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
+        question: Option<&[Vec<bool>]>,
     ) -> Result<ConceptLogits, ModelError> {
-        self.head(self.safety.project(to_f32(features)), text, input_ids, mask)
+        self.head(self.safety.project(to_f32(features)), text, input_ids, mask, question)
     }
 
     /// The safety head on `h_s` and the prompt's token embeddings. One image per row.
@@ -261,6 +303,7 @@ impl PsaVlm {
         text: Tensor<3>,
         input_ids: &[Vec<u32>],
         mask: Option<&PaddingMask>,
+        question: Option<&[Vec<bool>]>,
     ) -> Result<ConceptLogits, ModelError> {
         let n = h_s.dims()[0];
         if n != input_ids.len() {
@@ -277,7 +320,7 @@ impl PsaVlm {
             let query = self.text_embeddings(&vec![vec![pad]; n]);
             return Ok(self.safety.safe_part.forward(to_f32(query), kv, None));
         }
-        let qmask = self.query_mask(input_ids, mask);
+        let qmask = self.query_rows(input_ids, mask, question)?;
         Ok(self.safety.safe_part.forward(to_f32(text), kv, Some(&qmask)))
     }
 
@@ -328,7 +371,7 @@ impl PsaVlm {
         labels: Option<&[Vec<i64>]>,
         concept_labels: Option<ConceptLabels<'_>>,
     ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels), LmPass::Full)
+        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels), LmPass::Full, None)
     }
 
     /// The LM path of [`forward_features`](Self::forward_features) without the safety head (stage II with frozen
@@ -340,14 +383,15 @@ impl PsaVlm {
         mask: Option<&PaddingMask>,
         labels: Option<&[Vec<i64>]>,
     ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, None, LmPass::Full)
+        self.forward_inner(features, input_ids, mask, labels, None, LmPass::Full, None)
     }
 
     /// The losses of a training step from cached features: the safety head runs when `run_head` (with the concept
     /// loss when `concepts` are given), and the LM loss projects only the positions whose next label is supervised
     /// (same value as [`forward_features`](Self::forward_features); `logits` is `None`).
     ///
-    /// `engine` says how the LLM's part is differentiated (see [`LmEngine`]).
+    /// `engine` says how the LLM's part is differentiated (see [`LmEngine`]); `question` marks the user's question
+    /// tokens for the text-aware query modes (as at inference: the answer never steers the head).
     #[allow(clippy::too_many_arguments)]
     pub fn training_outputs(
         &self,
@@ -358,6 +402,7 @@ impl PsaVlm {
         concepts: Option<ConceptLabels<'_>>,
         run_head: bool,
         engine: LmEngine<'_>,
+        question: Option<&[Vec<bool>]>,
     ) -> Result<PsaOutput, ModelError> {
         let head = run_head.then_some(concepts);
         let lm = match engine {
@@ -365,11 +410,12 @@ impl PsaVlm {
             LmEngine::Checkpointed => LmPass::Checkpointed,
             LmEngine::Host(host) => LmPass::Host(host),
         };
-        self.forward_inner(features, input_ids, mask, Some(labels), head, lm)
+        self.forward_inner(features, input_ids, mask, Some(labels), head, lm, question)
     }
 
     /// `head`: `None` skips the safety head, `Some(labels)` runs it (with the concept loss when labelled);
-    /// `lm`: how the LLM's part runs.
+    /// `lm`: how the LLM's part runs; `question`: the question's tokens for the text-aware query modes.
+    #[allow(clippy::too_many_arguments)]
     fn forward_inner(
         &self,
         features: Tensor<3>,
@@ -378,11 +424,12 @@ impl PsaVlm {
         labels: Option<&[Vec<i64>]>,
         head: Option<Option<ConceptLabels<'_>>>,
         lm_pass: LmPass<'_>,
+        question: Option<&[Vec<bool>]>,
     ) -> Result<PsaOutput, ModelError> {
         // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
         let text = self.text_embeddings(input_ids);
         let concepts = match head {
-            Some(_) => Some(self.classify_embedded(features.clone(), text.clone(), input_ids, mask)?),
+            Some(_) => Some(self.classify_embedded(features.clone(), text.clone(), input_ids, mask, question)?),
             None => None,
         };
         let merged = self.merge_embedded(features, text, input_ids, mask)?;

@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
-use crate::data::{Encoded, collate};
+use crate::data::{Encoded, collate, question_marks};
 pub use crate::prepare::{PrepareOptions, PrepareReport, Prepared, prepare};
 use crate::recipe::Recipe;
 
@@ -240,12 +240,13 @@ fn micro_step(
     let device = model.llava.device();
     let encoded: Vec<&Encoded> = items.iter().map(|p| &p.encoded).collect();
     let (ids, mask, labels) = collate(&encoded, pad_id);
+    let question = question_marks(&encoded);
     let features = Tensor::cat(items.iter().map(|p| p.features.clone().to_device(&device)).collect(), 0);
     let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
     let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
     let concepts = ConceptLabels { levels: &levels, types: &types };
     if *stage == Stage::One && !lm_loss {
-        let logits = model.classify_features(features, &ids, Some(&mask))?;
+        let logits = model.classify_features_with(features, &ids, Some(&mask), Some(&question))?;
         let c = concept_loss(&logits, &levels, &types, model.cls_loss_weight());
         let loss = c.weighted * scale;
         let grads = GradientsParams::from_grads(loss.backward(), model);
@@ -253,7 +254,16 @@ fn micro_step(
         return Ok(MicroOut { grads, loss: scalar(loss) / scale, lm: 0.0, level, risk_type, samples: items.len() });
     }
     let run_head = !matches!(stage, Stage::Two { train_safety: false, .. });
-    let out = model.training_outputs(features, &ids, Some(&mask), &labels, Some(concepts), run_head, engine)?;
+    let out = model.training_outputs(
+        features,
+        &ids,
+        Some(&mask),
+        &labels,
+        Some(concepts),
+        run_head,
+        engine,
+        Some(&question),
+    )?;
     let loss = out.loss.ok_or_else(|| ModelError::Input("no supervised position in the micro-batch".into()))? * scale;
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let (level, risk_type) = out.concept_loss.map_or((0.0, 0.0), |c| (scalar(c.level), scalar(c.risk_type)));
@@ -472,8 +482,9 @@ pub fn predict_concepts(
     for chunk in data.chunks(batch_size.max(1)) {
         let encoded: Vec<&Encoded> = chunk.iter().map(|p| &p.encoded).collect();
         let (ids, mask, _) = collate(&encoded, 0);
+        let question = question_marks(&encoded);
         let features = Tensor::cat(chunk.iter().map(|p| p.features.clone()).collect(), 0);
-        let logits = model.classify_features(features, &ids, Some(&mask))?;
+        let logits = model.classify_features_with(features, &ids, Some(&mask), Some(&question))?;
         let argmax = |t: Tensor<2>| -> Vec<usize> {
             t.argmax(1)
                 .into_data()

@@ -68,6 +68,18 @@ pub enum Template {
     },
 }
 
+/// The byte range of the user's `question` (its `<image>` marks removed, trimmed) inside `rendered`, found after the
+/// first `<image>`; `None` when the question is empty or not there.
+pub fn question_span(rendered: &str, question: &str) -> Option<std::ops::Range<usize>> {
+    let q = question.replace("<image>", "");
+    let q = q.trim();
+    if q.is_empty() {
+        return None;
+    }
+    let from = rendered.find("<image>").map_or(0, |i| i + "<image>".len());
+    rendered[from..].find(q).map(|i| from + i..from + i + q.len())
+}
+
 impl Template {
     /// A template by name (`llava_v1`, `llava_hf`, `llava_llama_2`, `ref_inference`, `chatml`) with its default
     /// system prompt.
@@ -163,6 +175,14 @@ impl Template {
                 s
             }
         }
+    }
+
+    /// [`image_prompt`](Self::image_prompt) and the byte range of the question in it (`None` when the question is
+    /// empty): the tokens the safety head's text-aware queries come from.
+    pub fn image_prompt_with_question(&self, question: &str) -> (String, Option<std::ops::Range<usize>>) {
+        let prompt = self.image_prompt(question);
+        let span = question_span(&prompt, question);
+        (prompt, span)
     }
 
     /// A single-turn prompt asking `question` about one image (`<image>` placed first, as LLaVA does).

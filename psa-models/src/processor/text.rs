@@ -22,6 +22,11 @@ pub struct TextProcessor {
     image_token_id: u32,
 }
 
+/// For each token's byte offsets, whether it overlaps `span` (a SentencePiece token may carry the space before a word).
+pub fn overlapping(offsets: &[(usize, usize)], span: Option<std::ops::Range<usize>>) -> Vec<bool> {
+    offsets.iter().map(|&(s, e)| span.as_ref().is_some_and(|sp| e > s && s < sp.end && e > sp.start)).collect()
+}
+
 impl TextProcessor {
     /// Loads `tokenizer.json`; `image_token` (e.g. `<image>`) must be in its vocabulary.
     pub fn from_file(path: &Path, image_token: &str) -> Result<Self, TextError> {
@@ -56,6 +61,17 @@ impl TextProcessor {
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TextError> {
         let enc = self.tokenizer.encode(text, add_special_tokens).map_err(|e| TextError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes a prompt (special tokens added) and marks the tokens that overlap the byte range `span` (none when
+    /// `None`): the question's tokens for the safety head's text-aware queries.
+    pub fn encode_marked(
+        &self,
+        prompt: &str,
+        span: Option<std::ops::Range<usize>>,
+    ) -> Result<(Vec<u32>, Vec<bool>), TextError> {
+        let enc = self.tokenizer.encode(prompt, true).map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        Ok((enc.get_ids().to_vec(), overlapping(enc.get_offsets(), span)))
     }
 
     /// Encodes a prompt; with `image_tokens = Some(n)` each `<image>` becomes `n` placeholder ids.

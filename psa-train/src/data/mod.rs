@@ -7,4 +7,4 @@ pub mod tokenize;
 
 pub use balance::{Balance, balance};
 pub use jsonl::{ImageRef, LabelSpace, Sample, parse_jsonl, read_jsonl};
-pub use tokenize::{Encoded, collate, encode_conversation};
+pub use tokenize::{Encoded, collate, encode_conversation, question_marks};

@@ -2,6 +2,8 @@
 //! labels are −100 everywhere except the assistant answers and their end-of-turn marker (EOS); right padding.
 use psa_models::PaddingMask;
 use psa_models::loss::IGNORE_INDEX;
+use psa_models::processor::template::question_span;
+use psa_models::processor::text::overlapping;
 use psa_models::processor::{Message, Role, Template, TextProcessor};
 
 /// One tokenised conversation.
@@ -13,6 +15,9 @@ pub struct Encoded {
     pub labels: Vec<i64>,
     /// Whether the sequence was cut at the maximum length.
     pub truncated: bool,
+    /// The tokens of the user's question (first user turn, without `<image>`): what the safety head's text-aware
+    /// query modes pool, as at inference, so the answer never steers the classification.
+    pub question: Vec<bool>,
 }
 
 /// Moves `<image>` to the start of the first user turn (LLaVA's preprocessing); adds it when absent.
@@ -49,6 +54,8 @@ pub fn encode_conversation(
     }
     let enc = text.tokenizer().encode(full.as_str(), true).map_err(|e| e.to_string())?;
     let ids = enc.get_ids().to_vec();
+    let question = messages.iter().find(|m| m.role == Role::User).and_then(|m| question_span(&full, &m.content));
+    let question = overlapping(enc.get_offsets(), question);
     let labels: Vec<i64> = ids
         .iter()
         .zip(enc.get_offsets())
@@ -62,11 +69,24 @@ pub fn encode_conversation(
     }
     let truncated = ids.len() > max_len;
     let keep = ids.len().min(max_len);
-    let (input_ids, labels) = (ids[..keep].to_vec(), labels[..keep].to_vec());
+    let (input_ids, labels, question) = (ids[..keep].to_vec(), labels[..keep].to_vec(), question[..keep].to_vec());
     if labels.iter().all(|&l| l == IGNORE_INDEX) {
         return Err(format!("truncation to {max_len} tokens removed every supervised token"));
     }
-    Ok(Encoded { input_ids, labels, truncated })
+    Ok(Encoded { input_ids, labels, truncated, question })
+}
+
+/// The question marks of a batch, right-padded (with `false`) like [`collate`]'s rows.
+pub fn question_marks(batch: &[&Encoded]) -> Vec<Vec<bool>> {
+    let len = batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    batch
+        .iter()
+        .map(|e| {
+            let mut m = e.question.clone();
+            m.resize(len, false);
+            m
+        })
+        .collect()
 }
 
 /// Right-pads a batch: ids with `pad_id`, labels with −100, mask 0 on padding.
