@@ -600,7 +600,7 @@ def make_llava_variant(name, kv_heads, with_bin, keep_f32_layouts=True):
     checks.value("info: sdpa vs eager lm.logits (max abs)", d_sdpa, d_sdpa <= 1e-4)
     del sdpa
 
-    # ---------------- reload checks (§7.8) ----------------
+    # ---------------- reload checks: every saved layout loads back to the same logits ----------------
     tic(f"{name}.reload")
     mm_inputs = dict(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
     reload_and_compare(checks, "model", os.path.join(out, "model"), model, T["lm.logits"], mm_inputs)
