@@ -1,6 +1,18 @@
 //! Errors raised at the I/O edges of `psa-models`: configs, weight files, images, tokenizers, generation.
 use std::path::PathBuf;
 
+/// A device that cannot hold a requested float dtype.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{precision} is not supported on {device}; use --dtype {fallback}")]
+pub struct UnsupportedDtype {
+    /// The requested precision.
+    pub precision: crate::precision::Precision,
+    /// The device, as Burn prints it.
+    pub device: String,
+    /// The closest precision the device holds.
+    pub fallback: crate::precision::Precision,
+}
+
 /// Why a configuration could not be read or is not supported.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,8 +75,8 @@ pub enum LoadError {
         reason: String,
     },
     /// The device cannot hold the requested dtype.
-    #[error("{0}")]
-    Unsupported(String),
+    #[error(transparent)]
+    Unsupported(#[from] UnsupportedDtype),
     /// Model parameters that no file provides.
     #[error("{} model parameter(s) missing from the checkpoint: {}", .keys.len(), preview(.keys))]
     MissingKeys {

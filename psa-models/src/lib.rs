@@ -22,7 +22,7 @@ pub mod psa;
 pub mod vision;
 
 pub use config::{LlavaConfig, SelectStrategy};
-pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError};
+pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError, UnsupportedDtype};
 pub use generate::{FinishReason, Generation, GenerationConfig, generate, generate_with};
 pub use guard::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, LogitRows, Timings, Verdict};
 pub use host_abstractor::HostAbstractor;

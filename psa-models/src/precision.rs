@@ -13,6 +13,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::error::UnsupportedDtype;
+
 /// The dtype frozen weights are stored and computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,17 +59,14 @@ impl Precision {
         Self::ALL.into_iter().find(|p| p.dtype() == dtype)
     }
 
-    /// Fails with a readable message when `device` cannot hold tensors of this dtype (bf16 on most Vulkan drivers).
-    pub fn check(self, device: &Device) -> Result<(), String> {
+    /// Fails, naming the closest precision the device holds, when `device` cannot hold tensors of this dtype (bf16 on
+    /// most Vulkan drivers).
+    pub fn check(self, device: &Device) -> Result<(), UnsupportedDtype> {
         if device.supports_dtype(self.float()) {
-            Ok(())
-        } else {
-            Err(format!("{self} is not supported on {device:?}; use {}", self.fallback(device)))
+            return Ok(());
         }
-    }
-
-    fn fallback(self, device: &Device) -> &'static str {
-        if self == Self::Bf16 && device.supports_dtype(FloatDType::F16) { "--dtype f16" } else { "--dtype f32" }
+        let fallback = if self == Self::Bf16 && device.supports_dtype(FloatDType::F16) { Self::F16 } else { Self::F32 };
+        Err(UnsupportedDtype { precision: self, device: format!("{device:?}"), fallback })
     }
 }
 

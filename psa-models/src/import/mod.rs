@@ -169,7 +169,7 @@ pub(crate) fn apply_tensors<M: Module + ModuleSnapshot>(
         return Err(LoadError::UnexpectedKeys { keys: report.unexpected });
     }
     let used: Vec<_> = tensors.into_iter().filter(|(n, _)| expected.contains_key(n)).map(|(_, t)| t).collect();
-    opts.precision.check(device).map_err(LoadError::Unsupported)?;
+    opts.precision.check(device)?;
     let adapter = HfToBurn.chain(PrecisionAdapter(opts.precision));
     let result = model.apply(used, None, Some(Box::new(adapter)), true);
     if let Some(err) = result.errors.first() {
