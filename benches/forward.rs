@@ -7,8 +7,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
 use psa_vlm::device::{compiled_backends, parse_device};
+use psa_vlm::models::PaddingMask;
 use psa_vlm::models::Precision;
-use psa_vlm::models::llama::PaddingMask;
 use psa_vlm::models::precision::cast_frozen;
 
 #[path = "common/mid.rs"]

@@ -126,7 +126,7 @@ fn psa_verdicts_in_half_precision_match_f32() {
         .chunks(ids[0].len())
         .map(|c| c.iter().map(|&v| v as i64).collect())
         .collect();
-    let mask = psa_vlm::models::llama::PaddingMask::from_attention_mask(&rows);
+    let mask = psa_vlm::models::PaddingMask::from_attention_mask(&rows);
     let (f32_model, _, _) = load_psa(&dir.join("model"), &device, &LoadOptions::strict()).unwrap();
     assert_eq!(f32_model.precision(), Precision::F32);
     let want = f32_model.classify(pixels.clone(), &ids, Some(&mask)).unwrap();

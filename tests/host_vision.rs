@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
+use psa_vlm::models::PaddingMask;
 use psa_vlm::models::import::{LoadOptions, load_dinov2, load_psa, load_psa_with_safety};
-use psa_vlm::models::llama::PaddingMask;
 use psa_vlm::models::vision::VisionTower;
 use psa_vlm::models::{GuardRequest, HostAbstractor, HostVision, LogitRows};
 

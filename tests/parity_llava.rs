@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::models::llama::PaddingMask;
+use psa_vlm::models::PaddingMask;
 use psa_vlm::models::vision::VisionTower;
 use psa_vlm::models::{GenerationConfig, generate};
 

@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
-use crate::llama::{HostDecoder, KvCache, LlamaForCausalLM, PaddingMask};
+use crate::llama::{HostDecoder, KvCache, LlamaForCausalLM};
+use crate::mask::PaddingMask;
 
 /// Sampling and stopping settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub mod llama;
 pub mod llava;
 pub mod lora;
 pub mod loss;
+pub mod mask;
 pub mod pipeline;
 pub mod precision;
 pub mod processor;
@@ -26,8 +27,9 @@ pub use error::{ConfigError, ImageError, LoadError, ModelError, TextError, Unsup
 pub use generate::{FinishReason, Generation, GenerationConfig, generate, generate_with};
 pub use guard::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, LogitRows, Timings, Verdict};
 pub use host_abstractor::HostAbstractor;
-pub use llama::{HostDecoder, HostLmLoss, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM, PaddingMask};
+pub use llama::{HostDecoder, HostLmLoss, HostWeights, KvCache, LlamaConfig, LlamaForCausalLM};
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
+pub use mask::PaddingMask;
 pub use precision::Precision;
 pub use psa::{ConceptLabels, LmEngine, PsaConfig, PsaOutput, PsaVlm};
 pub use vision::HostVision;

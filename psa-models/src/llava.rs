@@ -7,7 +7,8 @@ use burn::tensor::{Device, Tensor};
 use crate::activation::Activation;
 use crate::config::{LlavaConfig, SelectStrategy};
 use crate::error::{ConfigError, ModelError};
-use crate::llama::{LlamaForCausalLM, PaddingMask};
+use crate::llama::LlamaForCausalLM;
+use crate::mask::PaddingMask;
 use crate::vision::VisionTower;
 
 /// `multi_modal_projector`: `linear_1 → act → linear_2`.

@@ -8,9 +8,10 @@ use serde_json::Value;
 use crate::config::{LlavaConfig, read_json};
 use crate::cpu::layers::host_vec;
 use crate::error::{ConfigError, ModelError};
-use crate::llama::{HostLmLoss, PaddingMask};
+use crate::llama::HostLmLoss;
 use crate::llava::{LlavaForConditionalGeneration, MergedInputs, merge_image_features};
 use crate::loss::{IGNORE_INDEX, causal_lm_loss, supervised_lm_loss};
+use crate::mask::PaddingMask;
 use crate::precision::{Precision, cast_frozen, to_f32};
 use crate::vision::VisionConfig;
 

@@ -4,7 +4,6 @@ mod cache;
 mod checkpoint;
 mod config;
 pub mod host;
-mod mask;
 pub mod rope;
 
 use burn::module::Module;
@@ -15,12 +14,12 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData, activation};
 pub use cache::KvCache;
 pub use config::{LlamaConfig, TokenIds};
 pub use host::{HostCache, HostDecoder, HostLmLoss, HostWeights};
-pub use mask::PaddingMask;
 use rope::Rope;
 
 use crate::cpu;
 use crate::error::ConfigError;
 use crate::lora::{LoraAdapter, LoraConfig, adapted, merge_into};
+use crate::mask::PaddingMask;
 use crate::precision::{to_dtype, to_f32};
 
 impl LlamaConfig {

@@ -12,8 +12,9 @@ use super::{HostDecoder, HostWeights, project, rms_norm, rotate};
 use crate::cpu::layers::add;
 use crate::cpu::{self, attention, gemm};
 use crate::error::ModelError;
-use crate::llama::{LlamaForCausalLM, PaddingMask};
+use crate::llama::LlamaForCausalLM;
 use crate::loss::IGNORE_INDEX;
+use crate::mask::PaddingMask;
 
 /// What the backward pass reads of one layer's forward pass.
 struct Saved {

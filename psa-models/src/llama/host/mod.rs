@@ -21,11 +21,12 @@ pub use backward::HostLmLoss;
 pub use kernels::HostMatrix;
 
 use super::rope::Rope;
-use super::{KvCache, LlamaForCausalLM, PaddingMask};
+use super::{KvCache, LlamaForCausalLM};
 use crate::cpu;
 use crate::cpu::gemm::Strided;
 use crate::cpu::layers::host_vec;
 use crate::error::ModelError;
+use crate::mask::PaddingMask;
 
 /// How the host decoder stores the LLM's weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

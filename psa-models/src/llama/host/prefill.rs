@@ -6,7 +6,7 @@ use super::{HostCache, HostDecoder, project};
 use crate::cpu::attention;
 use crate::cpu::gemm;
 use crate::error::ModelError;
-use crate::llama::PaddingMask;
+use crate::mask::PaddingMask;
 
 impl HostDecoder {
     /// Runs a prompt through the decoder: `embeds` is `[batch, seq, d]` (row-major) with padding `mask`. Returns
