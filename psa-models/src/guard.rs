@@ -17,6 +17,7 @@ use crate::import::{LoadOptions, LoadReport, load_psa};
 use crate::llama::{HostDecoder, HostWeights};
 use crate::pipeline::{PipelineError, processors};
 use crate::precision::Precision;
+use crate::processor::text::pad_marks;
 use crate::processor::{ImageProcessor, PaddingSide, Template, TextProcessor};
 use crate::psa::{PsaConfig, PsaVlm};
 use crate::vision::HostVision;
@@ -318,14 +319,7 @@ impl GuardedPipeline {
             .into_iter()
             .unzip();
         let (ids, mask) = TextProcessor::pad(&rows, self.config.llava.pad_token_id.unwrap_or(0), PaddingSide::Right);
-        let len = mask.len();
-        let question: Vec<Vec<bool>> = marks
-            .into_iter()
-            .map(|mut m| {
-                m.resize(len, false);
-                m
-            })
-            .collect();
+        let question = pad_marks(marks.iter().map(Vec::as_slice));
         let q = Some(question.as_slice());
         let logits = match &self.host_vision {
             Some((_, abstractor)) => {

@@ -82,8 +82,8 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, 
     let bad = |reason: String| LoadError::BadFile { path: path.into(), reason };
     let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
     let tensors = if is_safetensors {
-        let header = check_safetensors(path).map_err(bad)?;
-        deferred_safetensors(path, &header).map_err(bad)?
+        let (header_len, entries) = check_safetensors(path).map_err(bad)?;
+        deferred_safetensors(path, header_len, entries).map_err(bad)?
     } else {
         PytorchStore::from_file(path)
             .map_indices_contiguous(false)
@@ -94,15 +94,17 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, 
     Ok(tensors.into_iter().map(|(k, tensor)| (k, FileTensor { tensor, path: path.into() })).collect())
 }
 
-/// Tensors whose bytes are read from `path` on demand, from a validated header (`header` = its JSON bytes).
-fn deferred_safetensors(path: &Path, header: &[u8]) -> Result<BTreeMap<String, PackTensor>, String> {
-    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
-    let entries = value.as_object().ok_or("corrupt safetensors header: not a JSON object")?;
-    let start = 8 + header.len() as u64;
+/// Tensors whose bytes are read from `path` on demand, from its validated header entries (the header is `header_len`
+/// bytes long).
+fn deferred_safetensors(
+    path: &Path,
+    header_len: u64,
+    entries: Vec<SafetensorsEntry>,
+) -> Result<BTreeMap<String, PackTensor>, String> {
+    let start = 8 + header_len;
     let mut tensors = BTreeMap::new();
-    for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
-        let text = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or_default();
-        let dtype = match text {
+    for SafetensorsEntry { name, dtype, shape, offsets: (begin, end) } in entries {
+        let dtype = match dtype.as_str() {
             "F64" => DType::F64,
             "F32" => DType::F32,
             "F16" => DType::F16,
@@ -117,14 +119,7 @@ fn deferred_safetensors(path: &Path, header: &[u8]) -> Result<BTreeMap<String, P
             "U8" | "BOOL" => DType::U8,
             other => return Err(format!("tensor `{name}` has dtype {other}, which psa-vlm cannot load")),
         };
-        let shape: Vec<usize> = entry
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .map(|s| s.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
-            .unwrap_or_default();
-        let offsets = entry.get("data_offsets").and_then(|o| o.as_array()).cloned().unwrap_or_default();
-        let begin = offsets.first().and_then(|o| o.as_u64()).unwrap_or(0);
-        let len = offsets.get(1).and_then(|o| o.as_u64()).unwrap_or(0).saturating_sub(begin) as usize;
+        let len = (end - begin) as usize;
         let (file, at, dims) = (path.to_path_buf(), start + begin, shape.clone());
         let provider = move || -> Result<_, PackError> {
             let io = |e: std::io::Error| PackError::IoError(format!("{}: {e}", file.display()));
@@ -134,13 +129,14 @@ fn deferred_safetensors(path: &Path, header: &[u8]) -> Result<BTreeMap<String, P
             f.read_exact(&mut bytes).map_err(io)?;
             Ok(TensorData::from_bytes_vec(bytes, dims.clone(), dtype).into_bytes())
         };
-        tensors.insert(name.clone(), PackTensor::deferred(name.clone(), dtype, shape, None, len, provider));
+        tensors.insert(name.clone(), PackTensor::deferred(name, dtype, shape, None, len, provider));
     }
     Ok(tensors)
 }
 
-/// Validates a safetensors header and that the file holds every byte the header promises; returns the header.
-fn check_safetensors(path: &Path) -> Result<Vec<u8>, String> {
+/// Validates a safetensors header and that the file holds every byte the header promises; returns the header's
+/// length and its entries.
+fn check_safetensors(path: &Path) -> Result<(u64, Vec<SafetensorsEntry>), String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     let mut len = [0u8; 8];
@@ -151,17 +147,30 @@ fn check_safetensors(path: &Path) -> Result<Vec<u8>, String> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|e| format!("truncated header: {e}"))?;
-    check_safetensors_header(&header, size - 8 - n)?;
-    Ok(header)
+    Ok((n, check_safetensors_header(&header, size - 8 - n)?))
+}
+
+/// One validated tensor entry of a safetensors header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetensorsEntry {
+    /// Tensor name.
+    pub name: String,
+    /// Dtype as the header spells it (`F32`, `BF16`, …).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Byte range in the data section.
+    pub offsets: (u64, u64),
 }
 
 /// Validates a safetensors JSON header against `data` bytes of tensor data: every entry has a known dtype, a shape
-/// whose byte size (checked arithmetic) equals its offset range, and a range inside the data.
-pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<(), String> {
+/// whose byte size (checked arithmetic) equals its offset range, and a range inside the data. Returns the entries.
+pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<Vec<SafetensorsEntry>, String> {
     let value: serde_json::Value =
         serde_json::from_slice(header).map_err(|e| format!("corrupt safetensors header: {e}"))?;
     let entries = value.as_object().ok_or("corrupt safetensors header: not a JSON object")?;
     let mut end = 0u64;
+    let mut checked = Vec::with_capacity(entries.len());
     for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
         let corrupt = |what: &str| format!("corrupt safetensors header: tensor `{name}` {what}");
         let offsets = entry
@@ -169,7 +178,8 @@ pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<(), String> 
             .and_then(|o| o.as_array())
             .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)))
             .ok_or_else(|| corrupt("has no data_offsets"))?;
-        let width = match entry.get("dtype").and_then(|d| d.as_str()) {
+        let dtype = entry.get("dtype").and_then(|d| d.as_str());
+        let width = match dtype {
             Some("F64" | "I64" | "U64") => 8,
             Some("F32" | "I32" | "U32") => 4,
             Some("F16" | "BF16" | "I16" | "U16") => 2,
@@ -188,9 +198,15 @@ pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<(), String> 
             )));
         }
         end = end.max(offsets.1);
+        checked.push(SafetensorsEntry {
+            name: name.clone(),
+            dtype: dtype.unwrap_or_default().to_string(),
+            shape: shape.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect(),
+            offsets,
+        });
     }
     if end > data {
         return Err(format!("truncated: the header describes {end} bytes of tensor data but only {data} are present"));
     }
-    Ok(())
+    Ok(checked)
 }

@@ -20,7 +20,7 @@ use burn::store::{ApplyError, ModuleAdapter, ModuleSnapshot};
 use burn::tensor::Device;
 
 use files::{FileTensor, read_tensors};
-pub use files::{check_safetensors_header, weight_files};
+pub use files::{SafetensorsEntry, check_safetensors_header, weight_files};
 pub use layout::{Layout, normalize};
 pub use peft::{load_peft_adapter, save_peft_adapter};
 pub use psa::{

@@ -27,6 +27,14 @@ pub fn overlapping(offsets: &[(usize, usize)], span: Option<std::ops::Range<usiz
     offsets.iter().map(|&(s, e)| span.as_ref().is_some_and(|sp| e > s && s < sp.end && e > sp.start)).collect()
 }
 
+/// Per-token marks (e.g. [`TextProcessor::encode_marked`]'s) of a batch, right-padded with `false` to the longest
+/// row, as [`TextProcessor::pad`] pads ids on the right.
+pub fn pad_marks<'a>(rows: impl IntoIterator<Item = &'a [bool]>) -> Vec<Vec<bool>> {
+    let rows: Vec<&[bool]> = rows.into_iter().collect();
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    rows.iter().map(|r| r.iter().copied().chain(std::iter::repeat(false)).take(len).collect()).collect()
+}
+
 impl TextProcessor {
     /// Loads `tokenizer.json`; `image_token` (e.g. `<image>`) must be in its vocabulary.
     pub fn from_file(path: &Path, image_token: &str) -> Result<Self, TextError> {

@@ -3,7 +3,7 @@
 use psa_models::PaddingMask;
 use psa_models::loss::IGNORE_INDEX;
 use psa_models::processor::template::question_span;
-use psa_models::processor::text::overlapping;
+use psa_models::processor::text::{overlapping, pad_marks};
 use psa_models::processor::{Message, Role, Template, TextProcessor};
 
 /// One tokenised conversation.
@@ -78,15 +78,7 @@ pub fn encode_conversation(
 
 /// The question marks of a batch, right-padded (with `false`) like [`collate`]'s rows.
 pub fn question_marks(batch: &[&Encoded]) -> Vec<Vec<bool>> {
-    let len = batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
-    batch
-        .iter()
-        .map(|e| {
-            let mut m = e.question.clone();
-            m.resize(len, false);
-            m
-        })
-        .collect()
+    pad_marks(batch.iter().map(|e| e.question.as_slice()))
 }
 
 /// Right-pads a batch: ids with `pad_id`, labels with −100, mask 0 on padding.
