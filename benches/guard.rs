@@ -12,9 +12,10 @@ mod mid;
 use common::{draw, fixtures};
 use criterion::{Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::import::LoadReport;
-use psa_vlm::models::processor::{ImageProcessorConfig, Template, TextProcessor};
-use psa_vlm::models::{GenerationConfig, GuardRequest, GuardedPipeline, PsaConfig};
+use psa_vlm::import::LoadReport;
+use psa_vlm::models::{GenerationConfig, PsaConfig};
+use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template, TextProcessor};
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 
 fn tiny(device: &Device) -> GuardedPipeline {
     let mut p = GuardedPipeline::load(

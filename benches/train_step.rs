@@ -8,7 +8,7 @@ mod common;
 use common::{dataset, fixtures, prepare_file, scratch};
 use criterion::{Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::import::{LoadOptions, load_psa};
+use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};

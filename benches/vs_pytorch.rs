@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
+use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::cpu::gemm;
 use psa_vlm::models::generate::argmax;
-use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::{HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};

@@ -12,8 +12,8 @@ use clap::Parser;
 use psa_vlm::burn::store::{ModuleStore, SafetensorsStore, bridge};
 use psa_vlm::burn::tensor::{Tensor, TensorData};
 use psa_vlm::device::parse_device;
+use psa_vlm::import::{LoadOptions, load_psa, save_safety_modules, write_f32_safetensors};
 use psa_vlm::models::PaddingMask;
-use psa_vlm::models::import::{LoadOptions, load_psa, save_safety_modules, write_f32_safetensors};
 
 #[derive(Parser, Debug)]
 #[command(about = "Export PSA safety modules in the reference checkpoint naming")]

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use psa_vlm::device::parse_device;
-use psa_vlm::models::pipeline::LlavaPipeline;
-use psa_vlm::models::processor::{Template, load_image};
+use psa_vlm::pipeline::llava::LlavaPipeline;
+use psa_vlm::pipeline::processor::{Template, load_image};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate an answer about an image with a LLaVA checkpoint")]

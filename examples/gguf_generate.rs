@@ -11,11 +11,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use psa_vlm::device::parse_device;
+use psa_vlm::import::LoadOptions;
+use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
 use psa_vlm::models::PaddingMask;
-use psa_vlm::models::import::LoadOptions;
-use psa_vlm::models::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
-use psa_vlm::models::processor::{Message, Template};
 use psa_vlm::models::{GenerationConfig, generate};
+use psa_vlm::pipeline::processor::{Message, Template};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with a LLaMA-architecture GGUF model")]

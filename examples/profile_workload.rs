@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use psa_vlm::burn::tensor::{Device, Tensor};
+use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::generate::argmax;
-use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::models::{
     GenerationConfig, HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm, generate_with,
 };

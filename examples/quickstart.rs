@@ -19,13 +19,15 @@ use psa_vlm::assets::{Pip, default_dir, fetch_all};
 use psa_vlm::burn::module::Module;
 use psa_vlm::core::{Action, SafetyPolicy};
 use psa_vlm::device::parse_device;
-use psa_vlm::models::assemble::{assemble_psa, image_text_processor};
-use psa_vlm::models::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
-use psa_vlm::models::import::onnx::load_dinov2_onnx;
-use psa_vlm::models::import::{LoadOptions, LoadReport, ModelDirParts, save_psa};
-use psa_vlm::models::processor::{ImageProcessorConfig, Template, load_image};
+use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
+use psa_vlm::import::onnx::load_dinov2_onnx;
+use psa_vlm::import::{LoadOptions, LoadReport};
+use psa_vlm::models::HostWeights;
 use psa_vlm::models::vision::{Dinov2Config, VisionConfig, VisionTower};
-use psa_vlm::models::{GuardRequest, GuardedPipeline, HostWeights};
+use psa_vlm::pipeline::assemble::{assemble_psa, image_text_processor};
+use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir};
+use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template, load_image};
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::demo::{
     BENIGN_INSTRUCTIONS, DemoOptions, DemoReport, DemoSources, GROUPS, OodSources, build_demo_dataset, folder_photos,
@@ -228,7 +230,7 @@ fn main() -> Result<()> {
         template: template_name,
         calibration: Some(&fit.calibration),
     };
-    save_psa(&pipeline.model, &pipeline.config, parts, &model_dir)?;
+    save_model_dir(&pipeline.model, &pipeline.config, parts, &model_dir)?;
     println!(
         "      T_level {:.2}, T_type {:.2}; wrote {} (psa classify --model-dir {} --image any.jpg)",
         fit.calibration.level_temperature,

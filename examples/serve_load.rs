@@ -12,9 +12,9 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Parser;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::GuardedPipeline;
-use psa_vlm::models::import::saved_template;
-use psa_vlm::models::processor::Template;
+use psa_vlm::pipeline::GuardedPipeline;
+use psa_vlm::pipeline::processor::Template;
+use psa_vlm::pipeline::saved_template;
 use psa_vlm::serve::{Batching, ServeConfig, Server};
 use serde_json::{Value, json};
 

@@ -10,8 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use psa_models::pipeline::PipelineError;
-use psa_models::{GenerationConfig, GuardRequest, GuardedPipeline, GuardedResponse};
+use psa_models::GenerationConfig;
+use psa_pipeline::PipelineError;
+use psa_pipeline::{GuardRequest, GuardedPipeline, GuardedResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -245,7 +246,7 @@ pub fn run_batch(
         let (mut numbers, mut requests) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
         for (n, line, policy) in chunk {
             let path = opts.image_root.join(&line.image);
-            match psa_models::processor::load_image(&path) {
+            match psa_pipeline::processor::load_image(&path) {
                 Ok(image) => {
                     numbers.push(*n);
                     let (id, question) = (Some(line.id.clone()), line.question.clone());

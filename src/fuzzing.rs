@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use psa_core::{SafetyAssessment, SafetyPolicy, Taxonomy};
-use psa_models::import::check_safetensors_header;
-use psa_models::import::gguf::{GgufFile, gguf_tokenizer, llama_config};
-use psa_models::import::onnx::OnnxWeights;
-use psa_models::processor::ImageLimits;
+use psa_import::check_safetensors_header;
+use psa_import::gguf::{GgufFile, gguf_tokenizer, llama_config};
+use psa_import::onnx::OnnxWeights;
+use psa_pipeline::processor::ImageLimits;
 use psa_train::data::{LabelSpace, parse_jsonl};
 
 /// The names of the targets, in the order of [`run`].

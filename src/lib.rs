@@ -4,7 +4,9 @@
 //! This facade re-exports the member crates and owns the device selection shared by examples, tests and tools.
 //!
 //! - [`core`] (`psa-core`): the concept bottleneck.
-//! - [`models`] (`psa-models`): vision towers, LLaMA, LLaVA, weight import, processors, generation.
+//! - [`models`] (`psa-models`): vision towers, LLaMA with LoRA, LLaVA, generation, the PSA-VLM model.
+//! - [`import`] (`psa-import`): weights in and out (safetensors, PyTorch, PEFT, GGUF, ONNX).
+//! - [`pipeline`] (`psa-pipeline`): image and text processors, model directories, guarded inference.
 //! - [`train`] (`psa-train`): the two-stage schedule.
 //!
 //! Models are written against [`burn::tensor::Device`]; pick one with [`device::parse_device`]. With the `serve`
@@ -22,5 +24,7 @@ pub mod serve;
 
 pub use burn;
 pub use psa_core as core;
+pub use psa_import as import;
 pub use psa_models as models;
+pub use psa_pipeline as pipeline;
 pub use psa_train as train;

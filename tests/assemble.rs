@@ -5,12 +5,12 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::assemble::{assemble_psa, image_text_processor};
-use psa_vlm::models::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
-use psa_vlm::models::import::{LoadOptions, LoadReport, load_dinov2};
-use psa_vlm::models::processor::{ImageProcessorConfig, Template};
+use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
+use psa_vlm::import::{LoadOptions, LoadReport, load_dinov2};
 use psa_vlm::models::vision::{VisionConfig, VisionTower};
-use psa_vlm::models::{GuardRequest, GuardedPipeline};
+use psa_vlm::pipeline::assemble::{assemble_psa, image_text_processor};
+use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template};
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 
 #[test]
 fn dinov2_plus_gguf_llm_answers_under_the_guard() {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use common::*;
 use psa_vlm::burn::module::{Module, Param};
 use psa_vlm::burn::tensor::{Device, Distribution, Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_psa};
+use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
 use psa_vlm::models::loss::supervised_lm_loss;
 use psa_vlm::models::{LlamaForCausalLM, PaddingMask};

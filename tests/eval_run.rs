@@ -9,9 +9,9 @@ use std::process::Command;
 use common::*;
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::core::{Action, Calibration, SafetyPolicy};
-use psa_vlm::models::import::{ModelDirParts, save_psa, saved_template};
-use psa_vlm::models::processor::Template;
-use psa_vlm::models::{GuardRequest, GuardedPipeline};
+use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir, saved_template};
+use psa_vlm::pipeline::processor::Template;
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::eval::{
     EvalOptions, Format, ReadOptions, RefusalPhrases, evaluate, fit_calibration, read_benchmark,
 };
@@ -38,7 +38,7 @@ fn exported_directory_loads_back_bit_identical_with_its_calibration_and_template
         template: "llava_hf",
         calibration: Some(&calibration),
     };
-    save_psa(&p.model, &p.config, parts, &dir).unwrap();
+    save_model_dir(&p.model, &p.config, parts, &dir).unwrap();
     assert_eq!(saved_template(&dir).as_deref(), Some("llava_hf"));
     let q = GuardedPipeline::load(&dir, None, Template::by_name("llava_hf").unwrap(), &Device::flex())
         .and_then(|q| q.with_taxonomy(short_hint_taxonomy()))

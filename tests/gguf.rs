@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::import::LoadOptions;
-use psa_vlm::models::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
+use psa_vlm::import::LoadOptions;
+use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
 
 fn gguf(variant: &str) -> std::path::PathBuf {
     fixtures().join(format!("tiny_gguf/{variant}.gguf"))

@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::core::{Action, SafetyAssessment, SafetyPolicy, Taxonomy};
-use psa_vlm::models::processor::Template;
-use psa_vlm::models::{Finish, GuardRequest, GuardedPipeline};
+use psa_vlm::pipeline::processor::Template;
+use psa_vlm::pipeline::{Finish, GuardRequest, GuardedPipeline};
 
 fn request(id: &str, class: usize, seed: u64, question: &str, policy: Option<SafetyPolicy>) -> GuardRequest {
     GuardRequest {
@@ -138,7 +138,7 @@ fn batches_equal_one_at_a_time() {
 
 #[test]
 fn a_tokenizer_whose_image_id_differs_from_the_model_is_refused() {
-    use psa_vlm::models::import::{LoadOptions, LoadReport, load_psa};
+    use psa_vlm::import::{LoadOptions, LoadReport, load_psa};
     let device = Device::flex();
     let (model, mut config, _) =
         load_psa(&fixtures().join("tiny_psa/model"), &device, &LoadOptions::default()).unwrap();

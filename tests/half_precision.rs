@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{DType, Device, Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_llava, load_psa};
+use psa_vlm::import::{LoadOptions, load_llava, load_psa};
 use psa_vlm::models::vision::VisionTower;
 use psa_vlm::models::{GenerationConfig, Precision, generate};
 

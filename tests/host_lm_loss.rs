@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_psa};
+use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::loss::supervised_lm_loss;
 use psa_vlm::models::{HostLmLoss, LlamaForCausalLM, ModelError, PaddingMask};
 use psa_vlm::train::Recipe;

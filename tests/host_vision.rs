@@ -5,10 +5,11 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
+use psa_vlm::import::{LoadOptions, load_dinov2, load_psa, load_psa_with_safety};
 use psa_vlm::models::PaddingMask;
-use psa_vlm::models::import::{LoadOptions, load_dinov2, load_psa, load_psa_with_safety};
 use psa_vlm::models::vision::VisionTower;
-use psa_vlm::models::{GuardRequest, HostAbstractor, HostVision, LogitRows};
+use psa_vlm::models::{HostAbstractor, HostVision};
+use psa_vlm::pipeline::{GuardRequest, LogitRows};
 
 /// Largest difference measured against transformers here: 1.8e-6 (CLIP) and 5.7e-6 (DINOv2, whose tensor path is
 /// as far).

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::models::LoadError;
-use psa_vlm::models::import::{LoadOptions, load_llava};
+use psa_vlm::import::LoadError;
+use psa_vlm::import::{LoadOptions, load_llava};
 
 fn logits(dir: &std::path::Path, device: &Device) -> Tensor<3> {
     let (model, _, report) =
@@ -210,7 +210,7 @@ fn standalone(name: &str, prefix_from: &str, prefix_to: &str, config: serde_json
 
 #[test]
 fn standalone_clip_vision_and_llama_directories_load() {
-    use psa_vlm::models::import::{load_clip_vision, load_llama};
+    use psa_vlm::import::{load_clip_vision, load_llama};
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny_llava/hub_f32/config.json")).unwrap())
             .unwrap();

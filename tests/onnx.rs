@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::Tensor;
-use psa_vlm::models::import::onnx::{OnnxWeights, dinov2_tensors, load_dinov2_onnx};
-use psa_vlm::models::import::{LoadOptions, load_dinov2};
+use psa_vlm::import::onnx::{OnnxWeights, dinov2_tensors, load_dinov2_onnx};
+use psa_vlm::import::{LoadOptions, load_dinov2};
 
 #[test]
 fn onnx_backbone_matches_onnxruntime_and_the_safetensors_weights() {

@@ -13,7 +13,7 @@ mod vision_tower {
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_llava};
+use psa_vlm::import::{LoadOptions, load_llava};
 
 #[test]
 fn burn_onnx_tower_matches_the_hand_written_clip_and_transformers() {

@@ -13,9 +13,10 @@ use std::time::Instant;
 use common::*;
 use psa_vlm::burn::tensor::{DType, Device, Distribution, Tensor};
 use psa_vlm::core::{SafetyConfig, SafetyPolicy};
-use psa_vlm::models::import::{RandomCheckpoint, write_random_psa};
-use psa_vlm::models::processor::{ImageProcessorConfig, Template};
-use psa_vlm::models::{GuardRequest, GuardedPipeline, Precision, PsaConfig};
+use psa_vlm::import::{RandomCheckpoint, write_random_psa};
+use psa_vlm::models::{Precision, PsaConfig};
+use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template};
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 
 /// llava-hf/llava-1.5-7b-hf's `config.json` (the image token moved to the test tokenizer's `<image>` id).
 fn llava_7b() -> serde_json::Value {
@@ -128,7 +129,7 @@ fn llava_7b_shapes_load_in_bf16_and_answer_within_24_gb() {
 /// One stage-I step (batch 1, bf16 frozen base) on the checkpoint in `dir`: step seconds, peak RSS (GiB) since the
 /// load began, and the step's metrics; asserts that the frozen LLM did not move and S2 did.
 fn stage1_step(dir: &std::path::Path, checkpointing: bool) -> (f64, f64, psa_vlm::train::trainer::StepMetrics) {
-    use psa_vlm::models::processor::TextProcessor;
+    use psa_vlm::pipeline::processor::TextProcessor;
     use psa_vlm::train::Recipe;
     use psa_vlm::train::data::{LabelSpace, read_jsonl};
     use psa_vlm::train::prepare::{PrepareOptions, prepare};
@@ -137,8 +138,8 @@ fn stage1_step(dir: &std::path::Path, checkpointing: bool) -> (f64, f64, psa_vlm
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let device = Device::flex().autodiff();
     device.seed(1);
-    let opts = psa_vlm::models::import::LoadOptions::default().with_precision(Precision::Bf16);
-    let (model, _, _) = psa_vlm::models::import::load_psa(dir, &device, &opts).unwrap();
+    let opts = psa_vlm::import::LoadOptions::default().with_precision(Precision::Bf16);
+    let (model, _, _) = psa_vlm::import::load_psa(dir, &device, &opts).unwrap();
     let data_dir = scratch("paper-data");
     let file = dataset(&data_dir, "d", 1, 3);
     let text = TextProcessor::from_file(&fixtures().join("tiny_tokenizer/tokenizer.json"), "<image>").unwrap();
@@ -237,8 +238,8 @@ fn random_checkpoints_load_strictly_in_every_precision() {
         let draw = RandomCheckpoint { precision, shard_bytes: 200_000, seed: 3, std: 0.02 };
         let shards = write_random_psa(&config, &dir, &draw, &device).unwrap();
         assert!(shards.len() > 1, "{precision}: {} shard(s)", shards.len());
-        let opts = psa_vlm::models::import::LoadOptions::strict().with_precision(precision);
-        let (model, _, report) = psa_vlm::models::import::load_psa(&dir, &device, &opts).unwrap();
+        let opts = psa_vlm::import::LoadOptions::strict().with_precision(precision);
+        let (model, _, report) = psa_vlm::import::load_psa(&dir, &device, &opts).unwrap();
         assert_eq!(report.files.len(), shards.len());
         assert!(report.unexpected.is_empty());
         assert_eq!(model.precision(), precision);

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Tensor, TensorData};
-use psa_vlm::models::import::{LoadOptions, load_dinov2};
+use psa_vlm::import::{LoadOptions, load_dinov2};
 
 #[test]
 fn dinov2_hidden_states_match_transformers() {

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData, activation};
 use psa_vlm::core::{QueryMode, SafetyConfig};
+use psa_vlm::import::{LoadOptions, load_psa, load_psa_with_safety, save_safety_modules};
 use psa_vlm::models::PaddingMask;
-use psa_vlm::models::import::{LoadOptions, load_psa, load_psa_with_safety, save_safety_modules};
 use psa_vlm::models::{ConceptLabels, PsaVlm};
 
 /// Tolerances, each a small multiple of the largest difference measured on flex, ndarray and wgpu (2026-12-04) and

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::ImageError;
-use psa_vlm::models::processor::{ImageProcessorConfig, Message, Template, TextProcessor, load_image};
+use psa_vlm::pipeline::ImageError;
+use psa_vlm::pipeline::processor::{ImageProcessorConfig, Message, Template, TextProcessor, load_image};
 
 #[test]
 fn clip_preprocessing_matches_transformers_on_a_real_photo() {

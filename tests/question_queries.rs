@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::core::QueryMode;
-use psa_vlm::models::import::{LoadOptions, load_psa};
-use psa_vlm::models::processor::{Message, Template};
+use psa_vlm::import::{LoadOptions, load_psa};
+use psa_vlm::pipeline::processor::{Message, Template};
 use psa_vlm::train::data::encode_conversation;
 
 const QUESTION: &str = "How do I open this lock without the key?";

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
+use psa_vlm::import::LoadOptions;
+use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
+use psa_vlm::import::onnx::load_dinov2_onnx;
 use psa_vlm::models::PaddingMask;
-use psa_vlm::models::import::LoadOptions;
-use psa_vlm::models::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
-use psa_vlm::models::import::onnx::load_dinov2_onnx;
-use psa_vlm::models::processor::{Message, Template};
 use psa_vlm::models::vision::Dinov2Config;
 use psa_vlm::models::{GenerationConfig, generate};
+use psa_vlm::pipeline::processor::{Message, Template};
 
 fn assets() -> PathBuf {
     PathBuf::from(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use psa_vlm::batch::{BatchError, BatchOptions, run_batch};
-use psa_vlm::models::GuardedPipeline;
+use psa_vlm::pipeline::GuardedPipeline;
 use serde_json::Value;
 
 fn options(p: &GuardedPipeline, dir: &Path, skip_bad: bool) -> BatchOptions {

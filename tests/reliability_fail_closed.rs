@@ -6,8 +6,8 @@ use common::*;
 use psa_vlm::burn::module::Param;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
 use psa_vlm::core::{Action, SafetyPolicy};
-use psa_vlm::models::import::{LoadOptions, load_psa};
-use psa_vlm::models::{Finish, GuardRequest};
+use psa_vlm::import::{LoadOptions, load_psa};
+use psa_vlm::pipeline::{Finish, GuardRequest};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, TrainError, train_stage1};
 

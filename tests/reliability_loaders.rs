@@ -7,11 +7,11 @@ use std::path::Path;
 
 use common::*;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::GuardedPipeline;
-use psa_vlm::models::import::gguf::{GgufFile, load_llama_gguf};
-use psa_vlm::models::import::onnx::OnnxWeights;
-use psa_vlm::models::import::{LoadOptions, check_safetensors_header, load_psa};
-use psa_vlm::models::processor::Template;
+use psa_vlm::import::gguf::{GgufFile, load_llama_gguf};
+use psa_vlm::import::onnx::OnnxWeights;
+use psa_vlm::import::{LoadOptions, check_safetensors_header, load_psa};
+use psa_vlm::pipeline::GuardedPipeline;
+use psa_vlm::pipeline::processor::Template;
 use serde_json::{Value, json};
 
 /// A copy of the tiny PSA model with `edit` applied to its `config.json`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::http::*;
 use common::*;
-use psa_vlm::models::GuardRequest;
+use psa_vlm::pipeline::GuardRequest;
 use psa_vlm::serve::{ApiKey, Batching, ServeConfig};
 use serde_json::json;
 
@@ -212,7 +212,7 @@ fn concurrent_requests_share_a_model_pass_and_equal_single_runs() {
 fn health_reports_ready_only_after_a_successful_warm_up() {
     let mut broken = tiny_pipeline("llava_hf");
     // A preprocessor that does not fit the vision tower: the warm-up inference fails.
-    broken.images = psa_vlm::models::processor::ImageProcessorConfig::clip(112).build().unwrap();
+    broken.images = psa_vlm::pipeline::processor::ImageProcessorConfig::clip(112).build().unwrap();
     let server = start(broken, ServeConfig::default(), false);
     let until = Instant::now() + Duration::from_secs(60);
     let health = loop {

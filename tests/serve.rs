@@ -4,7 +4,7 @@ mod common;
 
 use common::http::*;
 use common::*;
-use psa_vlm::models::GuardRequest;
+use psa_vlm::pipeline::GuardRequest;
 use psa_vlm::serve::ServeConfig;
 use serde_json::json;
 

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{DType, Device};
+use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::Precision;
-use psa_vlm::models::import::{LoadOptions, load_psa};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::prepare::{PrepareOptions, prepare};

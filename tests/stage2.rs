@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use psa_vlm::burn::module::Module;
 use psa_vlm::burn::tensor::Device;
-use psa_vlm::models::import::{LoadOptions, load_peft_adapter, load_psa, save_peft_adapter};
+use psa_vlm::import::{LoadOptions, load_peft_adapter, load_psa, save_peft_adapter};
 use psa_vlm::models::lora::{LoraConfig, LoraTargets};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, train_stage2};

@@ -89,17 +89,14 @@ pub(crate) fn check_sizes(what: &str, sizes: &[(&str, usize, usize)]) -> Result<
     }
 }
 
+/// Reads a JSON file, naming it on failure.
 pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
     serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), what: "JSON file", source })
 }
 
 /// Parses a typed config from a JSON value, naming the file on failure.
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(
-    value: &Value,
-    path: &Path,
-    what: &'static str,
-) -> Result<T, ConfigError> {
+pub fn parse<T: serde::de::DeserializeOwned>(value: &Value, path: &Path, what: &'static str) -> Result<T, ConfigError> {
     serde_json::from_value(value.clone()).map_err(|source| ConfigError::Parse { path: path.into(), what, source })
 }
 

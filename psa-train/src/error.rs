@@ -32,7 +32,7 @@ pub enum DataError {
         line: usize,
         /// The image error (names the image file).
         #[source]
-        source: psa_models::ImageError,
+        source: psa_pipeline::ImageError,
     },
     /// Tokenisation failed or produced an unusable sample.
     #[error("{}:{line}: {reason}", .path.display())]

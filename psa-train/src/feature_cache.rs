@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::{ModuleSnapshot, ModuleStore, SafetensorsStore, bridge};
 use burn::tensor::{Device, Tensor, TensorData};
+use psa_import::write_f32_safetensors;
 use psa_models::PsaVlm;
-use psa_models::import::write_f32_safetensors;
-use psa_models::processor::ImageProcessorConfig;
+use psa_pipeline::processor::ImageProcessorConfig;
 use sha2::{Digest, Sha256};
 
 use crate::data::ImageRef;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use psa_models::PsaVlm;
-use psa_models::processor::{ImageProcessor, Template, TextProcessor};
+use psa_pipeline::processor::{ImageProcessor, Template, TextProcessor};
 use serde::Serialize;
 
 use crate::data::images;

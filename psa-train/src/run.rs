@@ -8,11 +8,12 @@ use std::time::Instant;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use psa_core::Taxonomy;
+use psa_import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules};
 use psa_models::Precision;
-use psa_models::import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules, saved_template};
 use psa_models::lora::LoraConfig;
-use psa_models::pipeline::processors;
-use psa_models::processor::Template;
+use psa_pipeline::llava::processors;
+use psa_pipeline::processor::Template;
+use psa_pipeline::saved_template;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Balance, LabelSpace, balance, read_jsonl};
@@ -153,10 +154,10 @@ pub enum RunError {
     },
     /// Loading the model.
     #[error(transparent)]
-    Load(#[from] psa_models::LoadError),
+    Load(#[from] psa_import::LoadError),
     /// The tokenizer or template.
     #[error(transparent)]
-    Text(#[from] psa_models::TextError),
+    Text(#[from] psa_pipeline::TextError),
     /// The data.
     #[error(transparent)]
     Data(#[from] crate::DataError),

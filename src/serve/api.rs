@@ -9,8 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use image::DynamicImage;
-use psa_models::GuardedPipeline;
-use psa_models::processor::{ImageLimits, decode_image};
+use psa_pipeline::GuardedPipeline;
+use psa_pipeline::processor::{ImageLimits, decode_image};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use image::{DynamicImage, RgbImage};
-use psa_models::pipeline::PipelineError;
-use psa_models::{GenerationConfig, GuardRequest, GuardedPipeline, GuardedResponse, ModelError, Verdict};
+use psa_models::{GenerationConfig, ModelError};
+use psa_pipeline::PipelineError;
+use psa_pipeline::{GuardRequest, GuardedPipeline, GuardedResponse, Verdict};
 use tokio::sync::oneshot;
 
 use super::api::ApiError;

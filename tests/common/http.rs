@@ -2,7 +2,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use psa_vlm::models::GuardedPipeline;
+use psa_vlm::pipeline::GuardedPipeline;
 use psa_vlm::serve::{ServeConfig, Server};
 use serde_json::{Value, json};
 

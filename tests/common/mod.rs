@@ -12,7 +12,7 @@ use psa_vlm::burn::store::{
 };
 use psa_vlm::burn::tensor::{Device, Tensor};
 use psa_vlm::models::PsaVlm;
-use psa_vlm::models::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
+use psa_vlm::pipeline::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::prepare::{PrepareOptions, PrepareReport, Prepared, prepare};
 
@@ -27,8 +27,8 @@ pub fn load_tiny_llava(variant: &str, device: &Device) -> psa_vlm::models::Llava
     let base = fixtures().join(variant);
     let f32_dir = base.join("hub_f32");
     let dir = if f32_dir.is_dir() { f32_dir } else { base.join("hub_f16_sharded") };
-    let opts = psa_vlm::models::import::LoadOptions::strict();
-    psa_vlm::models::import::load_llava(&dir, device, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).0
+    let opts = psa_vlm::import::LoadOptions::strict();
+    psa_vlm::import::load_llava(&dir, device, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).0
 }
 
 /// Every backend compiled into this build.
@@ -240,8 +240,8 @@ pub fn prepare_file(
 }
 
 /// The tiny PSA model as a guarded pipeline with `template` and short hints (its context is 128 positions).
-pub fn tiny_pipeline(template: &str) -> psa_vlm::models::GuardedPipeline {
-    psa_vlm::models::GuardedPipeline::load(
+pub fn tiny_pipeline(template: &str) -> psa_vlm::pipeline::GuardedPipeline {
+    psa_vlm::pipeline::GuardedPipeline::load(
         &fixtures().join("tiny_psa/model"),
         Some(fixtures().join("tiny_tokenizer/tokenizer.json")),
         Template::by_name(template).unwrap(),

@@ -40,7 +40,7 @@ pub fn balance(samples: Vec<Sample>, safe_type: usize, balance: Balance) -> Vec<
 mod tests {
     use super::*;
     use crate::data::jsonl::ImageRef;
-    use psa_models::processor::Message;
+    use psa_pipeline::processor::Message;
 
     fn sample(line: usize, risk_type: usize) -> Sample {
         Sample {

@@ -1,12 +1,12 @@
 //! Loading a sample's image: one file, or a `<split>` pair pasted side by side. A missing or
 //! undecodable image is an error; never a silent zero image.
 use image::{DynamicImage, RgbImage, imageops};
-use psa_models::processor::load_image;
+use psa_pipeline::processor::load_image;
 
 use super::jsonl::ImageRef;
 
 /// Loads the image of a sample.
-pub fn load(image: &ImageRef) -> Result<DynamicImage, psa_models::ImageError> {
+pub fn load(image: &ImageRef) -> Result<DynamicImage, psa_pipeline::ImageError> {
     match image {
         ImageRef::Single(p) => load_image(p),
         ImageRef::Pair(a, b) => {

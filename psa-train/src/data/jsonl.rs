@@ -3,7 +3,7 @@
 //! [{role, content}]`, `images`). Every error names the file and the line.
 use std::path::{Path, PathBuf};
 
-use psa_models::processor::{Message, Role};
+use psa_pipeline::processor::{Message, Role};
 use serde_json::Value;
 
 use crate::error::DataError;

@@ -2,9 +2,9 @@
 //! labels are −100 everywhere except the assistant answers and their end-of-turn marker (EOS); right padding.
 use psa_models::PaddingMask;
 use psa_models::loss::IGNORE_INDEX;
-use psa_models::processor::template::question_span;
-use psa_models::processor::text::{overlapping, pad_marks};
-use psa_models::processor::{Message, Role, Template, TextProcessor};
+use psa_pipeline::processor::template::question_span;
+use psa_pipeline::processor::text::{overlapping, pad_marks};
+use psa_pipeline::processor::{Message, Role, Template, TextProcessor};
 
 /// One tokenised conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Fitting the guard's temperatures on a labelled validation split after training.
 use psa_core::Calibration;
 use psa_core::calibration::{fit_temperature, nll, softmax_t};
-use psa_models::guard::{GuardRequest, GuardedPipeline, LogitRows};
+use psa_pipeline::guard::{GuardRequest, GuardedPipeline, LogitRows};
 use serde::{Deserialize, Serialize};
 
 use super::datasets::EvalItem;

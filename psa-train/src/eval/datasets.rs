@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use psa_core::Taxonomy;
-use psa_models::processor::Role;
+use psa_pipeline::processor::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

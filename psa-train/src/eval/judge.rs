@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use psa_models::processor::{Message, PaddingSide, Template, TextProcessor};
 use psa_models::{GenerationConfig, LlamaForCausalLM, generate};
+use psa_pipeline::processor::{Message, PaddingSide, Template, TextProcessor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;

@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use psa_core::calibration::softmax_t;
 use psa_core::{Action, Calibration, SafetyPolicy};
 use psa_models::GenerationConfig;
-use psa_models::guard::{Finish, GuardRequest, GuardedPipeline, LogitRows};
+use psa_pipeline::guard::{Finish, GuardRequest, GuardedPipeline, LogitRows};
 use serde::{Deserialize, Serialize};
 
 use super::datasets::{EvalItem, EvalSet};

@@ -5,10 +5,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use psa_vlm::core::{Action, SafetyPolicy};
 use psa_vlm::device::parse_device;
-use psa_vlm::models::import::LoadOptions;
-use psa_vlm::models::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
-use psa_vlm::models::processor::{Template, TextProcessor};
-use psa_vlm::models::{GenerationConfig, GuardedPipeline};
+use psa_vlm::import::LoadOptions;
+use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
+use psa_vlm::models::GenerationConfig;
+use psa_vlm::pipeline::GuardedPipeline;
+use psa_vlm::pipeline::processor::{Template, TextProcessor};
 use psa_vlm::train::eval::{
     EvalOptions, Format, JUDGE_PROMPT, Judge, LlmJudge, ReadOptions, RefusalPhrases, evaluate, fit_calibration,
     read_benchmark, write_report,
@@ -136,7 +137,7 @@ fn llm_judge(a: &EvalArgs, p: &GuardedPipeline) -> Result<LlmJudge> {
         Some(path) if path.extension().is_some_and(|e| e == "gguf") => {
             let (lm, config, _) = load_llama_gguf(path, &device, &LoadOptions::default())?;
             let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(path)?).map_err(anyhow::Error::msg)?;
-            let text = psa_vlm::models::assemble::image_text_processor(tokenizer, config.vocab_size as u32)?;
+            let text = psa_vlm::pipeline::assemble::image_text_processor(tokenizer, config.vocab_size as u32)?;
             (lm, text, config, path.display().to_string())
         }
         Some(other) => bail!("--judge-model {}: expected a .gguf file", other.display()),

@@ -5,9 +5,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use psa_vlm::core::{SafetyPolicy, Taxonomy};
 use psa_vlm::device::parse_device;
-use psa_vlm::models::import::saved_template;
-use psa_vlm::models::processor::{Template, load_image};
-use psa_vlm::models::{GuardRequest, GuardedPipeline, HostWeights, Precision};
+use psa_vlm::models::{HostWeights, Precision};
+use psa_vlm::pipeline::processor::{Template, load_image};
+use psa_vlm::pipeline::saved_template;
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 
 /// Where the model, its tokenizer, taxonomy and policy come from.
 #[derive(Args, Debug)]

@@ -272,7 +272,7 @@ fn describe(p: &Photo) -> (String, String) {
 }
 
 fn open(p: &Photo) -> Result<RgbImage, DataError> {
-    psa_models::processor::load_image(&p.path)
+    psa_pipeline::processor::load_image(&p.path)
         .map(|i| i.to_rgb8())
         .map_err(|e| DataError::Io { path: p.path.clone(), source: std::io::Error::other(e.to_string()) })
 }

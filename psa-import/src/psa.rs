@@ -1,20 +1,18 @@
 //! PSA-VLM checkpoints in the authors' `SafeLlavaModel` naming: a full checkpoint, or a safety-modules file on top
-//! of a base llava-hf directory; export of our safety modules in that naming; and complete model directories
-//! (weights, config, tokenizer, preprocessing, calibration) that every `psa` command loads.
+//! of a base llava-hf directory; export of the whole model and of our safety modules in that naming.
 use std::path::{Path, PathBuf};
 
 use burn::store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, bridge};
 use burn::tensor::{DType, Device};
-use psa_core::{Calibration, SafetyConfig, SafetyModules};
+use psa_core::{SafetyConfig, SafetyModules};
 use safetensors::{Dtype, View};
-use tokenizers::Tokenizer;
 
 use super::layout::{Layout, denormalize, safety_path_to_key};
 use super::{LoadOptions, LoadReport, check_fits, load_into, weight_files};
-use crate::config::{LlavaConfig, parse, read_json};
 use crate::error::LoadError;
-use crate::psa::{PsaConfig, PsaVlm};
-use crate::vision::VisionConfig;
+use psa_models::config::{LlavaConfig, parse, read_json};
+use psa_models::psa::{PsaConfig, PsaVlm};
+use psa_models::vision::VisionConfig;
 
 /// The key layout of a PSA-VLM checkpoint with this base.
 pub(crate) fn layout(cfg: &LlavaConfig) -> Layout {
@@ -37,7 +35,7 @@ pub fn load_psa(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<(PsaV
 /// A model whose safety modules or LoRA adapters hold NaN or infinite values is never returned: its verdicts
 /// would be meaningless.
 fn refuse_non_finite(model: &PsaVlm, source: &Path) -> Result<(), LoadError> {
-    let bad = psa_core::finite::non_finite_params(model, crate::precision::is_trainable_path);
+    let bad = psa_core::finite::non_finite_params(model, psa_models::precision::is_trainable_path);
     match bad.first() {
         None => Ok(()),
         Some(first) => Err(LoadError::BadFile {
@@ -80,65 +78,11 @@ fn same_dir(config: &Path, dir: &Path) -> bool {
     config.parent().and_then(|p| p.canonicalize().ok()) == dir.canonicalize().ok()
 }
 
-/// The config key naming the conversation template a model directory was trained with.
-pub const TEMPLATE_KEY: &str = "psa_template";
-
-/// What a complete model directory holds besides the weights and the model configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct ModelDirParts<'a> {
-    /// The tokenizer, `<image>` included.
-    pub tokenizer: &'a Tokenizer,
-    /// The image preprocessing the model was trained with.
-    pub image_processor: &'a crate::processor::ImageProcessorConfig,
-    /// The conversation template's name (`chatml`, `llava_v1`, …).
-    pub template: &'a str,
-    /// Fitted temperatures, when there are any.
-    pub calibration: Option<&'a Calibration>,
-}
-
-/// Writes a complete PSA-VLM directory that [`load_psa`] and the guarded pipeline read back: `model.safetensors`
-/// (every parameter in f32, llava-hf keys plus the reference's safety keys), `config.json` (with the template's
-/// name under [`TEMPLATE_KEY`]), `tokenizer.json`, `preprocessor_config.json` and `calibration.json`. Returns the
-/// paths written.
-pub fn save_psa(
-    model: &PsaVlm,
-    config: &PsaConfig,
-    parts: ModelDirParts<'_>,
-    dir: &Path,
-) -> Result<Vec<PathBuf>, LoadError> {
-    let io = |path: &Path, e: String| LoadError::BadFile { path: path.into(), reason: e };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e.to_string()))?;
+/// Writes every parameter of `model` in f32 to `path` as safetensors, in llava-hf keys plus the reference's safety
+/// keys, atomically; NaN or infinite values refuse the save.
+pub fn save_psa_weights(model: &PsaVlm, config: &PsaConfig, path: &Path) -> Result<(), LoadError> {
     let layout = layout(&config.llava);
-    let weights = dir.join("model.safetensors");
-    write_tensors(&weights, pytorch_tensors(model, |path| denormalize(layout, path))?)?;
-    let mut value = config.to_value();
-    if let Some(o) = value.as_object_mut() {
-        o.insert(TEMPLATE_KEY.into(), serde_json::Value::from(parts.template));
-    }
-    let write_json = |name: &str, v: &serde_json::Value| -> Result<PathBuf, LoadError> {
-        let path = dir.join(name);
-        let text = serde_json::to_string_pretty(v).map_err(|e| io(&path, e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| io(&path, e.to_string()))?;
-        Ok(path)
-    };
-    let mut written = vec![weights, write_json("config.json", &value)?];
-    let pre = serde_json::to_value(parts.image_processor).map_err(|e| io(dir, e.to_string()))?;
-    written.push(write_json("preprocessor_config.json", &pre)?);
-    let tok = dir.join("tokenizer.json");
-    parts.tokenizer.save(&tok, false).map_err(|e| io(&tok, e.to_string()))?;
-    written.push(tok);
-    if let Some(c) = parts.calibration {
-        let path = dir.join("calibration.json");
-        c.save(&path).map_err(|e| io(&path, e.to_string()))?;
-        written.push(path);
-    }
-    Ok(written)
-}
-
-/// The template name a model directory records under [`TEMPLATE_KEY`], if any.
-pub fn saved_template(dir: &Path) -> Option<String> {
-    let value = read_json(&dir.join("config.json")).ok()?;
-    value.get(TEMPLATE_KEY)?.as_str().map(str::to_string)
+    write_tensors(path, pytorch_tensors(model, |p| denormalize(layout, p))?)
 }
 
 /// Every parameter of `module` in PyTorch layout as f32, keyed by `key(module path)`.

@@ -16,7 +16,7 @@ use prost::Message;
 use super::files::FileTensor;
 use super::{LoadOptions, LoadReport, apply_tensors, layout::Layout};
 use crate::error::LoadError;
-use crate::vision::{Dinov2Config, Dinov2Model};
+use psa_models::vision::{Dinov2Config, Dinov2Model};
 
 #[derive(Clone, PartialEq, Message)]
 struct ModelProto {

@@ -10,8 +10,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{parse, read_json};
-use crate::error::{ConfigError, ImageError};
+use crate::error::ImageError;
+use psa_models::ConfigError;
+use psa_models::config::{parse, read_json};
 
 /// CLIP (OpenAI) normalisation mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -109,10 +110,10 @@ impl ImageProcessorConfig {
     }
 
     /// The vision tower's own recipe at its native size: CLIP at `image_size`, or the DINOv2 preset.
-    pub fn for_vision(vision: &crate::vision::VisionConfig) -> Self {
+    pub fn for_vision(vision: &psa_models::vision::VisionConfig) -> Self {
         match vision {
-            crate::vision::VisionConfig::Clip(c) => Self::clip(c.image_size),
-            crate::vision::VisionConfig::Dinov2(_) => Self::dinov2(),
+            psa_models::vision::VisionConfig::Clip(c) => Self::clip(c.image_size),
+            psa_models::vision::VisionConfig::Dinov2(_) => Self::dinov2(),
         }
     }
 

@@ -21,9 +21,9 @@ pub use tokenizer::gguf_tokenizer;
 
 use super::files::FileTensor;
 use super::{LoadOptions, LoadReport, apply_tensors, layout::Layout};
-use crate::config::parse;
 use crate::error::LoadError;
-use crate::llama::{LlamaConfig, LlamaForCausalLM};
+use psa_models::config::parse;
+use psa_models::llama::{LlamaConfig, LlamaForCausalLM};
 
 /// Hugging Face name of a llama.cpp tensor name, or `None` for tensors the model does not use.
 pub fn hf_name(name: &str) -> Option<String> {

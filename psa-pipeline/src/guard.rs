@@ -10,17 +10,18 @@ use psa_core::assessment::logit_rows;
 use psa_core::{Action, Calibration, Decision, SafetyAssessment, SafetyPolicy, Taxonomy};
 use serde::{Deserialize, Serialize};
 
-use crate::error::LoadError;
-use crate::generate::{FinishReason, GenerationConfig, generate_with};
-use crate::host_abstractor::HostAbstractor;
-use crate::import::{LoadOptions, LoadReport, load_psa};
-use crate::llama::{HostDecoder, HostWeights};
-use crate::pipeline::{PipelineError, processors};
-use crate::precision::Precision;
+use crate::error::PipelineError;
+use crate::llava::processors;
 use crate::processor::text::pad_marks;
 use crate::processor::{ImageProcessor, PaddingSide, Template, TextProcessor};
-use crate::psa::{PsaConfig, PsaVlm};
-use crate::vision::HostVision;
+use psa_import::LoadError;
+use psa_import::{LoadOptions, LoadReport, load_psa};
+use psa_models::generate::{FinishReason, GenerationConfig, generate_with};
+use psa_models::host_abstractor::HostAbstractor;
+use psa_models::llama::{HostDecoder, HostWeights};
+use psa_models::precision::Precision;
+use psa_models::psa::{PsaConfig, PsaVlm};
+use psa_models::vision::HostVision;
 
 /// One question about one image, with an optional policy for this request only.
 #[derive(Debug, Clone)]
@@ -193,11 +194,11 @@ impl GuardedPipeline {
     ) -> Result<Self, PipelineError> {
         let (tokenizer_image, model_image) = (text.image_token_id(), config.llava.image_token_index);
         if tokenizer_image != model_image {
-            return Err(PipelineError::Load(LoadError::Config(crate::ConfigError::Invalid(format!(
+            return Err(PipelineError::Load(LoadError::Config(psa_models::ConfigError::Invalid(format!(
                 "the tokenizer's <image> is id {tokenizer_image}, the model expects image_token_index {model_image}"
             )))));
         }
-        crate::pipeline::check_processor(&images, &config.llava.vision).map_err(LoadError::from)?;
+        crate::llava::check_processor(&images, &config.llava.vision).map_err(LoadError::from)?;
         let taxonomy = Taxonomy::default();
         Self::check_taxonomy(&taxonomy, &config)?;
         let (policy, device) = (SafetyPolicy::default(), device.clone());
@@ -251,7 +252,7 @@ impl GuardedPipeline {
 
     /// Replaces the temperatures.
     pub fn with_calibration(mut self, calibration: Calibration) -> Result<Self, PipelineError> {
-        calibration.validate().map_err(|e| LoadError::Config(crate::ConfigError::Invalid(e.to_string())))?;
+        calibration.validate().map_err(|e| LoadError::Config(psa_models::ConfigError::Invalid(e.to_string())))?;
         self.calibration = calibration;
         Ok(self)
     }
@@ -259,20 +260,24 @@ impl GuardedPipeline {
     /// Replaces the taxonomy (its class counts must match the heads) and re-checks the policy against it.
     pub fn with_taxonomy(mut self, taxonomy: Taxonomy) -> Result<Self, PipelineError> {
         Self::check_taxonomy(&taxonomy, &self.config)?;
-        self.policy.validate(&taxonomy).map_err(|e| LoadError::Config(crate::ConfigError::Invalid(e.to_string())))?;
+        self.policy
+            .validate(&taxonomy)
+            .map_err(|e| LoadError::Config(psa_models::ConfigError::Invalid(e.to_string())))?;
         self.taxonomy = taxonomy;
         Ok(self)
     }
 
     /// Replaces the default policy.
     pub fn with_policy(mut self, policy: SafetyPolicy) -> Result<Self, PipelineError> {
-        policy.validate(&self.taxonomy).map_err(|e| LoadError::Config(crate::ConfigError::Invalid(e.to_string())))?;
+        policy
+            .validate(&self.taxonomy)
+            .map_err(|e| LoadError::Config(psa_models::ConfigError::Invalid(e.to_string())))?;
         self.policy = policy;
         Ok(self)
     }
 
     fn check_taxonomy(taxonomy: &Taxonomy, config: &PsaConfig) -> Result<(), PipelineError> {
-        let invalid = |reason: String| PipelineError::Load(LoadError::Config(crate::ConfigError::Invalid(reason)));
+        let invalid = |reason: String| PipelineError::Load(LoadError::Config(psa_models::ConfigError::Invalid(reason)));
         taxonomy.validate().map_err(|e| invalid(e.to_string()))?;
         let (levels, types) = (taxonomy.levels.len(), taxonomy.types.len());
         if (levels, types) != (config.safety.num_levels, config.safety.num_types) {
@@ -355,7 +360,7 @@ impl GuardedPipeline {
         policy
             .unwrap_or(&self.policy)
             .decide(a, &self.taxonomy)
-            .map_err(|e| PipelineError::Model(crate::ModelError::Input(format!("policy: {e}"))))
+            .map_err(|e| PipelineError::Model(psa_models::ModelError::Input(format!("policy: {e}"))))
     }
 
     /// Classifies a batch of (image, question) pairs and says what the policy would do; the LLM never runs.

@@ -8,8 +8,8 @@ use burn::store::burn_pack::{Error as PackError, Tensor as PackTensor};
 use burn::store::{ModuleStore, PytorchStore};
 use burn::tensor::{DType, TensorData};
 
-use crate::config::read_json;
 use crate::error::LoadError;
+use psa_models::config::read_json;
 
 /// A checkpoint tensor together with the file it came from.
 pub(crate) struct FileTensor {

@@ -9,10 +9,10 @@ use serde_json::Value;
 use super::layout::{Layout, denormalize};
 use super::psa::write_f32_safetensors;
 use super::{LoadOptions, LoadReport, load_matching};
-use crate::config::{parse, read_json};
 use crate::error::LoadError;
-use crate::llama::LlamaForCausalLM;
-use crate::lora::{LoraConfig, LoraTargets};
+use psa_models::config::{parse, read_json};
+use psa_models::llama::LlamaForCausalLM;
+use psa_models::lora::{LoraConfig, LoraTargets};
 
 /// The layout of an LLM inside LLaVA (`language_model.` prefix) or a standalone LLaMA.
 fn layout(inside_llava: bool) -> Layout {

@@ -6,29 +6,14 @@ use ::image::DynamicImage;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::config::LlavaConfig;
-use crate::error::{ConfigError, ImageError, LoadError, ModelError, TextError};
-use crate::generate::{FinishReason, GenerationConfig, generate};
-use crate::import::{LoadOptions, LoadReport, load_llava};
-use crate::llava::LlavaForConditionalGeneration;
+use crate::error::PipelineError;
 use crate::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
-
-/// Any failure of the pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// Loading the model.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// Reading or preprocessing the image.
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    /// Tokenising or decoding.
-    #[error(transparent)]
-    Text(#[from] TextError),
-    /// Running the model.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-}
+use psa_import::LoadError;
+use psa_import::{LoadOptions, LoadReport, load_llava};
+use psa_models::ConfigError;
+use psa_models::config::LlavaConfig;
+use psa_models::generate::{FinishReason, GenerationConfig, generate};
+use psa_models::llava::LlavaForConditionalGeneration;
 
 /// The answer to one question, with token counts and timings.
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +57,7 @@ pub struct LlavaPipeline {
 pub fn processors(
     model_dir: &Path,
     tokenizer: Option<PathBuf>,
-    vision: &crate::vision::VisionConfig,
+    vision: &psa_models::vision::VisionConfig,
 ) -> Result<(TextProcessor, ImageProcessor), PipelineError> {
     let tokenizer = tokenizer.unwrap_or_else(|| model_dir.join("tokenizer.json"));
     let text = TextProcessor::from_file(&tokenizer, "<image>")?;
@@ -89,8 +74,8 @@ pub fn processors(
 
 /// Checks that the image processor's output fits the vision tower, for square and oblong inputs alike: CLIP's
 /// position table holds one fixed patch grid; DINOv2 interpolates its table but needs at least one patch.
-pub fn check_processor(images: &ImageProcessor, vision: &crate::vision::VisionConfig) -> Result<(), ConfigError> {
-    use crate::vision::VisionConfig;
+pub fn check_processor(images: &ImageProcessor, vision: &psa_models::vision::VisionConfig) -> Result<(), ConfigError> {
+    use psa_models::vision::VisionConfig;
     let (patch, native) = match vision {
         VisionConfig::Clip(c) => (c.patch_size, Some(c.image_size / c.patch_size)),
         VisionConfig::Dinov2(c) => (c.patch_size, None),

@@ -6,7 +6,7 @@ use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleContext, PyTorchToBurnA
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::precision::{Precision, dtype_for};
+use psa_models::precision::{Precision, dtype_for};
 
 /// Every parameter's name and shape in PyTorch layout (normalisation `weight`/`bias`, `Linear` weights
 /// `[out, in]`), from the parameters' declared shapes: a lazily initialised parameter stays uninitialised.

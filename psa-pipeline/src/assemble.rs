@@ -4,13 +4,14 @@
 use burn::tensor::Device;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::activation::Activation;
-use crate::config::{LlavaConfig, SelectStrategy};
-use crate::error::{ConfigError, TextError};
-use crate::llama::{LlamaConfig, LlamaForCausalLM};
+use crate::error::TextError;
 use crate::processor::TextProcessor;
-use crate::psa::{PsaConfig, PsaVlm};
-use crate::vision::{VisionConfig, VisionTower};
+use psa_models::ConfigError;
+use psa_models::activation::Activation;
+use psa_models::config::{LlavaConfig, SelectStrategy};
+use psa_models::llama::{LlamaConfig, LlamaForCausalLM};
+use psa_models::psa::{PsaConfig, PsaVlm};
+use psa_models::vision::{VisionConfig, VisionTower};
 
 /// The `<image>` placeholder of an assembled model.
 pub const IMAGE_TOKEN: &str = "<image>";

@@ -4,7 +4,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::error::TextError;
-use crate::mask::PaddingMask;
+use psa_models::mask::PaddingMask;
 
 /// Where padding goes in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use super::layout::denormalize;
 use super::psa::layout;
 use super::shapes::pytorch_shapes;
 use crate::error::LoadError;
-use crate::precision::Precision;
-use crate::psa::PsaConfig;
+use psa_models::precision::Precision;
+use psa_models::psa::PsaConfig;
 
 /// How a random checkpoint is drawn and split.
 #[derive(Debug, Clone)]

@@ -1,8 +1,10 @@
-//! Weight import from Hugging Face model directories: `config.json` plus `model.safetensors`, a sharded
+//! Weight import and export for `psa-models`, from Hugging Face model directories: `config.json` plus `model.safetensors`, a sharded
 //! `model.safetensors.index.json`, or PyTorch `.bin`/`.pt` state dicts; f32/f16/bf16 cast to the device's
 //! float dtype; every known key layout.
 //!
-//! A load either returns a complete model or an error naming the key, file and shapes involved.
+//! A load either returns a complete model or an error naming the key, file and shapes involved. Also read: PEFT
+//! adapters, GGUF language models, ONNX vision towers; written: PSA-VLM checkpoints, safety modules, adapters.
+mod error;
 mod files;
 pub mod gguf;
 pub mod layout;
@@ -19,23 +21,21 @@ use burn::module::Module;
 use burn::store::{ApplyError, ModuleAdapter, ModuleSnapshot};
 use burn::tensor::Device;
 
+pub use error::LoadError;
 use files::{FileTensor, read_tensors};
 pub use files::{SafetensorsEntry, check_safetensors_header, weight_files};
 pub use layout::{Layout, normalize};
 pub use peft::{load_peft_adapter, save_peft_adapter};
-pub use psa::{
-    ModelDirParts, TEMPLATE_KEY, load_psa, load_psa_with_safety, save_psa, save_safety_modules, saved_template,
-    write_f32_safetensors,
-};
+pub use psa::{load_psa, load_psa_with_safety, save_psa_weights, save_safety_modules, write_f32_safetensors};
 pub use random::{RandomCheckpoint, write_random_psa};
 use shapes::{HfToBurn, PrecisionAdapter, pytorch_shapes};
 
-use crate::config::{LlavaConfig, parse, read_json};
-use crate::error::LoadError;
-use crate::llama::{LlamaConfig, LlamaForCausalLM};
-use crate::llava::LlavaForConditionalGeneration;
-use crate::precision::Precision;
-use crate::vision::{ClipVisionConfig, ClipVisionModel, Dinov2Config, Dinov2Model, VisionConfig};
+use psa_models::config::{LlavaConfig, parse, read_json};
+
+use psa_models::llama::{LlamaConfig, LlamaForCausalLM};
+use psa_models::llava::LlavaForConditionalGeneration;
+use psa_models::precision::Precision;
+use psa_models::vision::{ClipVisionConfig, ClipVisionModel, Dinov2Config, Dinov2Model, VisionConfig};
 
 /// How strictly a checkpoint must match the model, and in which precision it is loaded.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +94,7 @@ pub(crate) fn check_fits(text: &LlamaConfig, files: &[PathBuf]) -> Result<(), Lo
     }
     let needed = text.parameter_count();
     if needed > held + held / 100 + (1 << 20) {
-        return Err(LoadError::Config(crate::ConfigError::Invalid(format!(
+        return Err(LoadError::Config(psa_models::ConfigError::Invalid(format!(
             "the text config describes {needed} parameters but the weight files hold only {held} values: the \
              config does not belong to these weights"
         ))));
