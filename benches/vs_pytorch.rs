@@ -15,7 +15,7 @@ use psa_vlm::burn::tensor::{Device, Distribution, Tensor};
 use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::cpu::gemm;
 use psa_vlm::models::generate::argmax;
-use psa_vlm::models::{HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm};
+use psa_vlm::models::{HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaInput, PsaVlm};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};
 
@@ -134,13 +134,10 @@ fn bench(c: &mut Criterion) {
                         let logits = match on_host {
                             true => {
                                 let features = host.selected_features(pixels.clone()).expect("host features");
-                                model.classify_projected(
-                                    abstractor.project(features).expect("host abstractor"),
-                                    &ids,
-                                    None,
-                                )
+                                let h_s = abstractor.project(features).expect("host abstractor");
+                                model.classify(PsaInput::projected(h_s, &ids))
                             }
-                            false => model.classify(pixels.clone(), &ids, None),
+                            false => model.classify(PsaInput::pixels(pixels.clone(), &ids)),
                         };
                         logits.expect("classify").level.into_data()
                     })

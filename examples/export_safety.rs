@@ -13,7 +13,7 @@ use psa_vlm::burn::store::{ModuleStore, SafetensorsStore, bridge};
 use psa_vlm::burn::tensor::{Tensor, TensorData};
 use psa_vlm::device::parse_device;
 use psa_vlm::import::{LoadOptions, load_psa, save_safety_modules, write_f32_safetensors};
-use psa_vlm::models::PaddingMask;
+use psa_vlm::models::{PaddingMask, Passes, PsaInput};
 
 #[derive(Parser, Debug)]
 #[command(about = "Export PSA safety modules in the reference checkpoint naming")]
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
     let ids: Vec<Vec<u32>> =
         ints(get("inputs.input_ids")?)?.into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect();
     let mask = PaddingMask::from_attention_mask(&ints(get("inputs.attention_mask")?)?);
-    let out = model.forward(pixels, &ids, Some(&mask), None, None)?;
+    let out = model.forward(PsaInput::pixels(pixels, &ids).mask(&mask), Passes::full())?;
     let concepts = out.concepts.ok_or_else(|| anyhow::anyhow!("the full forward returned no concept logits"))?;
     let (ls, lv) = host(concepts.level.unsqueeze());
     let (ts, tv) = host(concepts.risk_type.unsqueeze());

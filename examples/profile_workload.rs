@@ -24,7 +24,8 @@ use psa_vlm::burn::tensor::{Device, Tensor};
 use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::generate::argmax;
 use psa_vlm::models::{
-    GenerationConfig, HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaVlm, generate_with,
+    GenerationConfig, HostAbstractor, HostDecoder, HostVision, HostWeights, KvCache, PaddingMask, PsaInput, PsaVlm,
+    generate_with,
 };
 use psa_vlm::train::Recipe;
 use psa_vlm::train::trainer::{RunOptions, Stage, train};
@@ -59,9 +60,9 @@ fn main() -> anyhow::Result<()> {
                 let level = match &host {
                     Some((vision, abstractor)) => {
                         let h_s = abstractor.project(vision.selected_features(pixels.clone())?)?;
-                        m.classify_projected(h_s, &ids, None)?.level
+                        m.classify(PsaInput::projected(h_s, &ids))?.level
                     }
-                    None => m.classify_features(m.llava.selected_features(pixels.clone()), &ids, None)?.level,
+                    None => m.classify(PsaInput::pixels(pixels.clone(), &ids))?.level,
                 };
                 level.into_data();
                 Ok(())

@@ -109,9 +109,8 @@ fn with_lora(device: &Device, dropout: f64, train_base: bool) -> LlamaForCausalL
     };
     let mut lm = lm.apply_lora(&cfg, device);
     for layer in &mut lm.model.layers {
-        let a = &mut layer.self_attn;
-        for l in [&mut a.q_proj_lora, &mut a.k_proj_lora, &mut a.v_proj_lora, &mut a.o_proj_lora].into_iter().flatten()
-        {
+        // The attention projections (q, k, v, o).
+        for l in layer.projections_mut().into_iter().take(4).filter_map(|(_, p)| p.lora.as_mut()) {
             let dims = l.lora_b.weight.dims();
             l.lora_b.weight =
                 Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.1), device).require_grad());

@@ -8,7 +8,7 @@ use common::*;
 use psa_vlm::burn::tensor::{DType, Device, Tensor, TensorData};
 use psa_vlm::import::{LoadOptions, load_llava, load_psa};
 use psa_vlm::models::vision::VisionTower;
-use psa_vlm::models::{GenerationConfig, Precision, generate};
+use psa_vlm::models::{GenerationConfig, Precision, PsaInput, generate};
 
 const VARIANTS: [&str; 2] = ["tiny_llava", "tiny_llava_gqa"];
 
@@ -129,13 +129,13 @@ fn psa_verdicts_in_half_precision_match_f32() {
     let mask = psa_vlm::models::PaddingMask::from_attention_mask(&rows);
     let (f32_model, _, _) = load_psa(&dir.join("model"), &device, &LoadOptions::strict()).unwrap();
     assert_eq!(f32_model.precision(), Precision::F32);
-    let want = f32_model.classify(pixels.clone(), &ids, Some(&mask)).unwrap();
+    let want = f32_model.classify(PsaInput::pixels(pixels.clone(), &ids).mask(&mask)).unwrap();
     for (precision, bound) in [(Precision::Bf16, 2e-2), (Precision::F16, 2e-3)] {
         let opts = LoadOptions::strict().with_precision(precision);
         let (model, _, _) = load_psa(&dir.join("model"), &device, &opts).unwrap();
         assert_eq!(model.precision(), precision);
         assert_eq!(model.safety.safety_query_tokens.val().dtype(), DType::F32, "safety modules stay f32");
-        let got = model.classify(pixels.clone(), &ids, Some(&mask)).unwrap();
+        let got = model.classify(PsaInput::pixels(pixels.clone(), &ids).mask(&mask)).unwrap();
         assert_eq!(got.level.dtype(), DType::F32);
         for (what, g, w) in [("level", got.level, want.level.clone()), ("type", got.risk_type, want.risk_type.clone())]
         {

@@ -8,7 +8,7 @@ use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
 use psa_vlm::import::{LoadOptions, load_dinov2, load_psa, load_psa_with_safety};
 use psa_vlm::models::PaddingMask;
 use psa_vlm::models::vision::VisionTower;
-use psa_vlm::models::{HostAbstractor, HostVision};
+use psa_vlm::models::{HostAbstractor, HostVision, PsaInput};
 use psa_vlm::pipeline::{GuardRequest, LogitRows};
 
 /// Largest difference measured against transformers here: 1.8e-6 (CLIP) and 5.7e-6 (DINOv2, whose tensor path is
@@ -121,8 +121,8 @@ fn host_abstractor_matches_pytorch_and_the_head_gives_the_tensor_paths_logits() 
             .map(|r| r.iter().map(|&v| v as i64).collect())
             .collect();
         let mask = PaddingMask::from_attention_mask(&mask_rows);
-        let got = model.classify_projected(h_s, &ids, Some(&mask)).unwrap();
-        let want = model.classify_features(features, &ids, Some(&mask)).unwrap();
+        let got = model.classify(PsaInput::projected(h_s, &ids).mask(&mask)).unwrap();
+        let want = model.classify(PsaInput::features(features, &ids).mask(&mask)).unwrap();
         let (_, a) = common::host(got.level);
         let (_, b) = common::host(want.level);
         let l = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);

@@ -8,7 +8,7 @@ use psa_vlm::burn::tensor::{Device, Tensor, TensorData, activation};
 use psa_vlm::core::{QueryMode, SafetyConfig};
 use psa_vlm::import::{LoadOptions, load_psa, load_psa_with_safety, save_safety_modules};
 use psa_vlm::models::PaddingMask;
-use psa_vlm::models::{ConceptLabels, PsaVlm};
+use psa_vlm::models::{ConceptLabels, LmEngine, LmPass, Passes, PsaInput, PsaVlm};
 
 /// Tolerances, each a small multiple of the largest difference measured on flex, ndarray and wgpu (2026-12-04) and
 /// below 15× the smallest difference it covers, so a regression of that size fails. Vision features, C-Abstractor
@@ -84,15 +84,10 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     let full = model.safety.safe_part.cross_attention.forward(text, kv).swap_dims(0, 1);
     assert_close(&format!("{tag} attn_output"), full, &fx["safety.attn_output"], TOL_HEAD);
 
-    let out = model
-        .forward(
-            x.pixels.clone(),
-            &x.ids,
-            Some(&x.mask),
-            Some(&x.labels),
-            Some(ConceptLabels { levels: &x.levels, types: &x.types }),
-        )
-        .unwrap();
+    let concepts = ConceptLabels { levels: &x.levels, types: &x.types };
+    let input = PsaInput::pixels(x.pixels.clone(), &x.ids).mask(&x.mask).labels(&x.labels).concepts(concepts);
+    let out = model.forward(input, Passes::full()).unwrap();
+    let merged = out.merged.as_ref().expect("the full forward runs the LLM");
     let concepts = out.concepts.as_ref().expect("the full forward runs the safety head");
     assert_close(&format!("{tag} z"), concepts.feature.clone(), &fx["safety.z"], TOL_HEAD);
     assert_close(&format!("{tag} level_logits"), concepts.level.clone(), &fx["safety.level_logits"], TOL_HEAD);
@@ -108,15 +103,15 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     assert!((weighted - fx["safety.loss_cls_weighted"].values[0]).abs() <= TOL_TOTAL, "{tag} weighted {weighted}");
     let merged_labels: Vec<f64> = out.merged_labels.as_ref().unwrap().iter().flatten().map(|&v| v as f64).collect();
     assert_eq!(merged_labels, fx["merged.labels"].values, "{tag} merged labels");
-    let merged_mask: Vec<f64> = out.merged.mask.rows().iter().flatten().map(|&m| m as u8 as f64).collect();
+    let merged_mask: Vec<f64> = merged.mask.rows().iter().flatten().map(|&m| m as u8 as f64).collect();
     assert_eq!(merged_mask, fx["merged.attention_mask"].values, "{tag} merged mask");
-    assert_close(&format!("{tag} lm.inputs_embeds"), out.merged.inputs_embeds.clone(), &fx["lm.inputs_embeds"], TOL);
+    assert_close(&format!("{tag} lm.inputs_embeds"), merged.inputs_embeds.clone(), &fx["lm.inputs_embeds"], TOL);
     // Logits at padding positions are meaningless (fully masked rows); compare real positions only. The pool4
     // fixture omits them: the LLM sees [S2 ; h_i], which the abstractor's pool does not touch.
     if let Some(want) = fx.get("lm.logits") {
         let logits = out.logits.clone().expect("the full forward returns logits");
         let [_, _, v] = logits.dims();
-        for (r, row) in out.merged.mask.rows().iter().enumerate() {
+        for (r, row) in merged.mask.rows().iter().enumerate() {
             let e = row.iter().rposition(|&m| m).unwrap() + 1;
             let got = logits.clone().slice([r..r + 1, 0..e, 0..v]);
             assert_close(&format!("{tag} lm.logits row {r}"), got, &sub_ref(want, r, 0..e), TOL);
@@ -126,15 +121,15 @@ fn check_forward(model: &PsaVlm, fx: &std::collections::BTreeMap<String, Ref>, t
     assert!((lm - fx["lm.loss"].values[0]).abs() <= TOL_LM_LOSS, "{tag} lm.loss {lm} vs {}", fx["lm.loss"].values[0]);
     // The LM-only path (stage II) skips the head and gives the same LM loss.
     let features = model.llava.selected_features(x.pixels.clone());
-    let lm_only = model.forward_lm_features(features, &x.ids, Some(&x.mask), Some(&x.labels)).unwrap();
+    let input = PsaInput::features(features, &x.ids).mask(&x.mask).labels(&x.labels);
+    let lm_only = model.forward(input, Passes { head: false, lm: LmPass::Logits }).unwrap();
     assert!(lm_only.concepts.is_none() && lm_only.concept_loss.is_none());
     let lm_only = scalar(lm_only.loss.unwrap());
     assert!((lm_only - lm).abs() < 1e-6, "{tag} LM-only loss {lm_only} vs {lm}");
     // The training pass projects only the supervised positions and gives the same LM loss.
     let features = model.llava.selected_features(x.pixels.clone());
-    let trained = model
-        .training_outputs(features, &x.ids, Some(&x.mask), &x.labels, None, false, Default::default(), None)
-        .unwrap();
+    let input = PsaInput::features(features, &x.ids).mask(&x.mask).labels(&x.labels);
+    let trained = model.forward(input, Passes::training(false, LmEngine::Autodiff)).unwrap();
     assert!(trained.logits.is_none() && trained.concepts.is_none());
     let trained = scalar(trained.lm_loss.unwrap());
     assert!((trained - lm).abs() < 1e-6, "{tag} training-pass LM loss {trained} vs {lm}");
@@ -188,9 +183,9 @@ fn text_aware_query_mode_pools_the_text_rows() {
     let fx = read_fixture(&dir.join("fixture.safetensors"));
     let (mut model, _, _) = load_psa(&dir.join("model"), &device, &LoadOptions::default()).unwrap();
     let x = inputs(&fx, &device);
-    let position0 = model.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
+    let position0 = model.classify(PsaInput::pixels(x.pixels.clone(), &x.ids).mask(&x.mask)).unwrap();
     model.safety.safe_part = model.safety.safe_part.clone().with_query_mode(QueryMode::TextMean);
-    let mean = model.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
+    let mean = model.classify(PsaInput::pixels(x.pixels.clone(), &x.ids).mask(&x.mask)).unwrap();
     // Reference: mean of PyTorch's full attention output over the real text tokens (no pad, no <image>, no BOS).
     let attn = &fx["safety.attn_output"]; // [T, B, E]
     let (t, b, e) = (attn.shape[0], attn.shape[1], attn.shape[2]);
@@ -250,8 +245,8 @@ fn exported_safety_modules_reload_identically() {
     let (reloaded, cfg2, _) = load_psa_with_safety(&base, &weights, &device, &LoadOptions::strict()).unwrap();
     assert_eq!(cfg2.safety, cfg.safety);
     let x = inputs(&fx, &device);
-    let a = model.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
-    let b = reloaded.classify(x.pixels, &x.ids, Some(&x.mask)).unwrap();
+    let a = model.classify(PsaInput::pixels(x.pixels.clone(), &x.ids).mask(&x.mask)).unwrap();
+    let b = reloaded.classify(PsaInput::pixels(x.pixels, &x.ids).mask(&x.mask)).unwrap();
     assert_eq!(host(a.level).1, host(b.level.clone()).1);
     assert_eq!(host(a.risk_type).1, host(b.risk_type.clone()).1);
     // The export is byte-identical to the file PyTorch loaded strictly (scripts/make_psa_fixtures.py --verify-export),
@@ -296,18 +291,18 @@ fn ref_pad_query_asks_with_the_pad_embedding_like_the_reference_training() {
     // The reference's training rows start with `<pad>`: position 0 of such a row is the query ref_pad_query uses.
     let pad_first: Vec<Vec<u32>> =
         x.ids.iter().map(|r| std::iter::once(pad).chain(r[1..].iter().copied()).collect()).collect();
-    let want = model.classify(x.pixels.clone(), &pad_first, Some(&x.mask)).unwrap();
-    let bos_first = model.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
+    let want = model.classify(PsaInput::pixels(x.pixels.clone(), &pad_first).mask(&x.mask)).unwrap();
+    let bos_first = model.classify(PsaInput::pixels(x.pixels.clone(), &x.ids).mask(&x.mask)).unwrap();
     let mut reference = model;
     reference.safety.safe_part = reference.safety.safe_part.clone().with_query_mode(QueryMode::RefPadQuery);
-    let got = reference.classify(x.pixels.clone(), &x.ids, Some(&x.mask)).unwrap();
+    let got = reference.classify(PsaInput::pixels(x.pixels.clone(), &x.ids).mask(&x.mask)).unwrap();
     assert_eq!(host(got.level.clone()), host(want.level), "the <pad> query equals position 0 of a pad-first row");
     assert_eq!(host(got.risk_type.clone()), host(want.risk_type));
     assert_ne!(host(got.level.clone()), host(bos_first.level), "and differs from the BOS query");
     // Constant in the question, as the reference's query was.
     let other: Vec<Vec<u32>> =
         x.ids.iter().map(|r| r.iter().map(|&id| if id == 999 { id } else { 40 }).collect()).collect();
-    let again = reference.classify(x.pixels, &other, Some(&x.mask)).unwrap();
+    let again = reference.classify(PsaInput::pixels(x.pixels, &other).mask(&x.mask)).unwrap();
     assert_eq!(host(got.level), host(again.level));
     let parsed: SafetyConfig =
         serde_json::from_value(serde_json::json!({"safety_dim": 64, "vision_dim": 64, "abstractor_width": 72,

@@ -7,6 +7,7 @@ use common::*;
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::core::QueryMode;
 use psa_vlm::import::{LoadOptions, load_psa};
+use psa_vlm::models::PsaInput;
 use psa_vlm::pipeline::processor::{Message, Template};
 use psa_vlm::train::data::encode_conversation;
 
@@ -50,11 +51,12 @@ fn text_aware_verdicts_are_the_same_in_training_and_at_inference() {
     let (ids, marks) = (vec![ids], vec![marks]);
     for mode in [QueryMode::TextMean, QueryMode::LastTextToken] {
         model.safety.safe_part = model.safety.safe_part.clone().with_query_mode(mode);
-        let trained_on = model.classify_features_with(features.clone(), &train_ids, None, Some(&train_marks)).unwrap();
-        let asked = model.classify_features_with(features.clone(), &ids, None, Some(&marks)).unwrap();
+        let trained_on =
+            model.classify(PsaInput::features(features.clone(), &train_ids).question(&train_marks)).unwrap();
+        let asked = model.classify(PsaInput::features(features.clone(), &ids).question(&marks)).unwrap();
         assert_eq!(host(trained_on.feature), host(asked.feature.clone()), "{mode:?}: the same feature");
         // Without the marks every real text token is pooled: the answer then moves the training-time feature.
-        let unmarked = model.classify_features(features.clone(), &train_ids, None).unwrap();
+        let unmarked = model.classify(PsaInput::features(features.clone(), &train_ids)).unwrap();
         let (_, a) = host(unmarked.feature);
         let (_, b) = host(asked.feature);
         let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);

@@ -42,7 +42,7 @@ fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
     for (name, old) in &before {
         assert_eq!(old, &after[name], "non-LoRA tensor {name} changed");
     }
-    let adapters: Vec<&String> = after.keys().filter(|k| k.contains("_lora.")).collect();
+    let adapters: Vec<&String> = after.keys().filter(|k| k.contains(".lora.")).collect();
     assert_eq!(adapters.len(), 2 * 7 * 2, "2 layers × 7 projections × (A, B)");
     assert!(adapters.iter().all(|k| !k.contains("lm_head")));
     assert!(
@@ -120,7 +120,7 @@ fn stage2_with_lora_dropout_resumes_exactly() {
     let (_, part1) =
         train_stage2(load(), &lora, &data, &recipe, 998, &RunOptions { max_steps: Some(3), ..first }, |_| {}).unwrap();
     let stored = read_fixture(&ckpt.join("checkpoint-3/trainable.safetensors"));
-    assert!(!stored.is_empty() && stored.keys().all(|k| k.contains("_lora.")), "only adapters are checkpointed");
+    assert!(!stored.is_empty() && stored.keys().all(|k| k.contains(".lora.")), "only adapters are checkpointed");
     let resume = RunOptions { resume_from: Some(ckpt.join("checkpoint-3")), ..Default::default() };
     // A differently seeded fresh adapter: the checkpoint must replace it.
     device.seed(1234);
@@ -163,7 +163,7 @@ fn stage2_on_a_bf16_base_trains_f32_adapters_with_checkpointing() {
     eprintln!("stage II on a bf16 base, checkpointed: {} steps, LM loss {first:.3} → {last:.3}", metrics.len());
     assert!(last < 0.5 * first, "LM loss {first} → {last}");
     let lm = &model.llava.language_model.model;
-    let adapter = lm.layers[0].self_attn.q_proj_lora.as_ref().expect("adapted");
+    let adapter = lm.layers[0].self_attn.q_proj.lora.as_ref().expect("adapted");
     assert_eq!((lm.dtype(), adapter.lora_b.weight.val().dtype()), (DType::BF16, DType::F32));
     let after = snapshot(&model);
     for (name, old) in &before {

@@ -26,9 +26,9 @@ pub enum Layout {
     PeftLlama,
 }
 
-/// `…q_proj.lora_A.weight` → `…q_proj_lora.lora_a.weight` (and `lora_B` → `lora_b`).
+/// `…q_proj.lora_A.weight` → `…q_proj.lora.lora_a.weight` (and `lora_B` → `lora_b`).
 fn peft_to_path(key: &str) -> Option<String> {
-    for (peft, ours) in [(".lora_A.", "_lora.lora_a."), (".lora_B.", "_lora.lora_b.")] {
+    for (peft, ours) in [(".lora_A.", ".lora.lora_a."), (".lora_B.", ".lora.lora_b.")] {
         if let Some(i) = key.find(peft) {
             return Some(format!("{}{ours}{}", &key[..i], &key[i + peft.len()..]));
         }
@@ -37,7 +37,7 @@ fn peft_to_path(key: &str) -> Option<String> {
 }
 
 fn path_to_peft(path: &str) -> String {
-    for (ours, peft) in [("_lora.lora_a.", ".lora_A."), ("_lora.lora_b.", ".lora_B.")] {
+    for (ours, peft) in [(".lora.lora_a.", ".lora_A."), (".lora.lora_b.", ".lora_B.")] {
         if let Some(i) = path.find(ours) {
             return format!("{}{peft}{}", &path[..i], &path[i + ours.len()..]);
         }
@@ -214,7 +214,7 @@ mod tests {
         }
         assert_eq!(normalize(Layout::PsaClip, "safe_mm_projector.proj.readout.1.weight"), None);
         let peft = "base_model.model.language_model.model.layers.0.self_attn.q_proj.lora_A.weight";
-        let path = "model.layers.0.self_attn.q_proj_lora.lora_a.weight";
+        let path = "model.layers.0.self_attn.q_proj.lora.lora_a.weight";
         assert_eq!(normalize(Layout::PeftLlava, peft).as_deref(), Some(path));
         assert_eq!(denormalize(Layout::PeftLlava, path), peft);
     }

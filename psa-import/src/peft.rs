@@ -20,7 +20,7 @@ fn layout(inside_llava: bool) -> Layout {
 }
 
 fn is_lora(path: &str) -> bool {
-    path.contains("_lora.lora_")
+    path.contains(".lora.lora_")
 }
 
 /// Writes the adapters of `lm` as a PEFT directory (`adapter_config.json`, `adapter_model.safetensors`).

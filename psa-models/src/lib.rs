@@ -26,5 +26,5 @@ pub use llama::{HostDecoder, HostLmLoss, HostWeights, KvCache, LlamaConfig, Llam
 pub use llava::{LlavaForConditionalGeneration, MergedInputs, MultiModalProjector};
 pub use mask::PaddingMask;
 pub use precision::Precision;
-pub use psa::{ConceptLabels, LmEngine, PsaConfig, PsaOutput, PsaVlm};
+pub use psa::{ConceptLabels, LmEngine, LmPass, Passes, PsaConfig, PsaInput, PsaOutput, PsaVlm, VisionInput};
 pub use vision::HostVision;

@@ -3,8 +3,9 @@
 //! Burn's built-in `apply_lora` composes the dense `W + (α/r)·a·b` on every forward and keeps a weight-sized
 //! gradient alive in backward; the activation-side form only adds `r`-wide activations, which is what makes
 //! stage II (r = 256 on every projection of a 7B model) fit in training memory. It also gives PEFT's dropout.
-use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Initializer, LinearConfig};
+use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -90,9 +91,9 @@ impl LoraConfig {
 #[derive(Module, Debug)]
 pub struct LoraAdapter {
     /// Down projection, Kaiming-uniform like PEFT.
-    pub lora_a: Linear,
+    pub lora_a: burn::nn::Linear,
     /// Up projection, zeros at start so the adapted model equals the base.
-    pub lora_b: Linear,
+    pub lora_b: burn::nn::Linear,
     dropout: Dropout,
     scale: f64,
 }
@@ -122,24 +123,63 @@ impl LoraAdapter {
     }
 }
 
-/// `linear(x)`, plus the adapter's update when there is one (computed in f32, the adapters' dtype, and rounded to
-/// the base layer's).
-pub fn adapted(linear: &Linear, lora: &Option<LoraAdapter>, x: Tensor<3>) -> Tensor<3> {
-    match lora {
-        Some(a) => {
-            let dtype = x.dtype();
-            linear.forward(x.clone()) + to_dtype(a.forward(to_f32(x)), dtype)
-        }
-        None => linear.forward(x),
+/// A linear layer that may carry a LoRA adapter, PEFT's `lora.Linear`: `y = x·W + b + (α/r)·B·A·dropout(x)`.
+///
+/// It is named `Linear` and keeps `weight` (`[in, out]`, Burn's layout) and `bias` as fields so that weight files
+/// see an ordinary linear layer: checkpoint keys and the `[out, in]` ↔ `[in, out]` transpose stay those of
+/// `burn::nn::Linear`; the adapter's parameters sit under `lora` (`q_proj.lora.lora_a.weight`).
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// Base weight `[in, out]`, frozen in stage II.
+    pub weight: Param<Tensor<2>>,
+    /// Base bias `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// The adapter, when one is attached.
+    pub lora: Option<LoraAdapter>,
+}
+
+impl From<burn::nn::Linear> for Linear {
+    fn from(l: burn::nn::Linear) -> Self {
+        Self { weight: l.weight, bias: l.bias, lora: None }
     }
 }
 
-/// Folds an adapter into its linear layer's weight (summed in f32, stored in the weight's dtype) and removes it.
-pub fn merge_into(linear: &mut Linear, lora: &mut Option<LoraAdapter>) {
-    if let Some(a) = lora.take() {
-        let w = linear.weight.val();
-        let dtype = w.dtype();
-        let w = to_dtype(to_f32(w) + a.delta_weight().detach(), dtype);
-        linear.weight = burn::module::Param::from_tensor(w);
+impl Linear {
+    /// A `d_in → d_out` layer with Burn's default initialisation and no adapter.
+    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Self {
+        LinearConfig::new(d_in, d_out).with_bias(bias).init(device).into()
+    }
+
+    /// `[in, out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.dims()
+    }
+
+    /// `x·W + b`, plus the adapter's update when there is one (computed in f32, the adapters' dtype, and rounded
+    /// to the base layer's).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let base = |x| linear(x, self.weight.val(), self.bias.as_ref().map(Param::val));
+        match &self.lora {
+            Some(a) => {
+                let dtype = x.dtype();
+                base(x.clone()) + to_dtype(a.forward(to_f32(x)), dtype)
+            }
+            None => base(x),
+        }
+    }
+
+    /// Attaches a fresh adapter.
+    pub fn attach(&mut self, cfg: &LoraConfig, device: &Device) {
+        let [d_in, d_out] = self.dims();
+        self.lora = Some(LoraAdapter::new(d_in, d_out, cfg, device));
+    }
+
+    /// Folds the adapter into the weight (summed in f32, stored in the weight's dtype) and removes it.
+    pub fn merge(&mut self) {
+        if let Some(a) = self.lora.take() {
+            let w = self.weight.val();
+            let dtype = w.dtype();
+            self.weight = Param::from_tensor(to_dtype(to_f32(w) + a.delta_weight().detach(), dtype));
+        }
     }
 }

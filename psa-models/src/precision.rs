@@ -96,7 +96,7 @@ impl FromStr for Precision {
 /// Whether a parameter (module path) is trained by some stage and therefore always kept in f32: the safety
 /// modules and LoRA adapters.
 pub fn is_trainable_path(path: &str) -> bool {
-    path.starts_with("safety.") || path.contains("_lora.")
+    path.starts_with("safety.") || path.contains(".lora.")
 }
 
 /// The dtype a parameter at `path` gets under `precision`.

@@ -154,13 +154,12 @@ pub struct ConceptLabels<'a> {
 /// What the full forward returns.
 #[derive(Debug, Clone)]
 pub struct PsaOutput {
-    /// LM logits over the merged sequence, `[b, merged, vocab]`; `None` from
-    /// [`training_outputs`](PsaVlm::training_outputs), which projects only the supervised positions.
+    /// LM logits over the merged sequence, `[b, merged, vocab]`, from [`LmPass::Logits`].
     pub logits: Option<Tensor<3>>,
-    /// Concept logits (absent from [`PsaVlm::forward_lm_features`], which skips the safety head).
+    /// Concept logits, when the safety head ran.
     pub concepts: Option<ConceptLogits>,
-    /// The merged inputs (mask, image spans, source positions).
-    pub merged: MergedInputs,
+    /// The merged inputs (mask, image spans, source positions), when the LLM ran.
+    pub merged: Option<MergedInputs>,
     /// Labels carried to the merged sequence (−100 on image rows), when labels were given.
     pub merged_labels: Option<Vec<Vec<i64>>>,
     /// Next-token loss over supervised positions.
@@ -228,73 +227,79 @@ impl PsaVlm {
         Ok(question.iter().zip(fallback).map(|(q, f)| if q.iter().any(|&m| m) { q.clone() } else { f }).collect())
     }
 
-    /// Concept logits only: vision tower, C-Abstractor and head; the LLM never runs. One image per row.
-    pub fn classify(
-        &self,
-        pixel_values: Tensor<4>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-    ) -> Result<ConceptLogits, ModelError> {
-        let features = self.llava.selected_features(pixel_values);
-        self.classify_features(features, input_ids, mask)
+    /// Concept logits only: the vision tower (for pixels), the safety projector (unless `h_s` is given) and the
+    /// safety head; the LLM never runs.
+    pub fn classify(&self, input: PsaInput<'_>) -> Result<ConceptLogits, ModelError> {
+        let text = self.text_embeddings(input.input_ids);
+        let h_s = match input.vision {
+            VisionInput::Projected(h_s) => h_s,
+            vision => self.safety.project(to_f32(self.features(vision)?)),
+        };
+        self.head(h_s, text, input.input_ids, input.mask, input.question)
     }
 
-    /// Concept logits from precomputed selected vision features `[b, patches, vision_dim]`.
-    pub fn classify_features(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-    ) -> Result<ConceptLogits, ModelError> {
-        self.classify_features_with(features, input_ids, mask, None)
+    /// The LLM's input: prompt embeddings with `[S2 ; projected image tokens]` at each `<image>` (generation starts
+    /// here; no safety head).
+    pub fn merged_inputs(&self, input: PsaInput<'_>) -> Result<MergedInputs, ModelError> {
+        let text = self.text_embeddings(input.input_ids);
+        self.merge_embedded(self.features(input.vision)?, text, input.input_ids, input.mask)
     }
 
-    /// [`classify_features`](Self::classify_features) with the user's question marked per token (`question`, one row
-    /// per input row): the text-aware query modes pool those tokens only (rows that mark none fall back to every real
-    /// text token).
-    pub fn classify_features_with(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        question: Option<&[Vec<bool>]>,
-    ) -> Result<ConceptLogits, ModelError> {
-        self.classify_embedded(features, self.text_embeddings(input_ids), input_ids, mask, question)
+    /// The forward pass: the safety head and the LLM as `passes` asks, and the training objective
+    /// `L_LLM + λ·(CE_level + CE_type)` (or the part that has labels: `labels` for the LM, `concepts` for the head).
+    pub fn forward(&self, input: PsaInput<'_>, passes: Passes<'_>) -> Result<PsaOutput, ModelError> {
+        let PsaInput { vision, input_ids, mask, question, labels, concepts: concept_labels } = input;
+        // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
+        let text = self.text_embeddings(input_ids);
+        let (features, h_s) = match vision {
+            VisionInput::Projected(h_s) => (None, Some(h_s)),
+            vision => (Some(self.features(vision)?), None),
+        };
+        let concepts = match (passes.head, h_s, &features) {
+            (false, ..) => None,
+            (true, Some(h_s), _) => Some(self.head(h_s, text.clone(), input_ids, mask, question)?),
+            (true, None, Some(f)) => {
+                let h_s = self.safety.project(to_f32(f.clone()));
+                Some(self.head(h_s, text.clone(), input_ids, mask, question)?)
+            }
+            (true, None, None) => None,
+        };
+        let (merged, merged_labels, logits, lm_loss) = match (passes.lm, features) {
+            (LmPass::Skip, _) => (None, None, None, None),
+            (_, None) => {
+                return Err(ModelError::Input(
+                    "the LLM needs vision features or pixels, not the safety projector's output".into(),
+                ));
+            }
+            (lm_pass, Some(features)) => {
+                let merged = self.merge_embedded(features, text, input_ids, mask)?;
+                let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
+                let (logits, lm_loss) = self.lm_pass(&merged, merged_labels.as_deref(), lm_pass)?;
+                (Some(merged), merged_labels, logits, lm_loss)
+            }
+        };
+        let concept_loss = match (&concepts, concept_labels) {
+            (Some(logits), Some(c)) => Some(concept_loss(logits, c.levels, c.types, self.cls_loss_weight)),
+            _ => None,
+        };
+        let loss = match (&lm_loss, &concept_loss) {
+            (Some(l), Some(c)) => Some(l.clone() + c.weighted.clone()),
+            (Some(l), None) => Some(l.clone()),
+            (None, Some(c)) => Some(c.weighted.clone()),
+            (None, None) => None,
+        };
+        Ok(PsaOutput { logits, concepts, merged, merged_labels, lm_loss, concept_loss, loss })
     }
 
-    /// Concept logits from the safety projector's output `h_s` (`[b, num_queries, safety_dim]`, e.g. from
-    /// [`crate::HostAbstractor`]) instead of vision features. One image per row.
-    pub fn classify_projected(
-        &self,
-        h_s: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-    ) -> Result<ConceptLogits, ModelError> {
-        self.classify_projected_with(h_s, input_ids, mask, None)
-    }
-
-    /// [`classify_projected`](Self::classify_projected) with the user's question marked per token (see
-    /// [`classify_features_with`](Self::classify_features_with)).
-    pub fn classify_projected_with(
-        &self,
-        h_s: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        question: Option<&[Vec<bool>]>,
-    ) -> Result<ConceptLogits, ModelError> {
-        self.head(h_s, self.text_embeddings(input_ids), input_ids, mask, question)
-    }
-
-    /// Concept logits from features and the prompt's token embeddings (`text_embeddings`). One image per row.
-    fn classify_embedded(
-        &self,
-        features: Tensor<3>,
-        text: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        question: Option<&[Vec<bool>]>,
-    ) -> Result<ConceptLogits, ModelError> {
-        self.head(self.safety.project(to_f32(features)), text, input_ids, mask, question)
+    /// Selected vision features `[b, patches, vision_dim]` of pixels or given features.
+    fn features(&self, vision: VisionInput) -> Result<Tensor<3>, ModelError> {
+        match vision {
+            VisionInput::Pixels(pixels) => Ok(self.llava.selected_features(pixels)),
+            VisionInput::Features(features) => Ok(features),
+            VisionInput::Projected(_) => Err(ModelError::Input(
+                "the LLM needs vision features or pixels, not the safety projector's output".into(),
+            )),
+        }
     }
 
     /// The safety head on `h_s` and the prompt's token embeddings. One image per row.
@@ -325,17 +330,6 @@ impl PsaVlm {
         Ok(self.safety.safe_part.forward(to_f32(text), kv, Some(&qmask)))
     }
 
-    /// The LLM's input: prompt embeddings with `[S2 ; projected image tokens]` at each `<image>` (generation starts
-    /// here; no safety head).
-    pub fn merged_inputs(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-    ) -> Result<MergedInputs, ModelError> {
-        self.merge_embedded(features, self.text_embeddings(input_ids), input_ids, mask)
-    }
-
     fn merge_embedded(
         &self,
         features: Tensor<3>,
@@ -348,129 +342,142 @@ impl PsaVlm {
         merge_image_features(input_ids, mask, Some(image_rows), self.llava.image_token_index(), text)
     }
 
-    /// Full forward. With `labels` (per input token, −100 = ignored) the LM loss is computed; with concept
-    /// labels the concept loss; `loss` sums what is available.
-    pub fn forward(
+    /// The LLM on the merged sequence: logits and/or the next-token loss, as `pass` asks.
+    fn lm_pass(
         &self,
-        pixel_values: Tensor<4>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
+        merged: &MergedInputs,
         labels: Option<&[Vec<i64>]>,
-        concept_labels: Option<ConceptLabels<'_>>,
-    ) -> Result<PsaOutput, ModelError> {
-        let features = self.llava.selected_features(pixel_values);
-        self.forward_features(features, input_ids, mask, labels, concept_labels)
-    }
-
-    /// [`forward`](Self::forward) from precomputed selected vision features `[images, patches, vision_dim]`
-    /// (the vision tower is frozen in both training stages, so its features can be cached).
-    pub fn forward_features(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        labels: Option<&[Vec<i64>]>,
-        concept_labels: Option<ConceptLabels<'_>>,
-    ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, Some(concept_labels), LmPass::Full, None)
-    }
-
-    /// The LM path of [`forward_features`](Self::forward_features) without the safety head (stage II with frozen
-    /// safety modules: its concept logits would be discarded); `concepts` is `None`.
-    pub fn forward_lm_features(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        labels: Option<&[Vec<i64>]>,
-    ) -> Result<PsaOutput, ModelError> {
-        self.forward_inner(features, input_ids, mask, labels, None, LmPass::Full, None)
-    }
-
-    /// The losses of a training step from cached features: the safety head runs when `run_head` (with the concept
-    /// loss when `concepts` are given), and the LM loss projects only the positions whose next label is supervised
-    /// (same value as [`forward_features`](Self::forward_features); `logits` is `None`).
-    ///
-    /// `engine` says how the LLM's part is differentiated (see [`LmEngine`]); `question` marks the user's question
-    /// tokens for the text-aware query modes (as at inference: the answer never steers the head).
-    #[allow(clippy::too_many_arguments)]
-    pub fn training_outputs(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        labels: &[Vec<i64>],
-        concepts: Option<ConceptLabels<'_>>,
-        run_head: bool,
-        engine: LmEngine<'_>,
-        question: Option<&[Vec<bool>]>,
-    ) -> Result<PsaOutput, ModelError> {
-        let head = run_head.then_some(concepts);
-        let lm = match engine {
-            LmEngine::Autodiff => LmPass::Supervised,
-            LmEngine::Checkpointed => LmPass::Checkpointed,
-            LmEngine::Host(host) => LmPass::Host(host),
-        };
-        self.forward_inner(features, input_ids, mask, Some(labels), head, lm, question)
-    }
-
-    /// `head`: `None` skips the safety head, `Some(labels)` runs it (with the concept loss when labelled);
-    /// `lm`: how the LLM's part runs; `question`: the question's tokens for the text-aware query modes.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_inner(
-        &self,
-        features: Tensor<3>,
-        input_ids: &[Vec<u32>],
-        mask: Option<&PaddingMask>,
-        labels: Option<&[Vec<i64>]>,
-        head: Option<Option<ConceptLabels<'_>>>,
-        lm_pass: LmPass<'_>,
-        question: Option<&[Vec<bool>]>,
-    ) -> Result<PsaOutput, ModelError> {
-        // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
-        let text = self.text_embeddings(input_ids);
-        let concepts = match head {
-            Some(_) => Some(self.classify_embedded(features.clone(), text.clone(), input_ids, mask, question)?),
-            None => None,
-        };
-        let merged = self.merge_embedded(features, text, input_ids, mask)?;
-        let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
+        pass: LmPass<'_>,
+    ) -> Result<(Option<Tensor<3>>, Option<Tensor<1>>), ModelError> {
         let lm = &self.llava.language_model;
         let hidden = || lm.model.forward(merged.inputs_embeds.clone(), &merged.mask, None, false).last_hidden_state;
-        let (logits, lm_loss) = match lm_pass {
-            LmPass::Full => {
+        Ok(match (pass, labels) {
+            (LmPass::Skip, _) => (None, None),
+            (LmPass::Logits, labels) => {
                 let logits = lm.logits(hidden());
-                let loss = merged_labels.as_ref().and_then(|l| causal_lm_loss(logits.clone(), l));
+                let loss = labels.and_then(|l| causal_lm_loss(logits.clone(), l));
                 (Some(logits), loss)
             }
-            LmPass::Supervised => {
-                let loss = match &merged_labels {
-                    Some(l) => supervised_lm_loss(hidden(), l, |h| lm.logits(h)),
-                    None => None,
-                };
-                (None, loss)
+            (LmPass::Loss(_), None) => (None, None),
+            (LmPass::Loss(LmEngine::Autodiff), Some(l)) => (None, supervised_lm_loss(hidden(), l, |h| lm.logits(h))),
+            (LmPass::Loss(LmEngine::Checkpointed), Some(l)) => {
+                (None, lm.checkpointed_loss(merged.inputs_embeds.clone(), &merged.mask, l))
             }
-            LmPass::Checkpointed => match &merged_labels {
-                Some(l) => (None, lm.checkpointed_loss(merged.inputs_embeds.clone(), &merged.mask, l)),
-                None => (None, None),
-            },
-            LmPass::Host(host) => match &merged_labels {
-                Some(l) => (None, host_lm_loss(host, &merged.inputs_embeds, &merged.mask, l)?),
-                None => (None, None),
-            },
-        };
-        let concept_loss = match (&concepts, head.flatten()) {
-            (Some(logits), Some(c)) => Some(concept_loss(logits, c.levels, c.types, self.cls_loss_weight)),
-            _ => None,
-        };
-        let loss = match (&lm_loss, &concept_loss) {
-            (Some(l), Some(c)) => Some(l.clone() + c.weighted.clone()),
-            (Some(l), None) => Some(l.clone()),
-            (None, Some(c)) => Some(c.weighted.clone()),
-            (None, None) => None,
-        };
-        Ok(PsaOutput { logits, concepts, merged, merged_labels, lm_loss, concept_loss, loss })
+            (LmPass::Loss(LmEngine::Host(host)), Some(l)) => {
+                (None, host_lm_loss(host, &merged.inputs_embeds, &merged.mask, l)?)
+            }
+        })
     }
+}
+
+/// The visual side of a [`PsaInput`], one image per row.
+#[derive(Debug, Clone)]
+pub enum VisionInput {
+    /// Preprocessed pixels `[b, 3, h, w]`: the vision tower runs.
+    Pixels(Tensor<4>),
+    /// Selected vision features `[b, patches, vision_dim]` (cacheable: the tower is frozen in both stages).
+    Features(Tensor<3>),
+    /// The safety projector's output `h_s` `[b, num_queries, safety_dim]` (e.g. from [`crate::HostAbstractor`]):
+    /// enough for the safety head, not for the LLM.
+    Projected(Tensor<3>),
+}
+
+/// One batch for [`PsaVlm`]: the images, the prompt tokens, and what a call may use (padding, the question's
+/// tokens, LM and concept labels). Built like Burn's `MhaInput`: a constructor, then optional parts.
+#[derive(Debug, Clone)]
+pub struct PsaInput<'a> {
+    /// The images.
+    pub vision: VisionInput,
+    /// Prompt token ids, one row per image, `<image>` where its tokens go.
+    pub input_ids: &'a [Vec<u32>],
+    /// Padding of `input_ids` (none when `None`).
+    pub mask: Option<&'a PaddingMask>,
+    /// The user's question's tokens, one row per input row: the text-aware query modes pool these only (rows that
+    /// mark none fall back to every real text token).
+    pub question: Option<&'a [Vec<bool>]>,
+    /// Next-token labels per input token (−100 ignored).
+    pub labels: Option<&'a [Vec<i64>]>,
+    /// Risk level and type per row.
+    pub concepts: Option<ConceptLabels<'a>>,
+}
+
+impl<'a> PsaInput<'a> {
+    /// Pixels `[b, 3, h, w]` and their prompts.
+    pub fn pixels(pixels: Tensor<4>, input_ids: &'a [Vec<u32>]) -> Self {
+        Self::new(VisionInput::Pixels(pixels), input_ids)
+    }
+
+    /// Selected vision features `[b, patches, vision_dim]` and their prompts.
+    pub fn features(features: Tensor<3>, input_ids: &'a [Vec<u32>]) -> Self {
+        Self::new(VisionInput::Features(features), input_ids)
+    }
+
+    /// The safety projector's output `h_s` and the prompts (safety head only).
+    pub fn projected(h_s: Tensor<3>, input_ids: &'a [Vec<u32>]) -> Self {
+        Self::new(VisionInput::Projected(h_s), input_ids)
+    }
+
+    fn new(vision: VisionInput, input_ids: &'a [Vec<u32>]) -> Self {
+        Self { vision, input_ids, mask: None, question: None, labels: None, concepts: None }
+    }
+
+    /// With the prompts' padding mask.
+    pub fn mask(self, mask: &'a PaddingMask) -> Self {
+        Self { mask: Some(mask), ..self }
+    }
+
+    /// With the question's tokens marked.
+    pub fn question(self, question: &'a [Vec<bool>]) -> Self {
+        Self { question: Some(question), ..self }
+    }
+
+    /// With next-token labels.
+    pub fn labels(self, labels: &'a [Vec<i64>]) -> Self {
+        Self { labels: Some(labels), ..self }
+    }
+
+    /// With risk labels.
+    pub fn concepts(self, concepts: ConceptLabels<'a>) -> Self {
+        Self { concepts: Some(concepts), ..self }
+    }
+}
+
+/// What [`PsaVlm::forward`] runs: the safety head or not, and the LLM how.
+#[derive(Debug, Clone, Copy)]
+pub struct Passes<'a> {
+    /// Run the safety head (and its loss when the input has concept labels).
+    pub head: bool,
+    /// How the LLM runs.
+    pub lm: LmPass<'a>,
+}
+
+impl<'a> Passes<'a> {
+    /// Everything: the safety head and the LLM's logits at every position (with its loss when labelled).
+    pub fn full() -> Self {
+        Self { head: true, lm: LmPass::Logits }
+    }
+
+    /// The safety head only (stage I without the LM loss): the LLM never runs.
+    pub fn head_only() -> Self {
+        Self { head: true, lm: LmPass::Skip }
+    }
+
+    /// A training step: the next-token loss through `engine`, projecting only supervised positions (`logits` is
+    /// `None`), and the safety head when `head`.
+    pub fn training(head: bool, engine: LmEngine<'a>) -> Self {
+        Self { head, lm: LmPass::Loss(engine) }
+    }
+}
+
+/// How [`PsaVlm::forward`] runs the LLM.
+#[derive(Debug, Clone, Copy)]
+pub enum LmPass<'a> {
+    /// Not at all.
+    Skip,
+    /// Logits at every position (and the loss when labelled).
+    Logits,
+    /// The loss only, projecting only the positions whose next label is supervised.
+    Loss(LmEngine<'a>),
 }
 
 /// How a training step differentiates the LLM's next-token loss.
@@ -484,19 +491,6 @@ pub enum LmEngine<'a> {
     /// for about a third more compute.
     Checkpointed,
     /// The host engine's loss and input gradient (a frozen LLM only: gradients reach the modules before it).
-    Host(&'a HostLmLoss),
-}
-
-/// How [`PsaVlm::forward_inner`] runs the LLM.
-#[derive(Clone, Copy)]
-enum LmPass<'a> {
-    /// Logits at every position.
-    Full,
-    /// Logits only where the loss needs them.
-    Supervised,
-    /// Logits only where the loss needs them, with activation checkpointing.
-    Checkpointed,
-    /// The host engine's loss and input gradient (frozen LLM).
     Host(&'a HostLmLoss),
 }
 

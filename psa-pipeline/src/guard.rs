@@ -20,7 +20,7 @@ use psa_models::generate::{FinishReason, GenerationConfig, generate_with};
 use psa_models::host_abstractor::HostAbstractor;
 use psa_models::llama::{HostDecoder, HostWeights};
 use psa_models::precision::Precision;
-use psa_models::psa::{PsaConfig, PsaVlm};
+use psa_models::psa::{PsaConfig, PsaInput, PsaVlm};
 use psa_models::vision::HostVision;
 
 /// One question about one image, with an optional policy for this request only.
@@ -325,13 +325,11 @@ impl GuardedPipeline {
             .unzip();
         let (ids, mask) = TextProcessor::pad(&rows, self.config.llava.pad_token_id.unwrap_or(0), PaddingSide::Right);
         let question = pad_marks(marks.iter().map(Vec::as_slice));
-        let q = Some(question.as_slice());
-        let logits = match &self.host_vision {
-            Some((_, abstractor)) => {
-                self.model.classify_projected_with(abstractor.project(features)?, &ids, Some(&mask), q)?
-            }
-            None => self.model.classify_features_with(features, &ids, Some(&mask), q)?,
+        let input = match &self.host_vision {
+            Some((_, abstractor)) => PsaInput::projected(abstractor.project(features)?, &ids),
+            None => PsaInput::features(features, &ids),
         };
+        let logits = self.model.classify(input.mask(&mask).question(&question))?;
         Ok(LogitRows { level: logit_rows(&logits.level), risk_type: logit_rows(&logits.risk_type) })
     }
 
@@ -429,7 +427,7 @@ impl GuardedPipeline {
                 run.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>().as_slice(),
                 &self.device,
             );
-            let merged = self.model.merged_inputs(features.select(0, index), &ids, Some(&mask))?;
+            let merged = self.model.merged_inputs(PsaInput::features(features.select(0, index), &ids).mask(&mask))?;
             let lengths: Vec<usize> = merged.mask.rows().iter().map(|r| r.iter().filter(|&&m| m).count()).collect();
             let max_pos = self.config.llava.text.max_position_embeddings;
             let lm = &self.model.llava.language_model;

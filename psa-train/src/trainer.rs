@@ -8,9 +8,8 @@ use std::time::Instant;
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
-use psa_core::concept_loss;
 use psa_models::lora::LoraConfig;
-use psa_models::{ConceptLabels, HostLmLoss, LmEngine, ModelError, PsaVlm};
+use psa_models::{ConceptLabels, HostLmLoss, LmEngine, ModelError, Passes, PsaInput, PsaVlm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -41,8 +40,8 @@ impl Stage {
     pub fn trainable_pattern(&self) -> &'static str {
         match self {
             Self::One => r"^safety\.",
-            Self::Two { train_safety: false, .. } => r"_lora\.",
-            Self::Two { train_safety: true, .. } => r"^safety\.|_lora\.",
+            Self::Two { train_safety: false, .. } => r"\.lora\.",
+            Self::Two { train_safety: true, .. } => r"^safety\.|\.lora\.",
         }
     }
 
@@ -50,7 +49,7 @@ impl Stage {
     pub fn is_trainable(&self, path: &str) -> bool {
         match self {
             Self::One => path.starts_with("safety."),
-            Self::Two { train_safety, .. } => path.contains("_lora.") || (*train_safety && path.starts_with("safety.")),
+            Self::Two { train_safety, .. } => path.contains(".lora.") || (*train_safety && path.starts_with("safety.")),
         }
     }
 
@@ -58,25 +57,18 @@ impl Stage {
     pub fn trainable(&self) -> ParamGroup {
         match self {
             Self::One => ParamGroup::from_any_predicates(vec!["safety."]),
-            Self::Two { train_safety: false, .. } => ParamGroup::from_any_predicates(vec!["_lora."]),
-            Self::Two { train_safety: true, .. } => ParamGroup::from_any_predicates(vec!["safety.", "_lora."]),
+            Self::Two { train_safety: false, .. } => ParamGroup::from_any_predicates(vec![".lora."]),
+            Self::Two { train_safety: true, .. } => ParamGroup::from_any_predicates(vec!["safety.", ".lora."]),
         }
     }
 
     /// Prepares the model: adds adapters for stage II, then freezes all but the trainable parameters.
     pub fn prepare_model(&self, mut model: PsaVlm) -> PsaVlm {
-        if let Self::Two { lora, .. } = self {
-            let has_lora = model
-                .llava
-                .language_model
-                .model
-                .layers
-                .first()
-                .is_some_and(|l| l.self_attn.q_proj_lora.is_some() || l.mlp.up_proj_lora.is_some());
-            if !has_lora {
-                let device = model.llava.device();
-                model.llava.language_model = model.llava.language_model.apply_lora(lora, &device);
-            }
+        if let Self::Two { lora, .. } = self
+            && !model.llava.language_model.has_lora()
+        {
+            let device = model.llava.device();
+            model.llava.language_model = model.llava.language_model.apply_lora(lora, &device);
         }
         model.freeze().unfreeze_group(self.trainable())
     }
@@ -245,25 +237,13 @@ fn micro_step(
     let levels: Vec<usize> = items.iter().map(|p| p.level).collect();
     let types: Vec<usize> = items.iter().map(|p| p.risk_type).collect();
     let concepts = ConceptLabels { levels: &levels, types: &types };
-    if *stage == Stage::One && !lm_loss {
-        let logits = model.classify_features_with(features, &ids, Some(&mask), Some(&question))?;
-        let c = concept_loss(&logits, &levels, &types, model.cls_loss_weight());
-        let loss = c.weighted * scale;
-        let grads = GradientsParams::from_grads(loss.backward(), model);
-        let (level, risk_type) = (scalar(c.level), scalar(c.risk_type));
-        return Ok(MicroOut { grads, loss: scalar(loss) / scale, lm: 0.0, level, risk_type, samples: items.len() });
-    }
-    let run_head = !matches!(stage, Stage::Two { train_safety: false, .. });
-    let out = model.training_outputs(
-        features,
-        &ids,
-        Some(&mask),
-        &labels,
-        Some(concepts),
-        run_head,
-        engine,
-        Some(&question),
-    )?;
+    let input = PsaInput::features(features, &ids).mask(&mask).question(&question).labels(&labels).concepts(concepts);
+    let passes = if *stage == Stage::One && !lm_loss {
+        Passes::head_only()
+    } else {
+        Passes::training(!matches!(stage, Stage::Two { train_safety: false, .. }), engine)
+    };
+    let out = model.forward(input, passes)?;
     let loss = out.loss.ok_or_else(|| ModelError::Input("no supervised position in the micro-batch".into()))? * scale;
     let grads = GradientsParams::from_grads(loss.backward(), model);
     let (level, risk_type) = out.concept_loss.map_or((0.0, 0.0), |c| (scalar(c.level), scalar(c.risk_type)));
@@ -484,7 +464,7 @@ pub fn predict_concepts(
         let (ids, mask, _) = collate(&encoded, 0);
         let question = question_marks(&encoded);
         let features = Tensor::cat(chunk.iter().map(|p| p.features.clone()).collect(), 0);
-        let logits = model.classify_features_with(features, &ids, Some(&mask), Some(&question))?;
+        let logits = model.classify(PsaInput::features(features, &ids).mask(&mask).question(&question))?;
         let argmax = |t: Tensor<2>| -> Vec<usize> {
             t.argmax(1)
                 .into_data()

@@ -18,7 +18,7 @@ use rope::Rope;
 
 use crate::cpu;
 use crate::error::ConfigError;
-use crate::lora::{LoraAdapter, LoraConfig, adapted, merge_into};
+use crate::lora::{self, LoraConfig};
 use crate::mask::PaddingMask;
 use crate::precision::{to_dtype, to_f32};
 
@@ -28,7 +28,7 @@ impl LlamaConfig {
         self.validate()?;
         let (d, hd) = (self.hidden_size, self.head_size());
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
-        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let lin = |i, o, bias| lora::Linear::new(i, o, bias, device);
         let norm = || RmsNormConfig::new(d).with_epsilon(self.rms_norm_eps).init(device);
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
@@ -37,10 +37,6 @@ impl LlamaConfig {
                     k_proj: lin(d, kv * hd, self.attention_bias),
                     v_proj: lin(d, kv * hd, self.attention_bias),
                     o_proj: lin(h * hd, d, self.attention_bias),
-                    q_proj_lora: None,
-                    k_proj_lora: None,
-                    v_proj_lora: None,
-                    o_proj_lora: None,
                     num_heads: h,
                     num_kv_heads: kv,
                     head_dim: hd,
@@ -49,9 +45,6 @@ impl LlamaConfig {
                     gate_proj: lin(d, self.intermediate_size, self.mlp_bias),
                     up_proj: lin(d, self.intermediate_size, self.mlp_bias),
                     down_proj: lin(self.intermediate_size, d, self.mlp_bias),
-                    gate_proj_lora: None,
-                    up_proj_lora: None,
-                    down_proj_lora: None,
                 },
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),
@@ -65,7 +58,8 @@ impl LlamaConfig {
                 rope_theta: self.rope_base(),
                 head_dim: hd,
             },
-            lm_head: (!self.tie_word_embeddings).then(|| lin(d, self.vocab_size, false)),
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| LinearConfig::new(d, self.vocab_size).with_bias(false).init(device)),
         })
     }
 }
@@ -108,22 +102,14 @@ pub struct LlamaDecoderLayer {
 /// `LlamaAttention` with grouped-query heads.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
-    /// Query projection.
-    pub q_proj: Linear,
-    /// Key projection.
-    pub k_proj: Linear,
-    /// Value projection.
-    pub v_proj: Linear,
-    /// Output projection.
-    pub o_proj: Linear,
-    /// LoRA on `q_proj` (stage II).
-    pub q_proj_lora: Option<LoraAdapter>,
-    /// LoRA on `k_proj`.
-    pub k_proj_lora: Option<LoraAdapter>,
-    /// LoRA on `v_proj`.
-    pub v_proj_lora: Option<LoraAdapter>,
-    /// LoRA on `o_proj`.
-    pub o_proj_lora: Option<LoraAdapter>,
+    /// Query projection, with its stage-II adapter when one is attached.
+    pub q_proj: lora::Linear,
+    /// Key projection, with its stage-II adapter when one is attached.
+    pub k_proj: lora::Linear,
+    /// Value projection, with its stage-II adapter when one is attached.
+    pub v_proj: lora::Linear,
+    /// Output projection, with its stage-II adapter when one is attached.
+    pub o_proj: lora::Linear,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -132,18 +118,12 @@ pub struct LlamaAttention {
 /// `LlamaMLP`: `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    /// Gate projection.
-    pub gate_proj: Linear,
-    /// Up projection.
-    pub up_proj: Linear,
-    /// Down projection.
-    pub down_proj: Linear,
-    /// LoRA on `gate_proj` (stage II).
-    pub gate_proj_lora: Option<LoraAdapter>,
-    /// LoRA on `up_proj`.
-    pub up_proj_lora: Option<LoraAdapter>,
-    /// LoRA on `down_proj`.
-    pub down_proj_lora: Option<LoraAdapter>,
+    /// Gate projection, with its stage-II adapter when one is attached.
+    pub gate_proj: lora::Linear,
+    /// Up projection, with its stage-II adapter when one is attached.
+    pub up_proj: lora::Linear,
+    /// Down projection, with its stage-II adapter when one is attached.
+    pub down_proj: lora::Linear,
 }
 
 /// What the decoder returns.
@@ -166,11 +146,9 @@ impl LlamaAttention {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q =
-            rope::apply(heads(adapted(&self.q_proj, &self.q_proj_lora, x.clone()), h), rope.0.clone(), rope.1.clone());
-        let k =
-            rope::apply(heads(adapted(&self.k_proj, &self.k_proj_lora, x.clone()), kv), rope.0.clone(), rope.1.clone());
-        let v = heads(adapted(&self.v_proj, &self.v_proj_lora, x), kv);
+        let q = rope::apply(heads(self.q_proj.forward(x.clone()), h), rope.0.clone(), rope.1.clone());
+        let k = rope::apply(heads(self.k_proj.forward(x.clone()), kv), rope.0.clone(), rope.1.clone());
+        let v = heads(self.v_proj.forward(x), kv);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
@@ -179,8 +157,14 @@ impl LlamaAttention {
         // Scores and probabilities in f32 whatever the weights' dtype.
         let dtype = q.dtype();
         let out = to_dtype(attention(to_f32(q), to_f32(k), to_f32(v), Some(mask), None, Default::default()), dtype);
-        adapted(&self.o_proj, &self.o_proj_lora, out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
+}
+
+/// Pairs the projections, in [`lora::LINEAR_TARGETS`] order, with their names.
+fn named<T>(projections: [T; 7]) -> [(&'static str, T); 7] {
+    let mut names = lora::LINEAR_TARGETS.into_iter();
+    projections.map(|p| (names.next().unwrap_or_default(), p))
 }
 
 /// Repeats each key/value head `n` times in place (head `i` serves query heads `i·n .. (i+1)·n`).
@@ -205,6 +189,26 @@ fn rms_norm(norm: &RmsNorm, x: Tensor<3>) -> Tensor<3> {
 }
 
 impl LlamaDecoderLayer {
+    /// The seven projections LoRA can adapt, by PEFT module name.
+    pub fn projections(&self) -> [(&'static str, &lora::Linear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        named([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj])
+    }
+
+    /// [`Self::projections`], mutably.
+    pub fn projections_mut(&mut self) -> [(&'static str, &mut lora::Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        named([
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ])
+    }
+
     fn forward(
         &self,
         x: Tensor<3>,
@@ -216,10 +220,10 @@ impl LlamaDecoderLayer {
         let x = x + h;
         let y = rms_norm(&self.post_attention_layernorm, x.clone());
         let m = &self.mlp;
-        let gate = adapted(&m.gate_proj, &m.gate_proj_lora, y.clone());
-        let up = adapted(&m.up_proj, &m.up_proj_lora, y);
+        let gate = m.gate_proj.forward(y.clone());
+        let up = m.up_proj.forward(y);
         let act = cpu::zip(gate, up, |g, u| cpu::silu(g) * u, |gate, up| activation::silu(gate) * up);
-        x + adapted(&m.down_proj, &m.down_proj_lora, act)
+        x + m.down_proj.forward(act)
     }
 }
 
@@ -319,38 +323,25 @@ impl LlamaForCausalLM {
 
     /// Adds fresh LoRA adapters to the targeted projections of every decoder layer.
     pub fn apply_lora(mut self, cfg: &LoraConfig, device: &Device) -> Self {
-        let new = |l: &Linear, name: &str| {
-            cfg.target_modules.contains(name).then(|| {
-                let [d_in, d_out] = l.weight.dims();
-                LoraAdapter::new(d_in, d_out, cfg, device)
-            })
-        };
         for layer in &mut self.model.layers {
-            let a = &mut layer.self_attn;
-            a.q_proj_lora = new(&a.q_proj, "q_proj");
-            a.k_proj_lora = new(&a.k_proj, "k_proj");
-            a.v_proj_lora = new(&a.v_proj, "v_proj");
-            a.o_proj_lora = new(&a.o_proj, "o_proj");
-            let m = &mut layer.mlp;
-            m.gate_proj_lora = new(&m.gate_proj, "gate_proj");
-            m.up_proj_lora = new(&m.up_proj, "up_proj");
-            m.down_proj_lora = new(&m.down_proj, "down_proj");
+            for (name, proj) in layer.projections_mut() {
+                if cfg.target_modules.contains(name) {
+                    proj.attach(cfg, device);
+                }
+            }
         }
         self
+    }
+
+    /// Whether any projection carries an adapter.
+    pub fn has_lora(&self) -> bool {
+        self.model.layers.iter().any(|l| l.projections().iter().any(|(_, p)| p.lora.is_some()))
     }
 
     /// Folds every adapter into its base weight and removes the adapters.
     pub fn merge_lora(mut self) -> Self {
         for layer in &mut self.model.layers {
-            let a = &mut layer.self_attn;
-            merge_into(&mut a.q_proj, &mut a.q_proj_lora);
-            merge_into(&mut a.k_proj, &mut a.k_proj_lora);
-            merge_into(&mut a.v_proj, &mut a.v_proj_lora);
-            merge_into(&mut a.o_proj, &mut a.o_proj_lora);
-            let m = &mut layer.mlp;
-            merge_into(&mut m.gate_proj, &mut m.gate_proj_lora);
-            merge_into(&mut m.up_proj, &mut m.up_proj_lora);
-            merge_into(&mut m.down_proj, &mut m.down_proj_lora);
+            layer.projections_mut().into_iter().for_each(|(_, p)| p.merge());
         }
         self
     }

@@ -13,7 +13,9 @@ mod backward;
 mod kernels;
 mod prefill;
 
-use burn::nn::{Linear, RmsNorm};
+use burn::module::Param;
+use burn::nn::RmsNorm;
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -123,9 +125,13 @@ impl HostCache {
 /// A `Linear` on the host: Burn stores its weight `[in, out]`, whose columns are the output features' rows, so f32
 /// panels are packed straight from it; Q8_0 quantises rows of `[out, in]`. With `transposed` (f32 only), the
 /// stored `[in, out]` rows are kept packed too.
-fn matrix(linear: &Linear, format: HostWeights, transposed: bool) -> Result<Projection, ModelError> {
-    let [d_in, d_out] = linear.weight.dims();
-    let data = host_vec(linear.weight.val())?;
+fn matrix(
+    (weight, bias): (&Param<Tensor<2>>, &Option<Param<Tensor<1>>>),
+    format: HostWeights,
+    transposed: bool,
+) -> Result<Projection, ModelError> {
+    let [d_in, d_out] = weight.dims();
+    let data = host_vec(weight.val())?;
     let weight = match format {
         HostWeights::Q8_0 if d_in.is_multiple_of(kernels::Q8_BLOCK) => {
             let mut rows = vec![0f32; data.len()];
@@ -137,7 +143,7 @@ fn matrix(linear: &Linear, format: HostWeights, transposed: bool) -> Result<Proj
         _ => HostMatrix::packed(&Strided::cols(&data, d_in, d_out, d_out)),
     };
     let transposed = transposed.then(|| HostMatrix::packed(&Strided::rows(&data, d_in, d_out, d_out)));
-    let bias = linear.bias.as_ref().map(|b| host_vec(b.val())).transpose()?;
+    let bias = bias.as_ref().map(|b| host_vec(b.val())).transpose()?;
     Ok(Projection { weight, bias, transposed })
 }
 
@@ -167,25 +173,20 @@ impl HostDecoder {
         let model = &lm.model;
         let first = model.layers.first().ok_or_else(|| ModelError::HostDecoder("the model has no layers".into()))?;
         let a = &first.self_attn;
+        if lm.has_lora() {
+            return Err(ModelError::HostDecoder("merge the LoRA adapters into the weights first".into()));
+        }
         let mut layers = Vec::with_capacity(model.layers.len());
         for layer in &model.layers {
             let (at, m) = (&layer.self_attn, &layer.mlp);
-            let adapters = [&at.q_proj_lora, &at.k_proj_lora, &at.v_proj_lora, &at.o_proj_lora].into_iter().chain([
-                &m.gate_proj_lora,
-                &m.up_proj_lora,
-                &m.down_proj_lora,
-            ]);
-            if adapters.into_iter().any(Option::is_some) {
-                return Err(ModelError::HostDecoder("merge the LoRA adapters into the weights first".into()));
-            }
             layers.push(HostLayer {
-                q: matrix(&at.q_proj, format, transposed)?,
-                k: matrix(&at.k_proj, format, transposed)?,
-                v: matrix(&at.v_proj, format, transposed)?,
-                o: matrix(&at.o_proj, format, transposed)?,
-                gate: matrix(&m.gate_proj, format, transposed)?,
-                up: matrix(&m.up_proj, format, transposed)?,
-                down: matrix(&m.down_proj, format, transposed)?,
+                q: matrix((&at.q_proj.weight, &at.q_proj.bias), format, transposed)?,
+                k: matrix((&at.k_proj.weight, &at.k_proj.bias), format, transposed)?,
+                v: matrix((&at.v_proj.weight, &at.v_proj.bias), format, transposed)?,
+                o: matrix((&at.o_proj.weight, &at.o_proj.bias), format, transposed)?,
+                gate: matrix((&m.gate_proj.weight, &m.gate_proj.bias), format, transposed)?,
+                up: matrix((&m.up_proj.weight, &m.up_proj.bias), format, transposed)?,
+                down: matrix((&m.down_proj.weight, &m.down_proj.bias), format, transposed)?,
                 input_norm: norm(&layer.input_layernorm)?,
                 post_norm: norm(&layer.post_attention_layernorm)?,
             });
@@ -193,7 +194,7 @@ impl HostDecoder {
         let [vocab, d] = model.embed_tokens.weight.dims();
         let table = host_vec(model.embed_tokens.weight.val())?;
         let embed = host_matrix(vocab, d, &table, format)?;
-        let lm_head = lm.lm_head.as_ref().map(|h| matrix(h, format, transposed)).transpose()?;
+        let lm_head = lm.lm_head.as_ref().map(|h| matrix((&h.weight, &h.bias), format, transposed)).transpose()?;
         let embed_transposed =
             (transposed && lm_head.is_none()).then(|| HostMatrix::packed(&Strided::cols(&table, vocab, d, d)));
         Ok(Self {
