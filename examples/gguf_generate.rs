@@ -44,7 +44,7 @@ fn main() -> Result<()> {
     let (model, config, report) = load_llama_gguf(&args.gguf, &device, &LoadOptions::default())
         .with_context(|| format!("loading {}", args.gguf.display()))?;
     let file = GgufFile::open(&args.gguf)?;
-    let (tokenizer, _) = gguf_tokenizer(&file).map_err(anyhow::Error::msg)?;
+    let (tokenizer, _) = gguf_tokenizer(&file)?;
     println!(
         "loaded {} tensors ({} layers, width {}, vocab {}) in {:.1} s",
         report.loaded,

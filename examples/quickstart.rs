@@ -160,7 +160,7 @@ fn main() -> Result<()> {
         },
         &device,
     )?;
-    let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(&gguf)?).map_err(anyhow::Error::msg)?;
+    let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(&gguf)?)?;
     let text = image_text_processor(tokenizer, config.llava.image_token_index)?;
     let side = serde_json::json!({"height": args.image_size, "width": args.image_size});
     let image_config = ImageProcessorConfig {

@@ -28,3 +28,34 @@ pub use psa_import as import;
 pub use psa_models as models;
 pub use psa_pipeline as pipeline;
 pub use psa_train as train;
+
+/// The book's chapters as doctests: `cargo test` compiles every Rust block of `book/src` against this crate and runs
+/// those not marked `no_run`, so the tutorials' code cannot drift from the library.
+#[cfg(doctest)]
+mod book {
+    macro_rules! chapters {
+        ($($name:ident => $file:literal),* $(,)?) => {
+            $(
+                #[doc = include_str!(concat!("../book/src/", $file))]
+                struct $name;
+            )*
+        };
+    }
+    chapters! {
+        Introduction => "introduction.md",
+        Quickstart => "quickstart.md",
+        Architecture => "architecture.md",
+        Llava => "llava.md",
+        Weights => "weights.md",
+        Parity => "parity.md",
+        ConceptBottleneck => "concept-bottleneck.md",
+        Stage1 => "stage1.md",
+        Stage2 => "stage2.md",
+        SafetyControl => "safety-control.md",
+        Serving => "serving.md",
+        Evaluation => "evaluation.md",
+        RealWeights => "real-weights.md",
+        Benchmarks => "benchmarks.md",
+        Precision => "precision.md",
+    }
+}

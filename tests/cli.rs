@@ -82,7 +82,7 @@ fn psa_train_runs_both_stages_from_toml() {
         .arg(config(&dir, "stage1", ""))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("configures Stage1"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("configures stage1, but stage2 was asked for"));
     // A learning rate that cannot train fails before any work, writing nothing.
     let nan_out = dir.join("nan-run");
     let out = Command::new(env!("CARGO_BIN_EXE_psa"))

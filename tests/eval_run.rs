@@ -155,7 +155,9 @@ fn psa_calibrate_then_eval_write_their_files() {
     assert_eq!(subsets, ["safe_safes", "safe_unsafes", "unsafes"]);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| hint |") && md.contains("refused by model"), "{md}");
-    assert!(image::open(out.join("reliability.png")).is_ok());
+    let svg = std::fs::read_to_string(out.join("reliability.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("accuracy vs confidence"));
+    assert!(md.contains("(reliability.svg)"), "the report links its plot");
     // Every format runs through the command (classifier metrics only).
     let formats = [
         ("mm-safetybench", fixtures().join("eval/mm-safetybench"), 9),

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use psa_vlm::burn::tensor::{Device, Tensor, TensorData};
-use psa_vlm::import::LoadError;
+use psa_vlm::import::{LoadError, SafetensorsError};
 use psa_vlm::import::{LoadOptions, load_llava};
 
 fn logits(dir: &std::path::Path, device: &Device) -> Tensor<3> {
@@ -98,7 +98,7 @@ fn truncated_shard_names_the_file() {
     std::fs::write(&shard, &bytes[..bytes.len() - 1000]).unwrap();
     let err = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, LoadError::BadFile { .. }), "{msg}");
+    assert!(matches!(err, LoadError::Safetensors { source: SafetensorsError::Truncated { .. }, .. }), "{msg}");
     assert!(msg.contains("model-00002-of-00003.safetensors") && msg.contains("truncated"), "{msg}");
 
     std::fs::write(&shard, b"not a safetensors file at all").unwrap();

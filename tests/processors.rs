@@ -135,6 +135,6 @@ fn sft_labels_supervise_exactly_the_answers_and_eos() {
         let cut = encode_conversation(&text, &template, &conv, first + 2).unwrap();
         assert!(cut.truncated && cut.input_ids.len() == first + 2, "{name}: truncation reported");
         let err = encode_conversation(&text, &template, &conv, first).unwrap_err();
-        assert!(err.contains("removed every supervised token"), "{name}: {err}");
+        assert!(err.to_string().contains("removed every supervised token"), "{name}: {err}");
     }
 }

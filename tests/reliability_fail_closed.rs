@@ -29,7 +29,7 @@ fn diverging_training_stops_with_an_error_and_writes_no_checkpoint_of_the_bad_st
 
     for (recipe, needle) in [
         (Recipe { lr: f64::NAN, ..base.clone() }, "lr = NaN"),
-        (Recipe { batch_size: 0, ..base.clone() }, "batch_size must be at least 1"),
+        (Recipe { batch_size: 0, ..base.clone() }, "batch_size = 0: must be at least 1"),
     ] {
         let err = train_stage1(load(), &data, &recipe, 998, &run, |_| {}).unwrap_err();
         assert!(matches!(err, TrainError::Recipe(_)) && err.to_string().contains(needle), "{err}");

@@ -40,3 +40,15 @@ pub enum CoreError {
         count: usize,
     },
 }
+
+/// A name (a dtype, a format, a weight layout) that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?}: use {expected}")]
+pub struct UnknownName {
+    /// What was being named.
+    pub what: &'static str,
+    /// The name given.
+    pub given: String,
+    /// The known names.
+    pub expected: String,
+}

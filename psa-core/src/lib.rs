@@ -19,7 +19,7 @@ pub mod taxonomy;
 pub use assessment::SafetyAssessment;
 pub use calibration::Calibration;
 pub use config::{QueryMode, SafetyConfig};
-pub use error::CoreError;
+pub use error::{CoreError, UnknownName};
 pub use head::{ConceptLogits, PackedMultiheadAttention, SafetyHead};
 pub use loss::{ConceptLoss, concept_loss, cross_entropy};
 pub use modules::{SafeMmProjector, SafetyModules};

@@ -26,6 +26,33 @@ pub enum LoadError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A safetensors file that is truncated, corrupt or holds a dtype this crate cannot load.
+    #[error("{}: {source}", .path.display())]
+    Safetensors {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::files::SafetensorsError,
+    },
+    /// A GGUF file that is malformed or holds what this crate cannot read.
+    #[error("{}: {source}", .path.display())]
+    Gguf {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::gguf::GgufError,
+    },
+    /// An adapter configuration that cannot be applied.
+    #[error("{}: {source}", .path.display())]
+    Lora {
+        /// The `adapter_config.json`.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: psa_models::lora::LoraError,
+    },
     /// The device cannot hold the requested dtype.
     #[error(transparent)]
     Unsupported(#[from] UnsupportedDtype),

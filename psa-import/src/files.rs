@@ -82,8 +82,9 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, 
     let bad = |reason: String| LoadError::BadFile { path: path.into(), reason };
     let is_safetensors = path.extension().and_then(|e| e.to_str()) == Some("safetensors");
     let tensors = if is_safetensors {
-        let (header_len, entries) = check_safetensors(path).map_err(bad)?;
-        deferred_safetensors(path, header_len, entries).map_err(bad)?
+        let safetensors = |source| LoadError::Safetensors { path: path.into(), source };
+        let (header_len, entries) = check_safetensors(path).map_err(safetensors)?;
+        deferred_safetensors(path, header_len, entries).map_err(safetensors)?
     } else {
         PytorchStore::from_file(path)
             .map_indices_contiguous(false)
@@ -100,7 +101,7 @@ fn deferred_safetensors(
     path: &Path,
     header_len: u64,
     entries: Vec<SafetensorsEntry>,
-) -> Result<BTreeMap<String, PackTensor>, String> {
+) -> Result<BTreeMap<String, PackTensor>, SafetensorsError> {
     let start = 8 + header_len;
     let mut tensors = BTreeMap::new();
     for SafetensorsEntry { name, dtype, shape, offsets: (begin, end) } in entries {
@@ -117,7 +118,7 @@ fn deferred_safetensors(
             "U32" => DType::U32,
             "U16" => DType::U16,
             "U8" | "BOOL" => DType::U8,
-            other => return Err(format!("tensor `{name}` has dtype {other}, which psa-vlm cannot load")),
+            other => return Err(SafetensorsError::Dtype { name, dtype: other.into() }),
         };
         let len = (end - begin) as usize;
         let (file, at, dims) = (path.to_path_buf(), start + begin, shape.clone());
@@ -136,17 +137,17 @@ fn deferred_safetensors(
 
 /// Validates a safetensors header and that the file holds every byte the header promises; returns the header's
 /// length and its entries.
-fn check_safetensors(path: &Path) -> Result<(u64, Vec<SafetensorsEntry>), String> {
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
+fn check_safetensors(path: &Path) -> Result<(u64, Vec<SafetensorsEntry>), SafetensorsError> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| format!("truncated: {size} bytes, too short for a safetensors header"))?;
+    file.read_exact(&mut len).map_err(|_| SafetensorsError::TooShort { size })?;
     let n = u64::from_le_bytes(len);
     if n > size.saturating_sub(8) || n > 100_000_000 {
-        return Err(format!("corrupt or truncated: header length {n} exceeds the file size {size}"));
+        return Err(SafetensorsError::HeaderLength { header: n, size });
     }
     let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(|e| format!("truncated header: {e}"))?;
+    file.read_exact(&mut header).map_err(SafetensorsError::TruncatedHeader)?;
     Ok((n, check_safetensors_header(&header, size - 8 - n)?))
 }
 
@@ -165,14 +166,13 @@ pub struct SafetensorsEntry {
 
 /// Validates a safetensors JSON header against `data` bytes of tensor data: every entry has a known dtype, a shape
 /// whose byte size (checked arithmetic) equals its offset range, and a range inside the data. Returns the entries.
-pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<Vec<SafetensorsEntry>, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| format!("corrupt safetensors header: {e}"))?;
-    let entries = value.as_object().ok_or("corrupt safetensors header: not a JSON object")?;
+pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<Vec<SafetensorsEntry>, SafetensorsError> {
+    let value: serde_json::Value = serde_json::from_slice(header)?;
+    let entries = value.as_object().ok_or(SafetensorsError::NotAnObject)?;
     let mut end = 0u64;
     let mut checked = Vec::with_capacity(entries.len());
     for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
-        let corrupt = |what: &str| format!("corrupt safetensors header: tensor `{name}` {what}");
+        let corrupt = |what: &str| SafetensorsError::Entry { name: name.clone(), problem: what.into() };
         let offsets = entry
             .get("data_offsets")
             .and_then(|o| o.as_array())
@@ -206,7 +206,62 @@ pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<Vec<Safetens
         });
     }
     if end > data {
-        return Err(format!("truncated: the header describes {end} bytes of tensor data but only {data} are present"));
+        return Err(SafetensorsError::Truncated { described: end, present: data });
     }
     Ok(checked)
+}
+
+/// A safetensors file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    /// Opening or reading the file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Fewer than the eight bytes of the header length.
+    #[error("truncated: {size} bytes, too short for a safetensors header")]
+    TooShort {
+        /// The file's size.
+        size: u64,
+    },
+    /// A header length larger than the file.
+    #[error("corrupt or truncated: header length {header} exceeds the file size {size}")]
+    HeaderLength {
+        /// The header length as written.
+        header: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// The file ends inside the header.
+    #[error("truncated header: {0}")]
+    TruncatedHeader(#[source] std::io::Error),
+    /// The header is not JSON.
+    #[error("corrupt safetensors header: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The header is JSON but not an object.
+    #[error("corrupt safetensors header: not a JSON object")]
+    NotAnObject,
+    /// An entry without offsets, dtype or shape, or whose byte size does not match its shape.
+    #[error("corrupt safetensors header: tensor `{name}` {problem}")]
+    Entry {
+        /// The tensor.
+        name: String,
+        /// What is wrong with its entry.
+        problem: String,
+    },
+    /// Less tensor data than the header describes.
+    #[error("truncated: the header describes {described} bytes of tensor data but only {present} are present")]
+    Truncated {
+        /// Bytes the header describes.
+        described: u64,
+        /// Bytes present.
+        present: u64,
+    },
+    /// A dtype this crate does not load (e.g. 8-bit floats).
+    #[error("tensor `{name}` has dtype {dtype}, which psa-vlm cannot load")]
+    Dtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+    },
 }

@@ -23,7 +23,7 @@ use burn::tensor::Device;
 
 pub use error::LoadError;
 use files::{FileTensor, read_tensors};
-pub use files::{SafetensorsEntry, check_safetensors_header, weight_files};
+pub use files::{SafetensorsEntry, SafetensorsError, check_safetensors_header, weight_files};
 pub use layout::{Layout, normalize};
 pub use peft::{load_peft_adapter, save_peft_adapter};
 pub use psa::{load_psa, load_psa_with_safety, save_psa_weights, save_safety_modules, write_f32_safetensors};

@@ -82,6 +82,16 @@ pub struct OnnxWeights {
 }
 
 /// Elements of a shape: `None` for a negative dimension or a count beyond 2^40.
+/// An ONNX initializer that cannot be read as floats.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("initializer {name} {problem}")]
+pub struct InitializerError {
+    /// The initializer.
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
 fn element_count(dims: &[i64]) -> Option<usize> {
     dims.iter()
         .try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
@@ -89,12 +99,12 @@ fn element_count(dims: &[i64]) -> Option<usize> {
         .map(|n| n as usize)
 }
 
-fn decode(t: &TensorProto) -> Result<Vec<f32>, String> {
+fn decode(t: &TensorProto) -> Result<Vec<f32>, InitializerError> {
+    let bad = |problem: String| InitializerError { name: t.name.clone(), problem };
     if t.data_location == 1 {
-        return Err(format!("initializer {} keeps its data in an external file, which is not supported", t.name));
+        return Err(bad("keeps its data in an external file, which is not supported".into()));
     }
-    let n =
-        element_count(&t.dims).ok_or_else(|| format!("initializer {} has invalid dimensions {:?}", t.name, t.dims))?;
+    let n = element_count(&t.dims).ok_or_else(|| bad(format!("has invalid dimensions {:?}", t.dims)))?;
     let values: Vec<f32> = match t.data_type {
         1 if !t.raw_data.is_empty() => {
             t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
@@ -108,10 +118,10 @@ fn decode(t: &TensorProto) -> Result<Vec<f32>, String> {
             .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
             .collect(),
         11 => t.double_data.iter().map(|&v| v as f32).collect(),
-        other => return Err(format!("initializer {} has ONNX data type {other}, not a float type", t.name)),
+        other => return Err(bad(format!("has ONNX data type {other}, not a float type"))),
     };
     if values.len() != n {
-        return Err(format!("initializer {} holds {} values for shape {:?}", t.name, values.len(), t.dims));
+        return Err(bad(format!("holds {} values for shape {:?}", values.len(), t.dims)));
     }
     Ok(values)
 }
@@ -136,7 +146,7 @@ impl OnnxWeights {
         }
         let mut initializers = Vec::new();
         for t in graph.initializer.iter().filter(|t| matches!(t.data_type, 1 | 10 | 11 | 16)) {
-            let values = decode(t).map_err(bad)?;
+            let values = decode(t).map_err(|e| bad(e.to_string()))?;
             let shape = t.dims.iter().map(|&d| d as usize).collect();
             initializers.push(Initializer { name: t.name.clone(), shape, values });
         }

@@ -83,7 +83,7 @@ pub fn load_peft_adapter(
         lora_dropout: num("lora_dropout", 0.0),
         target_modules: targets,
     };
-    cfg.validate().map_err(|reason| LoadError::BadFile { path: cfg_path.clone(), reason })?;
+    cfg.validate().map_err(|source| LoadError::Lora { path: cfg_path.clone(), source })?;
     let lm = lm.apply_lora(&cfg, device);
     let files = [dir.join("adapter_model.safetensors")];
     let opts = LoadOptions::strict();

@@ -49,6 +49,9 @@ pub enum ConfigError {
     /// Values that contradict each other.
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// The safety modules' configuration is refused.
+    #[error(transparent)]
+    Safety(#[from] psa_core::CoreError),
 }
 
 /// Why a forward pass or generation was refused.

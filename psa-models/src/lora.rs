@@ -69,22 +69,36 @@ impl LoraConfig {
     }
 
     /// Checks the names and sizes.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LoraError> {
         if self.r == 0 {
-            return Err("LoRA rank must be positive".into());
+            return Err(LoraError::ZeroRank);
         }
         if let LoraTargets::AllLinear(s) = &self.target_modules
             && s != "all-linear"
         {
-            return Err(format!("unknown target_modules {s:?}: use \"all-linear\" or a list of names"));
+            return Err(LoraError::Targets(s.clone()));
         }
         if let LoraTargets::Names(names) = &self.target_modules
             && let Some(bad) = names.iter().find(|n| !LINEAR_TARGETS.contains(&n.as_str()))
         {
-            return Err(format!("cannot adapt {bad:?}: LoRA targets are {LINEAR_TARGETS:?} (lm_head is excluded)"));
+            return Err(LoraError::NotATarget(bad.clone()));
         }
         Ok(())
     }
+}
+
+/// A LoRA configuration that cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoraError {
+    /// `r = 0`.
+    #[error("LoRA rank must be positive")]
+    ZeroRank,
+    /// A `target_modules` string other than `all-linear`.
+    #[error("unknown target_modules {0:?}: use \"all-linear\" or a list of names")]
+    Targets(String),
+    /// A module LoRA cannot adapt.
+    #[error("cannot adapt {0:?}: LoRA targets are {LINEAR_TARGETS:?} (lm_head is excluded)")]
+    NotATarget(String),
 }
 
 /// One adapter: `lora_a` (in → r, PEFT `lora_A`) and `lora_b` (r → out, PEFT `lora_B`, zero-initialised).

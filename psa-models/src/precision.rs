@@ -81,14 +81,16 @@ impl fmt::Display for Precision {
 }
 
 impl FromStr for Precision {
-    type Err = String;
+    type Err = psa_core::UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "float32" | "fp32" => Ok(Self::F32),
             "f16" | "float16" | "fp16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!("unknown dtype {other:?}: use f32, f16 or bf16")),
+            other => {
+                Err(psa_core::UnknownName { what: "dtype", given: other.into(), expected: "f32, f16 or bf16".into() })
+            }
         }
     }
 }

@@ -82,7 +82,7 @@ impl PsaConfig {
 
     /// Checks the safety modules fit the base model.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.safety.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.safety.validate()?;
         let (vision_dim, _) = vision_dims(&self.llava.vision);
         if self.safety.vision_dim != vision_dim || self.safety.safety_dim != self.llava.text.hidden_size {
             return Err(ConfigError::Invalid(format!(
@@ -98,7 +98,7 @@ impl PsaConfig {
         self.validate()?;
         Ok(PsaVlm {
             llava: self.llava.init(device)?,
-            safety: self.safety.init(device).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            safety: self.safety.init(device)?,
             bos_token_id: self.llava.text.bos_token_id,
             pad_token_id: self.llava.pad_token_id,
             cls_loss_weight: self.safety.cls_loss_weight,

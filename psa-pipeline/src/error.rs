@@ -68,4 +68,7 @@ pub enum PipelineError {
     /// Running the model.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A taxonomy, policy or calibration that is refused, or a policy that cannot decide.
+    #[error(transparent)]
+    Safety(#[from] psa_core::CoreError),
 }

@@ -252,7 +252,7 @@ impl GuardedPipeline {
 
     /// Replaces the temperatures.
     pub fn with_calibration(mut self, calibration: Calibration) -> Result<Self, PipelineError> {
-        calibration.validate().map_err(|e| LoadError::Config(psa_models::ConfigError::Invalid(e.to_string())))?;
+        calibration.validate()?;
         self.calibration = calibration;
         Ok(self)
     }
@@ -260,25 +260,21 @@ impl GuardedPipeline {
     /// Replaces the taxonomy (its class counts must match the heads) and re-checks the policy against it.
     pub fn with_taxonomy(mut self, taxonomy: Taxonomy) -> Result<Self, PipelineError> {
         Self::check_taxonomy(&taxonomy, &self.config)?;
-        self.policy
-            .validate(&taxonomy)
-            .map_err(|e| LoadError::Config(psa_models::ConfigError::Invalid(e.to_string())))?;
+        self.policy.validate(&taxonomy)?;
         self.taxonomy = taxonomy;
         Ok(self)
     }
 
     /// Replaces the default policy.
     pub fn with_policy(mut self, policy: SafetyPolicy) -> Result<Self, PipelineError> {
-        policy
-            .validate(&self.taxonomy)
-            .map_err(|e| LoadError::Config(psa_models::ConfigError::Invalid(e.to_string())))?;
+        policy.validate(&self.taxonomy)?;
         self.policy = policy;
         Ok(self)
     }
 
     fn check_taxonomy(taxonomy: &Taxonomy, config: &PsaConfig) -> Result<(), PipelineError> {
         let invalid = |reason: String| PipelineError::Load(LoadError::Config(psa_models::ConfigError::Invalid(reason)));
-        taxonomy.validate().map_err(|e| invalid(e.to_string()))?;
+        taxonomy.validate()?;
         let (levels, types) = (taxonomy.levels.len(), taxonomy.types.len());
         if (levels, types) != (config.safety.num_levels, config.safety.num_types) {
             return Err(invalid(format!(
@@ -355,10 +351,7 @@ impl GuardedPipeline {
 
     /// What `policy` (else the pipeline's) decides for an assessment.
     pub fn decide_with(&self, policy: Option<&SafetyPolicy>, a: &SafetyAssessment) -> Result<Decision, PipelineError> {
-        policy
-            .unwrap_or(&self.policy)
-            .decide(a, &self.taxonomy)
-            .map_err(|e| PipelineError::Model(psa_models::ModelError::Input(format!("policy: {e}"))))
+        Ok(policy.unwrap_or(&self.policy).decide(a, &self.taxonomy)?)
     }
 
     /// Classifies a batch of (image, question) pairs and says what the policy would do; the LLM never runs.

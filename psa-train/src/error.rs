@@ -23,6 +23,17 @@ pub enum DataError {
         /// What is wrong.
         reason: String,
     },
+    /// A JSONL line that is not a usable sample.
+    #[error("{}:{line}: {source}", .path.display())]
+    Sample {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        #[source]
+        source: crate::data::jsonl::SampleError,
+    },
     /// An image is missing or undecodable.
     #[error("{}:{line}: {source}", .path.display())]
     Image {
@@ -35,16 +46,17 @@ pub enum DataError {
         source: psa_pipeline::ImageError,
     },
     /// Tokenisation failed or produced an unusable sample.
-    #[error("{}:{line}: {reason}", .path.display())]
+    #[error("{}:{line}: {source}", .path.display())]
     Tokenize {
         /// The label file.
         path: PathBuf,
         /// 1-based line number of the sample.
         line: usize,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: crate::data::tokenize::EncodeError,
     },
     /// The feature cache could not be written.
     #[error("feature cache: {0}")]
-    Cache(String),
+    Cache(#[from] crate::feature_cache::CacheError),
 }

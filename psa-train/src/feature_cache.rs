@@ -76,11 +76,29 @@ impl FeatureCache {
     }
 
     /// Stores features `[1, patches, dim]` for an image key (atomically).
-    pub fn put(&self, key: &str, features: &Tensor<3>) -> Result<(), String> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+    pub fn put(&self, key: &str, features: &Tensor<3>) -> Result<(), CacheError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| CacheError::Io { dir: self.dir.clone(), source })?;
         let data = features.to_data().convert::<f32>();
-        let values = data.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-        write_f32_safetensors(&self.path(key), vec![("features".into(), data.shape().to_vec(), values)])
-            .map_err(|e| e.to_string())
+        let values = data.try_to_vec::<f32>().map_err(|e| CacheError::Values(format!("{e:?}")))?;
+        Ok(write_f32_safetensors(&self.path(key), vec![("features".into(), data.shape().to_vec(), values)])?)
     }
+}
+/// Why features could not be cached.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The cache folder could not be made.
+    #[error("{}: {source}", .dir.display())]
+    Io {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The features could not be read back from the device.
+    #[error("reading the features: {0}")]
+    Values(String),
+    /// Writing the file failed.
+    #[error(transparent)]
+    Write(#[from] psa_import::LoadError),
 }

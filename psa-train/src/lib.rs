@@ -13,8 +13,10 @@ pub mod plot;
 pub mod prepare;
 pub mod recipe;
 pub mod run;
+pub mod settings;
 pub mod trainer;
 
 pub use error::DataError;
 pub use recipe::Recipe;
-pub use run::{RunSummary, TrainConfig, run};
+pub use run::{RunSummary, run};
+pub use settings::TrainConfig;

@@ -100,13 +100,13 @@ pub fn prepare(
                 let features = model.llava.selected_features(pixels).detach();
                 report.vision_seconds += start.elapsed().as_secs_f64();
                 if let (Some(c), Some(k)) = (opts.cache, &key) {
-                    c.put(k, &features).map_err(DataError::Cache)?;
+                    c.put(k, &features)?;
                 }
                 features
             }
         };
         let encoded = encode_conversation(opts.text, opts.template, &s.messages, opts.max_len)
-            .map_err(|reason| DataError::Tokenize { path: label_file.into(), line: s.line, reason })?;
+            .map_err(|source| DataError::Tokenize { path: label_file.into(), line: s.line, source })?;
         report.truncated += encoded.truncated as usize;
         out.push(Prepared { features, encoded, level: s.level, risk_type: s.risk_type });
     }

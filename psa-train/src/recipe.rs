@@ -64,23 +64,24 @@ impl Recipe {
     }
 
     /// Checks every value can train: a NaN learning rate or a zero batch size is refused before any work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        let bad = |name, value: f64, rule| RecipeError { name, value, rule };
         let finite_non_negative = [("lr", self.lr), ("weight_decay", f64::from(self.weight_decay))];
-        if let Some((name, v)) = finite_non_negative.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
-            return Err(format!("{name} = {v}: must be finite and non-negative"));
+        if let Some(&(name, v)) = finite_non_negative.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+            return Err(bad(name, v, "must be finite and non-negative"));
         }
         let positive = [("max_grad_norm", self.max_grad_norm), ("epsilon", self.epsilon)];
-        if let Some((name, v)) = positive.iter().find(|(_, v)| !v.is_finite() || *v <= 0.0) {
-            return Err(format!("{name} = {v}: must be finite and positive"));
+        if let Some(&(name, v)) = positive.iter().find(|(_, v)| !v.is_finite() || *v <= 0.0) {
+            return Err(bad(name, f64::from(v), "must be finite and positive"));
         }
-        if let Some((name, v)) =
+        if let Some(&(name, v)) =
             [("beta_1", self.beta_1), ("beta_2", self.beta_2)].iter().find(|(_, v)| !(0.0..1.0).contains(v))
         {
-            return Err(format!("{name} = {v}: must lie in [0, 1)"));
+            return Err(bad(name, f64::from(v), "must lie in [0, 1)"));
         }
         let counts = [("batch_size", self.batch_size), ("grad_accum", self.grad_accum), ("max_len", self.max_len)];
-        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
+        if let Some(&(name, v)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(bad(name, v as f64, "must be at least 1"));
         }
         Ok(())
     }
@@ -94,6 +95,18 @@ impl Recipe {
         let rest = total.saturating_sub(self.warmup_steps).max(1);
         self.lr * (total.saturating_sub(step) as f64 / rest as f64).max(0.0)
     }
+}
+
+/// A recipe value that cannot train.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{name} = {value}: {rule}")]
+pub struct RecipeError {
+    /// The field.
+    pub name: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// What it must be.
+    pub rule: &'static str,
 }
 
 #[cfg(test)]
@@ -124,7 +137,7 @@ mod tests {
             (Recipe { beta_2: 1.0, ..Recipe::stage1() }, "beta_2 = 1"),
         ];
         for (r, message) in bad {
-            let err = r.validate().unwrap_err();
+            let err = r.validate().unwrap_err().to_string();
             assert!(err.starts_with(message), "{err}");
         }
     }

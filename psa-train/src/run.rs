@@ -1,4 +1,4 @@
-//! A whole training run from one configuration (TOML or JSON), shared by the `psa train` command and the
+//! A whole training run from its settings ([`TrainConfig`]), shared by the `psa train` command and the
 //! `stage1` / `stage2` examples: data, feature cache, the loop with a progress bar, metrics JSONL, loss-curve
 //! SVG, held-out accuracy, and the trained modules in interoperable formats.
 use std::io::Write;
@@ -9,142 +9,24 @@ use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use psa_core::Taxonomy;
 use psa_import::{LoadOptions, load_psa, save_peft_adapter, save_safety_modules};
-use psa_models::Precision;
-use psa_models::lora::LoraConfig;
 use psa_pipeline::llava::processors;
 use psa_pipeline::processor::Template;
 use psa_pipeline::saved_template;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::data::{Balance, LabelSpace, balance, read_jsonl};
 use crate::feature_cache::FeatureCache;
 use crate::prepare::{PrepareOptions, prepare};
-use crate::recipe::Recipe;
+use crate::settings::TrainConfig;
 use crate::trainer::{FrozenLm, RunOptions, Stage, StepMetrics, concept_accuracy, train};
-
-/// Which stage a configuration runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageName {
-    /// Safety modules.
-    Stage1,
-    /// LoRA on the LLM.
-    Stage2,
-}
-
-/// Optional recipe fields; anything unset keeps the stage's paper preset.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecipeOverrides {
-    /// Peak learning rate.
-    pub lr: Option<f64>,
-    /// Linear warm-up steps.
-    pub warmup_steps: Option<usize>,
-    /// Passes over the data.
-    pub epochs: Option<usize>,
-    /// Samples per micro-batch.
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: Option<usize>,
-    /// Gradient-norm clip.
-    pub max_grad_norm: Option<f32>,
-    /// AdamW weight decay.
-    pub weight_decay: Option<f32>,
-    /// Seed of shuffling and initialisation.
-    pub seed: Option<u64>,
-    /// Maximum tokens per sample.
-    pub max_len: Option<usize>,
-    /// Stage I: include `L_LLM` (default true, the paper).
-    pub lm_loss: Option<bool>,
-}
-
-impl RecipeOverrides {
-    /// Applies the set fields.
-    pub fn apply(&self, r: &mut Recipe) {
-        r.lr = self.lr.unwrap_or(r.lr);
-        r.warmup_steps = self.warmup_steps.unwrap_or(r.warmup_steps);
-        r.epochs = self.epochs.unwrap_or(r.epochs);
-        r.batch_size = self.batch_size.unwrap_or(r.batch_size);
-        r.grad_accum = self.grad_accum.unwrap_or(r.grad_accum);
-        r.max_grad_norm = self.max_grad_norm.unwrap_or(r.max_grad_norm);
-        r.weight_decay = self.weight_decay.unwrap_or(r.weight_decay);
-        r.seed = self.seed.unwrap_or(r.seed);
-        r.max_len = self.max_len.unwrap_or(r.max_len);
-        r.lm_loss = self.lm_loss.unwrap_or(r.lm_loss);
-    }
-}
-
-/// A training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// `stage1` or `stage2`.
-    pub stage: StageName,
-    /// PSA-VLM checkpoint directory.
-    pub model_dir: PathBuf,
-    /// `tokenizer.json`; default `<model_dir>/tokenizer.json`.
-    #[serde(default)]
-    pub tokenizer: Option<PathBuf>,
-    /// Training label file.
-    pub data: PathBuf,
-    /// Held-out label file for level/type accuracy.
-    #[serde(default)]
-    pub eval: Option<PathBuf>,
-    /// Directory image paths are relative to.
-    #[serde(default = "dot")]
-    pub image_root: PathBuf,
-    /// Output directory.
-    pub out: PathBuf,
-    /// Conversation template (default: the one the model directory records, else `llava_v1`).
-    #[serde(default)]
-    pub template: Option<String>,
-    /// Stage-I balancing: clean samples kept (`None` keeps all; stage I default 3000).
-    #[serde(default)]
-    pub clean: Option<usize>,
-    /// Skip and count samples with bad images instead of failing.
-    #[serde(default)]
-    pub skip_bad_images: bool,
-    /// Directory of the disk feature cache (features reused across runs when the vision tower is unchanged).
-    #[serde(default)]
-    pub feature_cache: Option<PathBuf>,
-    /// Save a checkpoint every this many steps.
-    #[serde(default)]
-    pub checkpoint_every: Option<usize>,
-    /// Resume from this checkpoint folder.
-    #[serde(default)]
-    pub resume_from: Option<PathBuf>,
-    /// Recipe overrides.
-    #[serde(default)]
-    pub recipe: RecipeOverrides,
-    /// Stage II adapters (default: the paper's).
-    #[serde(default)]
-    pub lora: Option<LoraConfig>,
-    /// Stage II: also train the safety modules.
-    #[serde(default)]
-    pub train_safety: bool,
-    /// Show a progress bar.
-    #[serde(default = "yes")]
-    pub progress: bool,
-    /// Dtype of the frozen base (`f32`, `f16`, `bf16`); the trained modules and the optimiser state stay f32.
-    #[serde(default)]
-    pub dtype: Precision,
-    /// Recompute each LLM layer's activations in the backward pass instead of keeping them (less memory, about a
-    /// third more compute).
-    #[serde(default)]
-    pub activation_checkpointing: bool,
-}
-
-fn dot() -> PathBuf {
-    PathBuf::from(".")
-}
-fn yes() -> bool {
-    true
-}
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The configuration file.
+    /// The settings.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    /// The model directory or the devices do not fit the settings.
     #[error("{}: {reason}", .path.display())]
     Config {
         /// The file.
@@ -177,28 +59,6 @@ pub enum RunError {
     },
 }
 
-impl TrainConfig {
-    /// Reads a `.toml` or `.json` run configuration.
-    pub fn from_file(path: &Path) -> Result<Self, RunError> {
-        let bad = |reason: String| RunError::Config { path: path.into(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
-            _ => toml::from_str(&text).map_err(|e| bad(e.to_string())),
-        }
-    }
-
-    /// The recipe: the stage's preset with the overrides applied.
-    pub fn recipe(&self) -> Recipe {
-        let mut r = match self.stage {
-            StageName::Stage1 => Recipe::stage1(),
-            StageName::Stage2 => Recipe::stage2(),
-        };
-        self.recipe.apply(&mut r);
-        r
-    }
-}
-
 /// What a run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -223,7 +83,7 @@ pub struct RunSummary {
 /// Runs a configuration on `devices` (made autodiff here): the model loads on the first; with more than one, each
 /// step's micro-batches are spread over all of them (data parallel).
 pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError> {
-    let recipe = cfg.recipe();
+    let recipe = cfg.recipe.clone();
     recipe.validate().map_err(crate::trainer::TrainError::Recipe)?;
     let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let device = devices
@@ -238,7 +98,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     let template = Template::by_name(&name)?;
     let labels = LabelSpace { levels: psa_cfg.safety.num_levels, types: psa_cfg.safety.num_types };
     let mut samples = read_jsonl(&cfg.data, &cfg.image_root, labels)?;
-    let clean = cfg.clean.or((cfg.stage == StageName::Stage1).then_some(3000));
+    let clean = cfg.clean.or((cfg.stage == Stage::One).then_some(3000));
     if let Some(clean) = clean {
         samples = balance(samples, Taxonomy::default().safe_type, Balance { clean, seed: 42 });
     }
@@ -261,12 +121,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     std::fs::create_dir_all(&cfg.out).map_err(|e| out_err(&cfg.out, &e))?;
     let metrics_path = cfg.out.join("metrics.jsonl");
     let mut log = std::fs::File::create(&metrics_path).map_err(|e| out_err(&metrics_path, &e))?;
-    let stage = match cfg.stage {
-        StageName::Stage1 => Stage::One,
-        StageName::Stage2 => {
-            Stage::Two { lora: cfg.lora.clone().unwrap_or_else(LoraConfig::paper), train_safety: cfg.train_safety }
-        }
-    };
+    let stage = &cfg.stage;
     let steps = data.len().div_ceil(recipe.batch_size).div_ceil(recipe.grad_accum) * recipe.epochs;
     let bar = if cfg.progress { ProgressBar::new(steps as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -284,7 +139,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     };
     let start = Instant::now();
     let pad = psa_cfg.llava.pad_token_id.unwrap_or(0);
-    let (model, metrics) = train(model, &stage, &data, &recipe, pad, &run_opts, |m: &StepMetrics| {
+    let (model, metrics) = train(model, stage, &data, &recipe, pad, &run_opts, |m: &StepMetrics| {
         bar.set_position(m.step as u64);
         bar.set_message(format!(
             "loss {:.4} (LM {:.4}, level {:.4}, type {:.4}) lr {:.2e} {:.1} samples/s",
@@ -296,8 +151,11 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     let train_seconds = start.elapsed().as_secs_f64();
     let mut outputs = vec![metrics_path];
     let plot = cfg.out.join("loss.svg");
-    let title = format!("PSA-VLM {:?}", cfg.stage);
-    crate::plot::loss_curve(&metrics, &plot, &title).map_err(|e| out_err(&plot, &e))?;
+    let title = match stage {
+        Stage::One => "PSA-VLM stage I",
+        Stage::Two { .. } => "PSA-VLM stage II",
+    };
+    crate::plot::loss_curve(&metrics, &plot, title).map_err(|e| out_err(&plot, &e))?;
     outputs.push(plot);
     let accuracy = match &cfg.eval {
         Some(eval) => {
@@ -307,7 +165,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
         }
         None => None,
     };
-    match &stage {
+    match stage {
         Stage::One => outputs.push(save_safety_modules(&model.safety, &psa_cfg.safety, &cfg.out)?.0),
         Stage::Two { lora, train_safety } => {
             let dir = cfg.out.join("adapter");

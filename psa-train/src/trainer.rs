@@ -13,24 +13,28 @@ use psa_models::{ConceptLabels, HostLmLoss, LmEngine, ModelError, Passes, PsaInp
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::data::{Encoded, collate, question_marks};
 pub use crate::prepare::{PrepareOptions, PrepareReport, Prepared, prepare};
 use crate::recipe::Recipe;
 
-/// Which stage a run trains.
-#[derive(Debug, Clone, PartialEq)]
+/// Which stage a run trains; in a run file `stage = "stage1"` or `"stage2"` (then `lora` and `train_safety`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "stage")]
 pub enum Stage {
     /// Safety modules only, with the concept loss.
+    #[serde(rename = "stage1")]
     One,
     /// LoRA adapters on the LLM (added if the model has none), LM loss only (the safety head is skipped);
     /// optionally the safety modules too, then with the concept loss so the head gets a gradient.
+    #[serde(rename = "stage2")]
     Two {
         /// Adapter settings.
         lora: LoraConfig,
         /// Also train the safety modules (the reference keeps them frozen).
+        #[serde(default)]
         train_safety: bool,
     },
 }
@@ -148,7 +152,7 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     /// The recipe cannot train.
     #[error("invalid recipe: {0}")]
-    Recipe(String),
+    Recipe(#[from] crate::recipe::RecipeError),
     /// The run diverged: the step's loss, a gradient or an updated weight is NaN or infinite. Nothing of this step
     /// was saved.
     #[error("training diverged at step {step}: {what}; no checkpoint of this step was written")]

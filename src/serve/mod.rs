@@ -47,10 +47,10 @@ pub struct ApiKey([u8; 32]);
 
 impl ApiKey {
     /// A key from its text (surrounding whitespace ignored); an empty key is refused.
-    pub fn new(key: &str) -> Result<Self, String> {
+    pub fn new(key: &str) -> Result<Self, EmptyApiKey> {
         let key = key.trim();
         if key.is_empty() {
-            return Err("the API key is empty".into());
+            return Err(EmptyApiKey);
         }
         Ok(Self(Sha256::digest(key.as_bytes()).into()))
     }
@@ -61,6 +61,11 @@ impl ApiKey {
         self.0.ct_eq(&digest).into()
     }
 }
+
+/// An API key that is empty or only whitespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the API key is empty")]
+pub struct EmptyApiKey;
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

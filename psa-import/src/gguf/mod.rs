@@ -4,6 +4,7 @@
 //! Tensors are dequantised to f32 as they are applied (F32, F16, BF16, Q8_0, Q4_0, Q4_1), renamed from llama.cpp's
 //! `blk.N.attn_q` scheme to Hugging Face names, and the Q/K rows llama.cpp's converter permuted for interleaved RoPE
 //! are put back in rotate-half order. A missing `output.weight` means tied embeddings.
+mod error;
 mod quant;
 mod reader;
 mod tokenizer;
@@ -15,6 +16,7 @@ use burn::store::bridge;
 use burn::tensor::{Device, TensorData};
 use serde_json::{Value, json};
 
+pub use error::{GgmlTypeError, GgufError, GgufTokenizerError};
 pub use quant::GgmlType;
 pub use reader::{GgufFile, GgufValue, TensorInfo};
 pub use tokenizer::gguf_tokenizer;
@@ -175,5 +177,7 @@ pub fn chat_template(file: &GgufFile) -> Option<&str> {
 
 /// The `tokenizer.json` the file's vocabulary describes, for saving beside a converted model.
 pub fn tokenizer_json(file: &GgufFile) -> Result<Value, LoadError> {
-    gguf_tokenizer(file).map(|(_, json)| json).map_err(|reason| LoadError::BadFile { path: file.path().into(), reason })
+    gguf_tokenizer(file)
+        .map(|(_, json)| json)
+        .map_err(|e| LoadError::Gguf { path: file.path().into(), source: GgufError::Tokenizer(e) })
 }

@@ -1,6 +1,8 @@
 //! ggml storage types and their dequantisation to f32 (the block layouts of ggml's `ggml-quants.c`).
 use half::{bf16, f16};
 
+use super::error::GgmlTypeError;
+
 /// A ggml tensor type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
@@ -24,7 +26,7 @@ const BLOCK: usize = 32;
 
 impl GgmlType {
     /// The type with ggml id `id`.
-    pub fn from_id(id: u32) -> Result<Self, String> {
+    pub fn from_id(id: u32) -> Result<Self, GgmlTypeError> {
         Ok(match id {
             0 => Self::F32,
             1 => Self::F16,
@@ -32,29 +34,24 @@ impl GgmlType {
             3 => Self::Q4_1,
             8 => Self::Q8_0,
             30 => Self::Bf16,
-            4 | 5 | 31..=33 => return Err(format!("ggml type {id} was removed from the format")),
+            4 | 5 | 31..=33 => return Err(GgmlTypeError::Removed(id)),
             other if other < 64 => Self::Unsupported(other),
-            other => return Err(format!("unknown ggml type {other}")),
+            other => return Err(GgmlTypeError::Unknown(other)),
         })
     }
 
     /// Bytes that `n` elements occupy.
-    pub fn byte_len(&self, n: usize) -> Result<usize, String> {
+    pub fn byte_len(&self, n: usize) -> Result<usize, GgmlTypeError> {
         let per_block = match self {
             Self::F32 => return Ok(4 * n),
             Self::F16 | Self::Bf16 => return Ok(2 * n),
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
-            Self::Unsupported(id) => {
-                return Err(format!(
-                    "ggml type {id} is not supported; psa-vlm reads F32, F16, BF16, Q4_0, Q4_1 and Q8_0 (re-quantise \
-                     the file with llama.cpp's llama-quantize, e.g. to Q8_0)"
-                ));
-            }
+            Self::Unsupported(id) => return Err(GgmlTypeError::Unsupported(*id)),
         };
         if !n.is_multiple_of(BLOCK) {
-            return Err(format!("{n} elements is not a whole number of {BLOCK}-element blocks"));
+            return Err(GgmlTypeError::PartialBlock { elements: n, block: BLOCK });
         }
         Ok(n / BLOCK * per_block)
     }
@@ -114,7 +111,9 @@ mod tests {
         let v = GgmlType::Q4_0.dequantize(&b, 32);
         assert_eq!((v[0], v[16]), (7.0, 0.0));
         assert_eq!(GgmlType::Q4_1.byte_len(64), Ok(40));
-        assert!(GgmlType::Q8_0.byte_len(33).unwrap_err().contains("blocks"));
-        assert!(GgmlType::from_id(12).map(|t| t.byte_len(256)).unwrap().unwrap_err().contains("not supported"));
+        assert!(GgmlType::Q8_0.byte_len(33).unwrap_err().to_string().contains("blocks"));
+        assert!(
+            GgmlType::from_id(12).map(|t| t.byte_len(256)).unwrap().unwrap_err().to_string().contains("not supported")
+        );
     }
 }

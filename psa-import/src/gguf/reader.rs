@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::error::GgufError;
 use super::quant::GgmlType;
 use crate::error::LoadError;
 
@@ -122,45 +123,45 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], GgufError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("truncated while reading {what} at byte {}", self.pos))?;
+        let end = end.ok_or_else(|| GgufError::Truncated { what: what.into(), at: self.pos })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, what)?);
         Ok(a)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
+    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
+    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
     /// A count of items of at least `min_size` bytes each, checked against the bytes left.
-    fn count(&mut self, what: &str, min_size: usize) -> Result<usize, String> {
+    fn count(&mut self, what: &str, min_size: usize) -> Result<usize, GgufError> {
         let n = self.u64(what)?;
         let left = (self.bytes.len() - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > left {
-            return Err(format!("{what} claims {n} items, more than the {left} bytes left"));
+            return Err(GgufError::Count { what: what.into(), claimed: n, left });
         }
         Ok(n as usize)
     }
 
-    fn string(&mut self, what: &str) -> Result<String, String> {
+    fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let n = self.count(what, 1)?;
         let raw = self.take(n, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|e| format!("{what} is not UTF-8: {e}"))
+        String::from_utf8(raw.to_vec()).map_err(|source| GgufError::Utf8 { what: what.into(), source })
     }
 
-    fn value(&mut self, kind: u32, what: &str, depth: usize) -> Result<GgufValue, String> {
+    fn value(&mut self, kind: u32, what: &str, depth: usize) -> Result<GgufValue, GgufError> {
         Ok(match kind {
             0 => GgufValue::Uint(self.array::<1>(what)?[0] as u64),
             1 => GgufValue::Int(self.array::<1>(what)?[0] as i8 as i64),
@@ -183,7 +184,7 @@ impl<'a> Cursor<'a> {
             10 => GgufValue::Uint(self.u64(what)?),
             11 => GgufValue::Int(i64::from_le_bytes(self.array(what)?)),
             12 => GgufValue::Float(f64::from_le_bytes(self.array(what)?)),
-            other => return Err(format!("{what} has unknown value type {other}")),
+            other => return Err(GgufError::ValueType { what: what.into(), kind: other }),
         })
     }
 }
@@ -197,17 +198,17 @@ impl GgufFile {
 
     /// Parses GGUF bytes, checking every count, size and offset against the bytes present; `path` names them.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, LoadError> {
-        Self::parse(bytes, path).map_err(|reason| LoadError::BadFile { path: path.into(), reason })
+        Self::parse(bytes, path).map_err(|source| LoadError::Gguf { path: path.into(), source })
     }
 
-    fn parse(bytes: Vec<u8>, path: &Path) -> Result<Self, String> {
+    fn parse(bytes: Vec<u8>, path: &Path) -> Result<Self, GgufError> {
         let mut c = Cursor { bytes: &bytes, pos: 0 };
         if c.take(4, "the magic")? != b"GGUF" {
-            return Err("not a GGUF file (no GGUF magic)".into());
+            return Err(GgufError::Magic);
         }
         let version = c.u32("the version")?;
         if !(2..=3).contains(&version) {
-            return Err(format!("GGUF version {version} is not supported (2 and 3 are)"));
+            return Err(GgufError::Version(version));
         }
         let n_tensors = c.count("the tensor count", 24)?;
         let n_kv = c.count("the metadata count", 12)?;
@@ -223,20 +224,23 @@ impl GgufFile {
             let name = c.string("a tensor name")?;
             let n_dims = c.u32(&name)? as usize;
             if n_dims > 4 {
-                return Err(format!("tensor {name} has {n_dims} dimensions"));
+                return Err(GgufError::Rank { tensor: name, dims: n_dims });
             }
             let dims = (0..n_dims).map(|_| c.u64(&name)).collect::<Result<Vec<_>, _>>()?;
             let elements = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
             if elements.is_none_or(|n| n > MAX_ELEMENTS) {
-                return Err(format!("tensor {name} has dimensions {dims:?}: more than {MAX_ELEMENTS} elements"));
+                return Err(GgufError::TooLarge { tensor: name, dims, max: MAX_ELEMENTS });
             }
-            let ggml_type = GgmlType::from_id(c.u32(&name)?).map_err(|e| format!("tensor {name}: {e}"))?;
+            let ggml_type = match GgmlType::from_id(c.u32(&name)?) {
+                Ok(t) => t,
+                Err(source) => return Err(GgufError::Type { tensor: name, source }),
+            };
             let offset = c.u64(&name)?;
             tensors.push(TensorInfo { name, dims, ggml_type, offset });
         }
         let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(32);
         if alignment == 0 || !alignment.is_power_of_two() || alignment > 1 << 20 {
-            return Err(format!("general.alignment {alignment} is not a power of two up to 2^20"));
+            return Err(GgufError::Alignment(alignment));
         }
         let alignment = alignment as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
@@ -263,25 +267,24 @@ impl GgufFile {
     }
 
     /// The stored bytes of a tensor.
-    fn raw(&self, t: &TensorInfo) -> Result<&[u8], String> {
-        let len = t.ggml_type.byte_len(t.len()).map_err(|e| format!("tensor {}: {e}", t.name))?;
+    fn raw(&self, t: &TensorInfo) -> Result<&[u8], GgufError> {
+        let len = t.ggml_type.byte_len(t.len()).map_err(|source| GgufError::Type { tensor: t.name.clone(), source })?;
         let end =
             (self.data_start as u64).checked_add(t.offset).and_then(|s| s.checked_add(len as u64).map(|e| (s, e)));
         let Some((start, end)) = end.filter(|&(_, e)| e <= self.bytes.len() as u64) else {
-            return Err(format!(
-                "tensor {} (offset {}, {len} bytes) does not lie within the file ({} bytes): truncated or corrupt",
-                t.name,
-                t.offset,
-                self.bytes.len()
-            ));
+            return Err(GgufError::OutOfFile {
+                tensor: t.name.clone(),
+                offset: t.offset,
+                len,
+                file_len: self.bytes.len(),
+            });
         };
         Ok(&self.bytes[start as usize..end as usize])
     }
 
     /// A tensor's values as f32, row-major in [`TensorInfo::shape`] order.
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>, LoadError> {
-        let bad = |reason: String| LoadError::BadFile { path: self.path.clone(), reason };
-        let raw = self.raw(t).map_err(bad)?;
+        let raw = self.raw(t).map_err(|source| LoadError::Gguf { path: self.path.clone(), source })?;
         Ok(t.ggml_type.dequantize(raw, t.len()))
     }
 }

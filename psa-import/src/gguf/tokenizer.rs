@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
+use super::error::GgufTokenizerError;
 use super::reader::{GgufFile, GgufValue};
 
 /// GPT-2's printable spelling of each byte (`bytes_to_unicode`).
@@ -58,14 +59,17 @@ fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)
     merges.into_iter().map(|(l, r, _)| (l, r)).collect()
 }
 
-fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>, String> {
-    let values = file.get(key).and_then(GgufValue::as_array).ok_or_else(|| format!("no {key} array"))?;
-    values.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("{key} holds a non-string"))).collect()
+fn strings(file: &GgufFile, key: &'static str) -> Result<Vec<String>, GgufTokenizerError> {
+    let values = file.get(key).and_then(GgufValue::as_array).ok_or(GgufTokenizerError::Missing(key))?;
+    values.iter().map(|v| v.as_str().map(str::to_string).ok_or(GgufTokenizerError::NotString(key))).collect()
 }
 
 /// The tokenizer the file describes, and its `tokenizer.json` form.
-pub fn gguf_tokenizer(file: &GgufFile) -> Result<(Tokenizer, Value), String> {
-    let model = file.get("tokenizer.ggml.model").and_then(GgufValue::as_str).ok_or("no tokenizer.ggml.model")?;
+pub fn gguf_tokenizer(file: &GgufFile) -> Result<(Tokenizer, Value), GgufTokenizerError> {
+    let model = file
+        .get("tokenizer.ggml.model")
+        .and_then(GgufValue::as_str)
+        .ok_or(GgufTokenizerError::Missing("tokenizer.ggml.model"))?;
     let mut tokens = strings(file, "tokenizer.ggml.tokens")?;
     let types: Vec<u64> = match file.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array) {
         Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
@@ -100,7 +104,7 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<(Tokenizer, Value), String> {
         "llama" => {
             let scores: Vec<f32> = match file.get("tokenizer.ggml.scores").and_then(GgufValue::as_array) {
                 Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
-                None => return Err("a llama vocabulary needs tokenizer.ggml.scores".into()),
+                None => return Err(GgufTokenizerError::Missing("tokenizer.ggml.scores (a llama vocabulary needs it)")),
             };
             let merges: Vec<Value> = match file.get("tokenizer.ggml.merges") {
                 Some(_) => strings(file, "tokenizer.ggml.merges")?
@@ -120,7 +124,7 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<(Tokenizer, Value), String> {
                 {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
             (bpe, pre, decoder, true)
         }
-        other => return Err(format!("tokenizer.ggml.model {other:?} is not supported (gpt2 and llama are)")),
+        other => return Err(GgufTokenizerError::Model(other.into())),
     };
     let mut added = Vec::new();
     for (i, (t, &kind)) in tokens.iter().zip(&types).enumerate() {
@@ -133,7 +137,7 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<(Tokenizer, Value), String> {
     let add_bos = file.get("tokenizer.ggml.add_bos_token").and_then(GgufValue::as_bool).unwrap_or(add_bos_default);
     let post = match id("tokenizer.ggml.bos_token_id").filter(|_| add_bos) {
         Some(bos) => {
-            let bos_text = tokens.get(bos as usize).ok_or("bos_token_id is out of range")?;
+            let bos_text = tokens.get(bos as usize).ok_or(GgufTokenizerError::Bos(bos))?;
             json!({"type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                 "pair": [{"SpecialToken": {"id": bos_text, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -144,7 +148,7 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<(Tokenizer, Value), String> {
     };
     let json = json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": null, "pre_tokenizer": pre, "post_processor": post, "decoder": decoder, "model": model_json});
-    let tokenizer: Tokenizer = json.to_string().parse().map_err(|e| format!("building the tokenizer: {e}"))?;
+    let tokenizer: Tokenizer = json.to_string().parse().map_err(GgufTokenizerError::Build)?;
     Ok((tokenizer, json))
 }
 

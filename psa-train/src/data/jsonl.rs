@@ -64,73 +64,88 @@ pub fn parse_jsonl(text: &str, path: &Path, image_root: &Path, labels: LabelSpac
             continue;
         }
         let line = i + 1;
-        let err = |reason: String| DataError::Line { path: path.into(), line, reason };
-        let value: Value = serde_json::from_str(raw).map_err(|e| err(format!("malformed JSON: {e}")))?;
+        let err = |source: SampleError| DataError::Sample { path: path.into(), line, source };
+        let value: Value = serde_json::from_str(raw).map_err(|e| err(e.into()))?;
         samples.push(parse_sample(&value, line, image_root, labels).map_err(err)?);
     }
     Ok(samples)
 }
 
-fn label(v: &Value, key: &str, count: usize) -> Result<usize, String> {
-    let x = v.get(key).ok_or_else(|| format!("missing `{key}`"))?;
-    let n = x.as_u64().ok_or_else(|| format!("`{key}` must be a non-negative integer, got {x}"))? as usize;
-    if n >= count {
-        return Err(format!("unknown label {key} = {n}: expected 0..{}", count - 1));
+fn label(v: &Value, key: &'static str, count: usize) -> Result<usize, SampleError> {
+    let x = v.get(key).ok_or(SampleError::Missing(key))?;
+    let n =
+        x.as_u64().ok_or_else(|| SampleError::Type { key, expected: "a non-negative integer", got: x.to_string() })?;
+    if n >= count as u64 {
+        return Err(SampleError::Label { key, value: n, count });
     }
-    Ok(n)
+    Ok(n as usize)
 }
 
-fn role(from: &str) -> Result<Role, String> {
+fn role(from: &str) -> Result<Role, SampleError> {
     match from.to_ascii_lowercase().as_str() {
         "user" | "human" => Ok(Role::User),
         "assistant" | "gpt" => Ok(Role::Assistant),
-        other => Err(format!("unknown role {other:?}: expected USER/ASSISTANT, human/gpt or user/assistant")),
+        other => Err(SampleError::Role(other.into())),
     }
 }
 
-fn parse_sample(v: &Value, line: usize, root: &Path, labels: LabelSpace) -> Result<Sample, String> {
-    let obj = v.as_object().ok_or("each line must be a JSON object")?;
+/// `v[key]` as a string.
+pub(crate) fn text<'a>(v: &'a Value, key: &'static str) -> Result<&'a str, SampleError> {
+    match v.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(SampleError::Type { key, expected: "a string", got: other.to_string() }),
+        None => Err(SampleError::Missing(key)),
+    }
+}
+
+/// `v[key]` as a list.
+fn list<'a>(v: &'a Value, key: &'static str) -> Result<&'a [Value], SampleError> {
+    match v.get(key) {
+        Some(Value::Array(a)) => Ok(a),
+        Some(other) => Err(SampleError::Type { key, expected: "a list", got: other.to_string() }),
+        None => Err(SampleError::Missing(key)),
+    }
+}
+
+fn parse_sample(v: &Value, line: usize, root: &Path, labels: LabelSpace) -> Result<Sample, SampleError> {
+    let obj = v.as_object().ok_or(SampleError::NotAnObject)?;
     let level = label(v, "safe_level", labels.levels)?;
     let risk_type = label(v, "safe_type", labels.types)?;
-    let (image, messages) = if let Some(conv) = obj.get("conversations") {
-        let image = obj.get("image").and_then(Value::as_str).ok_or("missing `image` (a path string)")?;
-        let turns = conv.as_array().ok_or("`conversations` must be a list")?;
-        let messages = turns
+    let (image, messages) = if obj.contains_key("conversations") {
+        let image = text(v, "image")?;
+        let messages = list(v, "conversations")?
             .iter()
-            .map(|t| {
-                let from = t.get("from").and_then(Value::as_str).ok_or("a turn lacks `from`")?;
-                let value = t.get("value").and_then(Value::as_str).ok_or("a turn lacks a string `value`")?;
-                Ok(Message { role: role(from)?, content: value.to_string() })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+            .map(|t| Ok(Message { role: role(text(t, "from")?)?, content: text(t, "value")?.to_string() }))
+            .collect::<Result<Vec<_>, SampleError>>()?;
         (image.to_string(), messages)
-    } else if let Some(msgs) = obj.get("messages") {
-        let images = obj.get("images").and_then(Value::as_array).ok_or("TRL samples need an `images` list")?;
-        let image = match images.as_slice() {
-            [one] => one.as_str().ok_or("`images` entries must be paths")?.to_string(),
-            other => return Err(format!("exactly one image per sample is supported, got {}", other.len())),
+    } else if obj.contains_key("messages") {
+        let image = match list(v, "images")? {
+            [one] => one.as_str().ok_or_else(|| SampleError::Type {
+                key: "images",
+                expected: "a list of paths",
+                got: one.to_string(),
+            })?,
+            other => return Err(SampleError::ImageCount(other.len())),
         };
-        let messages = msgs
-            .as_array()
-            .ok_or("`messages` must be a list")?
+        let messages = list(v, "messages")?
             .iter()
             .map(|m| {
-                let r = role(m.get("role").and_then(Value::as_str).ok_or("a message lacks `role`")?)?;
-                Ok(Message { role: r, content: trl_content(m.get("content").ok_or("a message lacks `content`")?)? })
+                let content = trl_content(m.get("content").ok_or(SampleError::Missing("content"))?)?;
+                Ok(Message { role: role(text(m, "role")?)?, content })
             })
-            .collect::<Result<Vec<_>, String>>()?;
-        (image, messages)
+            .collect::<Result<Vec<_>, SampleError>>()?;
+        (image.to_string(), messages)
     } else {
-        return Err("expected `conversations` (LLaVA) or `messages` (TRL)".into());
+        return Err(SampleError::Schema);
     };
     if messages.is_empty() {
-        return Err("empty conversation".into());
+        return Err(SampleError::Conversation("empty conversation"));
     }
     if !messages.iter().any(|m| m.role == Role::Assistant) {
-        return Err("the conversation has no assistant turn to learn from".into());
+        return Err(SampleError::Conversation("the conversation has no assistant turn to learn from"));
     }
     if messages[0].role != Role::User {
-        return Err("the conversation must start with a user turn".into());
+        return Err(SampleError::Conversation("the conversation must start with a user turn"));
     }
     let image = match image.split_once("<split>") {
         Some((a, b)) => ImageRef::Pair(root.join(a.trim()), root.join(b.trim())),
@@ -141,22 +156,73 @@ fn parse_sample(v: &Value, line: usize, root: &Path, labels: LabelSpace) -> Resu
 }
 
 /// TRL content: a string, or parts `{"type": "text", "text": …}` / `{"type": "image"}` (→ `<image>`).
-fn trl_content(c: &Value) -> Result<String, String> {
+fn trl_content(c: &Value) -> Result<String, SampleError> {
     if let Some(s) = c.as_str() {
         return Ok(s.to_string());
     }
-    let parts = c.as_array().ok_or("`content` must be a string or a list of parts")?;
+    let parts = c.as_array().ok_or_else(|| SampleError::Type {
+        key: "content",
+        expected: "a string or a list of parts",
+        got: c.to_string(),
+    })?;
     let mut out = Vec::new();
     for p in parts {
         match p.get("type").and_then(Value::as_str) {
             Some("image") => out.push("<image>".to_string()),
-            Some("text") => {
-                out.push(p.get("text").and_then(Value::as_str).ok_or("a text part lacks `text`")?.to_string())
-            }
-            other => return Err(format!("unknown content part type {other:?}")),
+            Some("text") => out.push(text(p, "text")?.to_string()),
+            other => return Err(SampleError::PartType(other.map(str::to_string))),
         }
     }
     Ok(out.join("\n"))
+}
+
+/// Why one JSONL line is not a usable sample.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// Not JSON at all.
+    #[error("malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The line is JSON but not an object.
+    #[error("each line must be a JSON object")]
+    NotAnObject,
+    /// Neither schema's key.
+    #[error("expected `conversations` (LLaVA) or `messages` (TRL)")]
+    Schema,
+    /// A required key is absent.
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    /// A key holds the wrong kind of value.
+    #[error("`{key}` must be {expected}, got {got}")]
+    Type {
+        /// The key.
+        key: &'static str,
+        /// What it must hold.
+        expected: &'static str,
+        /// What it holds, as JSON.
+        got: String,
+    },
+    /// A label outside the label space.
+    #[error("unknown label {key} = {value}: expected 0..{}", .count - 1)]
+    Label {
+        /// `safe_level` or `safe_type`.
+        key: &'static str,
+        /// The value given.
+        value: u64,
+        /// Number of classes.
+        count: usize,
+    },
+    /// A speaker name neither schema uses.
+    #[error("unknown role {0:?}: expected USER/ASSISTANT, human/gpt or user/assistant")]
+    Role(String),
+    /// Not exactly one image.
+    #[error("exactly one image per sample is supported, got {0}")]
+    ImageCount(usize),
+    /// A TRL content part of an unknown type.
+    #[error("unknown content part type {0:?}")]
+    PartType(Option<String>),
+    /// A conversation that cannot be learnt from.
+    #[error("{0}")]
+    Conversation(&'static str),
 }
 
 #[cfg(test)]

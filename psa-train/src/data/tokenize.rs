@@ -39,7 +39,7 @@ pub fn encode_conversation(
     template: &Template,
     messages: &[Message],
     max_len: usize,
-) -> Result<Encoded, String> {
+) -> Result<Encoded, EncodeError> {
     let messages = normalize_image_placeholder(messages);
     let full = template.render(&messages, false);
     // Character spans of each assistant answer with its end-of-turn marker.
@@ -48,11 +48,11 @@ pub fn encode_conversation(
         let start = template.render(&messages[..i], true);
         let end = template.render(&messages[..=i], false);
         if !full.starts_with(&start) || !full.starts_with(&end) || start.len() > end.len() {
-            return Err(format!("template pieces of turn {i} do not line up with the rendered conversation"));
+            return Err(EncodeError::Misaligned { turn: i });
         }
         spans.push(start.len()..end.len());
     }
-    let enc = text.tokenizer().encode(full.as_str(), true).map_err(|e| e.to_string())?;
+    let enc = text.tokenizer().encode(full.as_str(), true).map_err(EncodeError::Tokenizer)?;
     let ids = enc.get_ids().to_vec();
     let question = messages.iter().find(|m| m.role == Role::User).and_then(|m| question_span(&full, &m.content));
     let question = overlapping(enc.get_offsets(), question);
@@ -65,15 +65,38 @@ pub fn encode_conversation(
         })
         .collect();
     if labels.iter().all(|&l| l == IGNORE_INDEX) {
-        return Err("no assistant token survived tokenisation".into());
+        return Err(EncodeError::NothingSupervised);
     }
     let truncated = ids.len() > max_len;
     let keep = ids.len().min(max_len);
     let (input_ids, labels, question) = (ids[..keep].to_vec(), labels[..keep].to_vec(), question[..keep].to_vec());
     if labels.iter().all(|&l| l == IGNORE_INDEX) {
-        return Err(format!("truncation to {max_len} tokens removed every supervised token"));
+        return Err(EncodeError::TruncatedAway { max_len });
     }
     Ok(Encoded { input_ids, labels, truncated, question })
+}
+
+/// Why a conversation cannot become a training sample.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The template renders a prefix of the conversation differently from the whole.
+    #[error("template pieces of turn {turn} do not line up with the rendered conversation")]
+    Misaligned {
+        /// The assistant turn.
+        turn: usize,
+    },
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No answer token is left to learn from.
+    #[error("no assistant token survived tokenisation")]
+    NothingSupervised,
+    /// Truncation cut every answer token.
+    #[error("truncation to {max_len} tokens removed every supervised token")]
+    TruncatedAway {
+        /// The length limit.
+        max_len: usize,
+    },
 }
 
 /// The question marks of a batch, right-padded (with `false`) like [`collate`]'s rows.

@@ -17,6 +17,7 @@ use psa_pipeline::processor::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::data::jsonl::text;
 use crate::data::{ImageRef, LabelSpace, read_jsonl};
 use crate::error::DataError;
 
@@ -60,10 +61,10 @@ impl Format {
     }
 
     /// Parses a command-line name.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, psa_core::UnknownName> {
         Self::ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| {
             let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
-            format!("unknown format {name:?}: expected one of {}", names.join(", "))
+            psa_core::UnknownName { what: "format", given: name.into(), expected: names.join(", ") }
         })
     }
 }
@@ -222,14 +223,6 @@ fn top_level_entries(text: &str) -> Vec<(usize, String)> {
     entries
 }
 
-fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str, String> {
-    match v.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("`{key}` must be a string, got {other}")),
-        None => Err(format!("missing `{key}`")),
-    }
-}
-
 fn read_vlguard(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), DataError> {
     let (value, lines) = json_with_lines(path)?;
     let entries = value.as_array().ok_or_else(|| DataError::Line {
@@ -240,8 +233,8 @@ fn read_vlguard(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), DataE
     for (k, entry) in entries.iter().enumerate() {
         let line = lines.get(k).map_or(1, |e| e.0);
         let err = |reason: String| DataError::Line { path: path.into(), line, reason };
-        let id = str_field(entry, "id").map_err(err)?;
-        let image = root.join(str_field(entry, "image").map_err(err)?);
+        let id = text(entry, "id").map_err(|e| err(e.to_string()))?;
+        let image = root.join(text(entry, "image").map_err(|e| err(e.to_string()))?);
         let safe = entry.get("safe").and_then(Value::as_bool).ok_or_else(|| err("missing boolean `safe`".into()))?;
         let category = entry.get("harmful_category").and_then(Value::as_str).map(str::to_string);
         let turns = entry
@@ -250,13 +243,11 @@ fn read_vlguard(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), DataE
             .ok_or_else(|| err("missing array `instr-resp`".into()))?;
         for (t, turn) in turns.iter().enumerate() {
             let (question, harmful, subset) = match (safe, turn) {
-                (true, v) if v.get("safe_instruction").is_some() => {
-                    (str_field(v, "safe_instruction"), false, "safe_safes")
-                }
+                (true, v) if v.get("safe_instruction").is_some() => (text(v, "safe_instruction"), false, "safe_safes"),
                 (true, v) if v.get("unsafe_instruction").is_some() => {
-                    (str_field(v, "unsafe_instruction"), true, "safe_unsafes")
+                    (text(v, "unsafe_instruction"), true, "safe_unsafes")
                 }
-                (false, v) if v.get("instruction").is_some() => (str_field(v, "instruction"), true, "unsafes"),
+                (false, v) if v.get("instruction").is_some() => (text(v, "instruction"), true, "unsafes"),
                 _ => {
                     let want = if safe { "`safe_instruction` or `unsafe_instruction`" } else { "`instruction`" };
                     return Err(err(format!("instr-resp[{t}] of a safe={safe} image needs {want}")));
@@ -318,7 +309,7 @@ fn read_mm_safetybench(dir: &Path, images: &Path, set: &mut EvalSet) -> Result<(
                 set.items.push(EvalItem {
                     id: format!("{scenario}/{kind}/{index}"),
                     image: ImageRef::Single(images.join(&scenario).join(kind).join(format!("{index}.jpg"))),
-                    question: str_field(q, field).map_err(err)?.to_string(),
+                    question: text(q, field).map_err(|e| err(e.to_string()))?.to_string(),
                     harmful: true,
                     subset: kind.into(),
                     category: Some(scenario.clone()),
@@ -495,6 +486,6 @@ mod tests {
         for f in Format::ALL {
             assert_eq!(Format::parse(f.name()), Ok(f));
         }
-        assert!(Format::parse("mmsb").unwrap_err().contains("mm-safetybench"));
+        assert!(Format::parse("mmsb").unwrap_err().to_string().contains("mm-safetybench"));
     }
 }

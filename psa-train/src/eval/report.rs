@@ -7,7 +7,7 @@ use psa_core::Taxonomy;
 
 use super::run::{EvalReport, HeadMetrics, ResponseCounts};
 use crate::error::DataError;
-use crate::plot::{confusion_matrix_png, reliability_png};
+use crate::plot::{confusion_matrix, reliability};
 
 /// A rate as a percentage with one decimal, or `n/a`.
 pub fn pct(x: Option<f64>) -> String {
@@ -130,17 +130,16 @@ fn head_section(s: &mut String, head: &str, m: &HeadMetrics, labels: &[String]) 
     s.push('\n');
 }
 
-/// Writes `report.json`, `report.md` and the PNG plots into `dir`; returns the paths written.
+/// Writes `report.json`, `report.md` and the SVG plots into `dir`; returns the paths written.
 pub fn write_report(r: &EvalReport, taxonomy: &Taxonomy, dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     std::fs::create_dir_all(dir).map_err(|e| out_err(dir, e))?;
     let mut written = Vec::new();
     let mut plots = Vec::new();
     let c = &r.classifier;
     if !c.risk_reliability.is_empty() {
-        let path = dir.join("reliability.png");
-        reliability_png(&c.risk_reliability, &path, "risk score: accuracy vs confidence")
-            .map_err(|e| out_err(&path, e))?;
-        plots.push(("reliability diagram (risk score, calibrated)".to_string(), "reliability.png".to_string()));
+        let path = dir.join("reliability.svg");
+        reliability(&c.risk_reliability, &path, "risk score: accuracy vs confidence").map_err(|e| out_err(&path, e))?;
+        plots.push(("reliability diagram (risk score, calibrated)".to_string(), "reliability.svg".to_string()));
         written.push(path);
     }
     let names = |v: &[psa_core::taxonomy::Concept]| v.iter().map(|x| x.name.clone()).collect::<Vec<_>>();
@@ -148,10 +147,10 @@ pub fn write_report(r: &EvalReport, taxonomy: &Taxonomy, dir: &Path) -> Result<V
         [("level", &c.level, names(&taxonomy.levels)), ("type", &c.risk_type, names(&taxonomy.types))]
     {
         if let Some(m) = m {
-            let file = format!("confusion_{head}.png");
+            let file = format!("confusion_{head}.svg");
             let path = dir.join(&file);
             let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-            confusion_matrix_png(&refs, &m.confusion, &path, &format!("{head}: true (rows) vs predicted"))
+            confusion_matrix(&refs, &m.confusion, &path, &format!("{head}: true (rows) vs predicted"))
                 .map_err(|e| out_err(&path, e))?;
             plots.push((format!("{head} confusion matrix"), file));
             written.push(path);

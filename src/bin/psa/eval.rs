@@ -39,7 +39,7 @@ pub struct Data {
 
 impl Data {
     fn read(&self) -> Result<(Format, psa_vlm::train::eval::EvalSet)> {
-        let format = Format::parse(&self.format).map_err(anyhow::Error::msg)?;
+        let format = Format::parse(&self.format)?;
         let opts = ReadOptions { image_root: self.image_root.clone(), skip_missing_images: self.skip_missing_images };
         let mut set = read_benchmark(format, &self.data, &opts)?;
         if let Some(n) = self.limit {
@@ -136,7 +136,7 @@ fn llm_judge(a: &EvalArgs, p: &GuardedPipeline) -> Result<LlmJudge> {
         }
         Some(path) if path.extension().is_some_and(|e| e == "gguf") => {
             let (lm, config, _) = load_llama_gguf(path, &device, &LoadOptions::default())?;
-            let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(path)?).map_err(anyhow::Error::msg)?;
+            let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(path)?)?;
             let text = psa_vlm::pipeline::assemble::image_text_processor(tokenizer, config.vocab_size as u32)?;
             (lm, text, config, path.display().to_string())
         }

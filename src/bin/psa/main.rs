@@ -15,14 +15,13 @@ mod infer;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use infer::{Ask, ModelArgs};
 use psa_vlm::batch::{BatchOptions, run_batch};
 use psa_vlm::device::parse_devices;
 use psa_vlm::serve::{ApiKey, Batching, ServeConfig, Server, shutdown_signal};
-use psa_vlm::train::TrainConfig;
-use psa_vlm::train::run::StageName;
+use psa_vlm::train::settings::TrainArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "psa", version, about = "PSA-VLM: safety concept bottlenecks for vision-language models")]
@@ -33,39 +32,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train stage I (safety modules) or stage II (LoRA on the LLM) from a TOML/JSON run configuration.
+    /// Train stage I (safety modules) or stage II (LoRA on the LLM) from a TOML/JSON run file and/or flags.
     Train {
-        /// `stage1` or `stage2`; must agree with the configuration's `stage`.
+        /// `stage1` or `stage2`; a run file that names a stage must name this one.
+        #[arg(value_parser = ["stage1", "stage2"])]
         stage: String,
-        /// Run configuration (`.toml` or `.json`).
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        settings: Box<TrainArgs>,
         /// Device: cpu, ndarray, wgpu, vulkan, cuda:N; a comma-separated list trains data-parallel over them.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Output directory (overrides the configuration).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue from a checkpoint folder.
-        #[arg(long)]
-        resume_from: Option<PathBuf>,
-        /// Recipe overrides.
-        #[arg(long)]
-        lr: Option<f64>,
-        #[arg(long)]
-        epochs: Option<usize>,
-        #[arg(long)]
-        batch_size: Option<usize>,
-        #[arg(long)]
-        grad_accum: Option<usize>,
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Dtype of the frozen base (f32, f16, bf16); overrides the config's `dtype`.
-        #[arg(long)]
-        dtype: Option<psa_vlm::models::Precision>,
-        /// No progress bar (logs only).
-        #[arg(long)]
-        quiet: bool,
     },
     /// The safety verdict for an image (and question) as JSON; the LLM does not run.
     Classify {
@@ -176,42 +152,10 @@ enum AssetsAction {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Train {
-            stage,
-            config,
-            device,
-            out,
-            resume_from,
-            lr,
-            epochs,
-            batch_size,
-            grad_accum,
-            seed,
-            dtype,
-            quiet,
-        } => {
-            let mut cfg = TrainConfig::from_file(&config)?;
-            let wanted = match stage.as_str() {
-                "stage1" => StageName::Stage1,
-                "stage2" => StageName::Stage2,
-                other => bail!("unknown stage {other:?}: expected stage1 or stage2"),
-            };
-            if cfg.stage != wanted {
-                bail!("{} configures {:?}, but `psa train {stage}` was asked for", config.display(), cfg.stage);
-            }
-            cfg.out = out.unwrap_or(cfg.out);
-            cfg.resume_from = resume_from.or(cfg.resume_from);
-            let r = &mut cfg.recipe;
-            r.lr = lr.or(r.lr);
-            r.epochs = epochs.or(r.epochs);
-            r.batch_size = batch_size.or(r.batch_size);
-            r.grad_accum = grad_accum.or(r.grad_accum);
-            r.seed = seed.or(r.seed);
-            cfg.progress = !quiet && cfg.progress;
-            cfg.dtype = dtype.unwrap_or(cfg.dtype);
+        Command::Train { stage, settings, device } => {
+            let cfg = settings.resolve(&stage)?;
             let devices = parse_devices(&device)?;
-            let summary =
-                psa_vlm::train::run(&cfg, &devices).with_context(|| format!("running {}", config.display()))?;
+            let summary = psa_vlm::train::run(&cfg, &devices).with_context(|| format!("running {stage}"))?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::Classify { model, ask } => {

@@ -7,6 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::cpu::gemm::{self, NR, Panels, Strided};
+use crate::error::ModelError;
 
 /// Elements per Q8_0 block (ggml's block size).
 pub const Q8_BLOCK: usize = 32;
@@ -49,10 +50,12 @@ impl HostMatrix {
     }
 
     /// Quantises `data` to Q8_0 exactly as ggml does (`d = max|x| / 127` rounded to f16, `q = round(x / d)`).
-    pub fn q8_0(rows: usize, cols: usize, data: &[f32]) -> Result<Self, String> {
+    pub fn q8_0(rows: usize, cols: usize, data: &[f32]) -> Result<Self, ModelError> {
         assert_eq!(data.len(), rows * cols, "matrix data does not match {rows}×{cols}");
         if !cols.is_multiple_of(Q8_BLOCK) {
-            return Err(format!("Q8_0 needs rows that are whole 32-element blocks; this matrix has {cols} columns"));
+            return Err(ModelError::HostDecoder(format!(
+                "Q8_0 needs rows that are whole 32-element blocks; this matrix has {cols} columns"
+            )));
         }
         let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
         let mut quants = Vec::with_capacity(data.len());
@@ -270,6 +273,6 @@ mod tests {
         let rowwise = q8.matvec_q8(Q8 { scales, quants, cols }, &many, 20);
         let err = q8.matmul(&many, 20).iter().zip(&rowwise).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 1e-4, "blocked and row-wise Q8_0 products differ by {err}");
-        assert!(HostMatrix::q8_0(1, 33, &[0.0; 33]).unwrap_err().contains("33 columns"));
+        assert!(HostMatrix::q8_0(1, 33, &[0.0; 33]).unwrap_err().to_string().contains("33 columns"));
     }
 }

@@ -44,13 +44,17 @@ pub enum HostWeights {
 }
 
 impl std::str::FromStr for HostWeights {
-    type Err = String;
+    type Err = psa_core::UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "q8_0" | "q8" => Ok(Self::Q8_0),
-            other => Err(format!("unknown host weight format {other:?} (f32 or q8_0)")),
+            other => Err(psa_core::UnknownName {
+                what: "host weight format",
+                given: other.into(),
+                expected: "f32 or q8_0".into(),
+            }),
         }
     }
 }
@@ -138,7 +142,7 @@ fn matrix(
             for (i, row) in data.chunks_exact(d_out).enumerate() {
                 row.iter().enumerate().for_each(|(o, &v)| rows[o * d_in + i] = v);
             }
-            HostMatrix::q8_0(d_out, d_in, &rows).map_err(ModelError::HostDecoder)?
+            HostMatrix::q8_0(d_out, d_in, &rows)?
         }
         _ => HostMatrix::packed(&Strided::cols(&data, d_in, d_out, d_out)),
     };
@@ -150,9 +154,7 @@ fn matrix(
 /// Q8_0 needs rows of whole 32-element blocks; a matrix whose rows are not stays in f32 (as llama.cpp does).
 fn host_matrix(rows: usize, cols: usize, data: &[f32], format: HostWeights) -> Result<HostMatrix, ModelError> {
     match format {
-        HostWeights::Q8_0 if cols.is_multiple_of(kernels::Q8_BLOCK) => {
-            HostMatrix::q8_0(rows, cols, data).map_err(ModelError::HostDecoder)
-        }
+        HostWeights::Q8_0 if cols.is_multiple_of(kernels::Q8_BLOCK) => HostMatrix::q8_0(rows, cols, data),
         _ => Ok(HostMatrix::packed(&Strided::rows(data, rows, cols, cols))),
     }
 }
