@@ -638,7 +638,7 @@ def make_llava_variant(name, kv_heads, with_bin, keep_f32_layouts=True):
                   "query rows): compare valid positions only. batch.left.new_tokens from generate() on the "
                   "left-padded batch (transformers derives position_ids from the attention mask)"),
         "pixel_values": "c0 = sin(x/7) + 0.25*cos(y/3); c1 = cos((x+y)/11); c2 = (x-y)/56; x column, y row",
-        "weights": "assets.md 7.3: >=2-D N(0,1)/sqrt(last dim); norm weights 1+0.1N; other 1-D 0.05N; f16-exact",
+        "weights": "random weights: >=2-D N(0,1)/sqrt(last dim); norm weights 1+0.1N; other 1-D 0.05N; f16-exact",
     }
     shapes = save_fixture(os.path.join(out, "fixture.safetensors"), T, meta)
     report = {
@@ -761,7 +761,7 @@ def make_dinov2():
                                   "last_hidden_state[:, 0]"),
         "pos_embed": "the [1, 1+g*g, 32] position embedding actually added (CLS row first)",
         "interpolation": "F.interpolate(grid_f32, size=(H//14, W//14), mode='bicubic', align_corners=False)",
-        "weights": ("assets.md 7.3 scheme; cls_token/mask_token/position_embeddings 0.5*N(0,1); "
+        "weights": ("the random-weight scheme above (>=2-D N(0,1)/sqrt(last dim), norms 1+0.1N); cls_token/mask_token/position_embeddings 0.5*N(0,1); "
                     "layer_scale lambda1 1+0.1N; f16-exact"),
     }
     shapes = save_fixture(os.path.join(out, "fixture.safetensors"), T, meta)

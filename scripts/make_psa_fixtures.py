@@ -749,7 +749,7 @@ def make_variant(name, cfg, write_model_dir, same_llm_as=None):
         "query_mode": ("safety.z / level_logits / type_logits: position0 (reference; row 0 = BOS with right "
                        "padding). *_mean_query: ONE query per sample = mean of text_embeds over query_mask. "
                        "*_mean_output: full-sequence query, MHA output rows averaged over query_mask "
-                       ". query_mask = attention_mask==1 & id!=<image> (BOS included)"),
+                       "(the text_mean query mode). query_mask = attention_mask==1 & id!=<image> (BOS included)"),
         "pixel_values": ("image 0: c0 = sin(x/7)+0.25cos(y/3), c1 = cos((x+y)/11), c2 = (x-y)/56; image 1: "
                          "c0 = -sin(y/7)-0.25cos(x/3), c1 = -cos((x+y)/11), c2 = (x+y)/56-1 (x column, y row)"),
         "lm": ("lm.logits: llava(inputs_embeds=lm.inputs_embeds, attention_mask=merged.attention_mask, "
@@ -773,7 +773,7 @@ def make_variant(name, cfg, write_model_dir, same_llm_as=None):
         "config_json": full_cfg,
         "timm_vs_spec": {
             "layernorm_eps_measured": eps_set,
-            "spec": "psa-vlm.md §2.3: LayerNormAct2d eps 1e-5, SE rd = round(cin*0.25) with SiLU, depthwise conv2",
+            "spec": "the method's C-Abstractor: LayerNormAct2d eps 1e-5, SE rd = round(cin*0.25) with SiLU, depthwise conv2",
             "modules": timm_info,
             "sensitivity": sens,
         },

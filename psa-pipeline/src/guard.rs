@@ -175,9 +175,7 @@ impl GuardedPipeline {
         let mut pipeline = Self::new(model, config, report, text, images, template, device)?;
         let calibration = model_dir.join("calibration.json");
         if calibration.is_file() {
-            let c = Calibration::from_file(&calibration)
-                .map_err(|e| LoadError::BadFile { path: calibration.clone(), reason: e.to_string() })?;
-            pipeline = pipeline.with_calibration(c)?;
+            pipeline = pipeline.with_calibration(Calibration::from_file(&calibration)?)?;
         }
         Ok(pipeline)
     }
