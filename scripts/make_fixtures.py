@@ -110,6 +110,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 assert torch.__version__.split("+")[0] == PINNED["torch"], f"torch {torch.__version__} != {PINNED['torch']}"
 assert transformers.__version__ == PINNED["transformers"], (
     f"transformers {transformers.__version__} != {PINNED['transformers']}")
+assert safetensors.__version__ == PINNED["safetensors"], f"safetensors {safetensors.__version__} != {PINNED['safetensors']}"
 
 from transformers import (  # noqa: E402
     CLIPVisionConfig,

@@ -24,21 +24,18 @@ and fixtures/<variant>/half_report.json (the largest differences of each half dt
 
 import json
 import os
+import sys
 
-PINNED = {"torch": "2.15.0", "transformers": "5.23.0", "safetensors": "0.8.0"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no scripts/__pycache__ from importing make_fixtures
+import make_fixtures as mf  # noqa: E402  (checks the pinned torch / transformers / safetensors on import)
 
-import safetensors  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
 
-assert torch.__version__.split("+")[0] == PINNED["torch"], torch.__version__
-assert transformers.__version__ == PINNED["transformers"], transformers.__version__
-assert safetensors.__version__ == PINNED["safetensors"], safetensors.__version__
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIX = os.path.join(ROOT, "fixtures")
+ROOT, FIX = mf.ROOT, mf.FIX
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
