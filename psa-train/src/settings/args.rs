@@ -176,3 +176,51 @@ impl TrainArgs {
         top
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use psa_models::lora::{LoraConfig, LoraTargets};
+
+    use super::*;
+    use crate::trainer::Stage;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn resolve(flags: &[&str], stage: &str) -> Result<TrainConfig, SettingsError> {
+        Cli::parse_from(std::iter::once("psa").chain(flags.iter().copied())).args.resolve(stage)
+    }
+
+    #[test]
+    fn flags_alone_describe_a_run() {
+        let flags = ["--model-dir", "m", "--data", "d.jsonl", "--out", "o", "--lr", "3e-4", "--lora-r", "8"];
+        let cfg = resolve(&[&flags[..], &["--lora-targets", "q_proj,v_proj", "--quiet"]].concat(), "stage2").unwrap();
+        assert_eq!(cfg.recipe, Recipe { lr: 3e-4, ..Recipe::stage2() });
+        let targets = LoraTargets::Names(vec!["q_proj".into(), "v_proj".into()]);
+        let lora = LoraConfig { r: 8, target_modules: targets, ..LoraConfig::paper() };
+        assert_eq!(cfg.stage, Stage::Two { lora, train_safety: false });
+        assert_eq!((cfg.model_dir, cfg.progress), ("m".into(), false));
+        let err = resolve(&["--model-dir", "m", "--data", "d", "--out", "o", "--lr", "nan"], "stage1").unwrap_err();
+        assert!(err.to_string().contains("lr = NaN"), "{err}");
+    }
+
+    #[test]
+    fn flags_replace_only_what_they_set_in_the_file() {
+        let dir = std::env::temp_dir().join(format!("psa-train-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("run.toml");
+        let text =
+            "stage = \"stage2\"\nmodel_dir = \"fm\"\ndata = \"fd\"\nout = \"fo\"\n[recipe]\nlr = 1e-3\nepochs = 1\n";
+        std::fs::write(&file, text).unwrap();
+        let config = file.to_str().unwrap();
+        let cfg = resolve(&["--config", config, "--lr", "5e-5"], "stage2").unwrap();
+        assert_eq!(cfg.recipe, Recipe { lr: 5e-5, epochs: 1, ..Recipe::stage2() });
+        assert_eq!((cfg.model_dir, cfg.data), ("fm".into(), "fd".into()));
+        let err = resolve(&["--config", config], "stage1").unwrap_err().to_string();
+        assert!(err.contains("run.toml") && err.contains("configures stage2, but stage1 was asked for"), "{err}");
+    }
+}
