@@ -1,5 +1,5 @@
 //! Training settings: one [`TrainConfig`], read from a run file (TOML or JSON), from command-line flags
-//! ([`TrainArgs`], with the `cli` feature), or both. Layers apply in order — the stage's preset recipe and LoRA,
+//! (`TrainArgs`, with the `cli` feature), or both. Layers apply in order — the stage's preset recipe and LoRA,
 //! the file, then each flag given — and each replaces only what it sets; a key no setting has is an error that
 //! names it.
 use std::path::{Path, PathBuf};

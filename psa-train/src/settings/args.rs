@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// PSA-VLM checkpoint directory (LLaVA + safety keys).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
-    /// tokenizer.json (default: <model-dir>/tokenizer.json).
+    /// tokenizer.json (default: MODEL_DIR/tokenizer.json).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Training label file (JSONL, reference or TRL schema).

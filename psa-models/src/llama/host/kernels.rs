@@ -101,7 +101,7 @@ impl HostMatrix {
     }
 
     /// `y = x · Wᵀ` for `n` activation rows: `x` is `[n, cols]`, the result `[n, rows]`. f32 weights always take
-    /// the blocked product (their panels are packed already); Q8_0 weights take it from [`BLOCKED_FROM`] rows.
+    /// the blocked product (their panels are packed already); Q8_0 weights take it from `BLOCKED_FROM` rows.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         if let Storage::Q8 { scales, quants } = &self.storage
             && n < BLOCKED_FROM
