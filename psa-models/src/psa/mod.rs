@@ -245,28 +245,21 @@ impl PsaVlm {
         let PsaInput { vision, input_ids, mask, question, labels, concepts: concept_labels } = input;
         // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
         let text = self.text_embeddings(input_ids);
-        let (features, h_s) = match vision {
+        let (features, given) = match vision {
             VisionInput::Projected(h_s) => (None, Some(h_s)),
             vision => (Some(self.features(vision)?), None),
         };
-        let concepts = match (passes.head, h_s, &features) {
-            (false, ..) => None,
-            (true, Some(h_s), _) => Some(self.head(h_s, text.clone(), input_ids, mask, question)?),
-            (true, None, Some(f)) => {
-                let h_s = self.safety.project(to_f32(f.clone()));
-                Some(self.head(h_s, text.clone(), input_ids, mask, question)?)
-            }
-            (true, None, None) => None,
+        let concepts = match passes.head {
+            true => given
+                .or_else(|| features.clone().map(|f| self.safety.project(to_f32(f))))
+                .map(|h_s| self.head(h_s, text.clone(), input_ids, mask, question))
+                .transpose()?,
+            false => None,
         };
-        let (merged, merged_labels, logits, lm_loss) = match (passes.lm, features) {
-            (LmPass::Skip, _) => (None, None, None, None),
-            (_, None) => {
-                return Err(ModelError::Input(
-                    "the LLM needs vision features or pixels, not the safety projector's output".into(),
-                ));
-            }
-            (lm_pass, Some(features)) => {
-                let merged = self.merge_embedded(features, text, input_ids, mask)?;
+        let (merged, merged_labels, logits, lm_loss) = match passes.lm {
+            LmPass::Skip => (None, None, None, None),
+            lm_pass => {
+                let merged = self.merge_embedded(features.ok_or_else(no_features)?, text, input_ids, mask)?;
                 let merged_labels = labels.map(|l| merged.merge_labels(l, IGNORE_INDEX));
                 let (logits, lm_loss) = self.lm_pass(&merged, merged_labels.as_deref(), lm_pass)?;
                 (Some(merged), merged_labels, logits, lm_loss)
@@ -290,9 +283,7 @@ impl PsaVlm {
         match vision {
             VisionInput::Pixels(pixels) => Ok(self.llava.selected_features(pixels)),
             VisionInput::Features(features) => Ok(features),
-            VisionInput::Projected(_) => Err(ModelError::Input(
-                "the LLM needs vision features or pixels, not the safety projector's output".into(),
-            )),
+            VisionInput::Projected(_) => Err(no_features()),
         }
     }
 
@@ -362,6 +353,11 @@ impl PsaVlm {
             }
         })
     }
+}
+
+/// The refusal of an LLM pass on the safety projector's output, which the LLM cannot take.
+fn no_features() -> ModelError {
+    ModelError::Input("the LLM needs vision features or pixels, not the safety projector's output".into())
 }
 
 /// The host engine's LM loss on `embeds` as a tensor: its value is the host's loss and its gradient with respect

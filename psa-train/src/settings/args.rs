@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use psa_models::Precision;
+use psa_models::lora::LoraConfig;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -154,12 +155,12 @@ impl TrainArgs {
     /// The flags given, as run-file keys: recipe flags under `recipe`, LoRA flags under `lora`.
     fn flags(&self) -> Map<String, Value> {
         let Value::Object(flat) = serde_json::to_value(self).unwrap_or_default() else { return Map::new() };
-        let recipe_keys = serde_json::to_value(Recipe::stage1()).unwrap_or_default();
+        let (recipe_keys, lora_keys) = (super::to_value(&Recipe::stage1()), super::to_value(&LoraConfig::paper()));
         let (mut top, mut recipe, mut lora) = (Map::new(), Map::new(), Map::new());
         for (key, value) in flat.into_iter().filter(|(_, v)| !v.is_null()) {
             if recipe_keys.get(&key).is_some() {
                 recipe.insert(key, value);
-            } else if ["r", "lora_alpha", "lora_dropout", "target_modules"].contains(&key.as_str()) {
+            } else if lora_keys.get(&key).is_some() {
                 lora.insert(key, value);
             } else {
                 top.insert(key, value);
@@ -180,7 +181,7 @@ impl TrainArgs {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use psa_models::lora::{LoraConfig, LoraTargets};
+    use psa_models::lora::LoraTargets;
 
     use super::*;
     use crate::trainer::Stage;
