@@ -114,7 +114,7 @@ impl Layer {
                 if let Some(key) = non_finite(&table, "") {
                     return Err(bad(format!("{key}: must be a finite number")));
                 }
-                serde_json::to_value(table).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default()
+                serde_json::to_value(table).and_then(serde_json::from_value).map_err(|e| bad(e.to_string()))?
             }
         };
         Ok(Self { origin: path.display().to_string(), values })

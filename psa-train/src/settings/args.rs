@@ -148,13 +148,15 @@ impl TrainArgs {
             let reason = format!("{key} = {v}: must be a finite number");
             return Err(SettingsError::Invalid { origin: "command line".into(), reason });
         }
-        layers.push(Layer { origin: "command line".into(), values: self.flags() });
+        layers.push(Layer { origin: "command line".into(), values: self.flags()? });
         TrainConfig::from_layers(&layers)
     }
 
     /// The flags given, as run-file keys: recipe flags under `recipe`, LoRA flags under `lora`.
-    fn flags(&self) -> Map<String, Value> {
-        let Value::Object(flat) = serde_json::to_value(self).unwrap_or_default() else { return Map::new() };
+    fn flags(&self) -> Result<Map<String, Value>, SettingsError> {
+        let invalid =
+            |e: serde_json::Error| SettingsError::Invalid { origin: "command line".into(), reason: e.to_string() };
+        let flat: Map<String, Value> = serde_json::to_value(self).and_then(serde_json::from_value).map_err(invalid)?;
         let (recipe_keys, lora_keys) = (super::to_value(&Recipe::stage1()), super::to_value(&LoraConfig::paper()));
         let (mut top, mut recipe, mut lora) = (Map::new(), Map::new(), Map::new());
         for (key, value) in flat.into_iter().filter(|(_, v)| !v.is_null()) {
@@ -174,7 +176,7 @@ impl TrainArgs {
         if self.quiet {
             top.insert("progress".into(), Value::Bool(false));
         }
-        top
+        Ok(top)
     }
 }
 
@@ -223,5 +225,23 @@ mod tests {
         assert_eq!((cfg.model_dir, cfg.data), ("fm".into(), "fd".into()));
         let err = resolve(&["--config", config], "stage1").unwrap_err().to_string();
         assert!(err.contains("run.toml") && err.contains("configures stage2, but stage1 was asked for"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_flag_that_cannot_be_written_as_a_setting_is_an_error_not_dropped() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::OsStr::from_bytes(b"runs/\xff").to_os_string();
+        let flags = Cli::parse_from([
+            "psa".into(),
+            "--model-dir".into(),
+            "m".into(),
+            "--data".into(),
+            "d".into(),
+            "--out".into(),
+            path,
+        ]);
+        let err = flags.args.resolve("stage1").unwrap_err().to_string();
+        assert!(err.contains("command line") && err.contains("UTF-8"), "{err}");
     }
 }
