@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use psa_vlm::burn::tensor::{Device, Tensor};
+use psa_vlm::core::compare::{max_abs, max_abs_diff};
 use psa_vlm::import::{LoadOptions, load_psa};
 use psa_vlm::models::generate::argmax;
 use psa_vlm::models::{
@@ -140,8 +141,8 @@ fn q8_parity(dir: &std::path::Path) -> anyhow::Result<()> {
         for _ in 0..64 {
             mask.extend(1);
             let (la, lb) = (f32.step(&[next], &mask, &mut a)?, q8.step(&[next], &mask, &mut b)?);
-            worst = la.iter().zip(&lb).fold(worst, |m, (x, y)| m.max((x - y).abs()));
-            largest = la.iter().fold(largest, |m, x| m.max(x.abs()));
+            worst = worst.max(max_abs_diff(&la, &lb)? as f32);
+            largest = largest.max(max_abs(&la)? as f32);
             agree += usize::from(argmax(&la) == argmax(&lb));
             next = argmax(&la);
         }

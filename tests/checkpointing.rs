@@ -33,7 +33,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
 }
 
 fn max_abs(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    max_abs_diff("checkpointed vs plain", a, b)
 }
 
 /// Loss value, input gradient and the gradient of every tracked weight (in parameter order), with or without
@@ -132,11 +132,9 @@ fn weight_gradients_equal_plain_autodiff_with_lora_and_a_trainable_base() {
         let (p_loss, p_grad, p_weights) = run(&lm, x.clone(), &mask, &labels, false);
         let expected = if train_base { 28 + 18 + 2 } else { 28 };
         assert_eq!((weights.len(), p_weights.len()), (expected, expected), "train_base {train_base}");
-        let worst = weights
-            .iter()
-            .zip(&p_weights)
-            .map(|(a, b)| max_abs(a, b) / b.iter().fold(1e-12_f64, |m, v| m.max(v.abs())))
-            .fold(0.0, f64::max);
+        let relative: Vec<f64> =
+            weights.iter().zip(&p_weights).map(|(a, b)| max_abs(a, b) / largest("weight grad", b).max(1e-12)).collect();
+        let worst = largest("relative weight-grad differences", &relative);
         eprintln!(
             "train_base {train_base}: loss Δ {:.2e}, input grad Δ {:.2e}, worst relative weight-grad Δ {worst:.2e}",
             (loss - p_loss).abs(),
@@ -205,17 +203,10 @@ fn training_takes_the_same_steps_with_and_without_checkpointing() {
     let (d, md) = train_stage2(load(), &lora, &data, &recipe2, 998, &on(true), |_| {}).unwrap();
     for (stage, (m1, m2), (w1, w2)) in [("stage I", (&ma, &mb), (&a, &b)), ("stage II", (&mc, &md), (&c, &d))] {
         assert_eq!(m1.len(), m2.len());
-        let dl = m1.iter().zip(m2).map(|(x, y)| (x.loss - y.loss).abs()).fold(0.0, f64::max);
+        let losses = |m: &[psa_vlm::train::trainer::StepMetrics]| m.iter().map(|s| s.loss).collect::<Vec<f64>>();
+        let dl = max_abs_diff("step losses", &losses(m1), &losses(m2));
         let (s1, s2) = (snapshot(w1), snapshot(w2));
-        let dw = s1
-            .iter()
-            .map(|(k, v)| {
-                max_abs(
-                    &v.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-                    &s2[k].iter().map(|&x| x as f64).collect::<Vec<_>>(),
-                )
-            })
-            .fold(0.0, f64::max);
+        let dw = largest("weights", &s1.iter().map(|(k, v)| max_abs_diff(k, v, &s2[k])).collect::<Vec<f64>>());
         eprintln!(
             "{stage}: {} steps, loss {:.4} → {:.4}; largest step-loss Δ {dl:.2e}, weight Δ {dw:.2e}",
             m1.len(),

@@ -25,7 +25,7 @@ fn diff(a: &Ref, b: &Ref) -> f64 {
 }
 
 fn max_abs(a: &Ref, b: &Ref) -> f64 {
-    a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    max_abs_diff("a.values vs b.values", &a.values, &b.values)
 }
 
 /// Relative RMS differences (ours vs transformers in the same dtype, ours vs f32) against transformers' own

@@ -41,12 +41,8 @@ fn teacher_forced(lm: &LlamaForCausalLM, host: &HostDecoder, ids: &[Vec<u32>], r
 }
 
 fn max_abs(got: &[f32], want: &[f64], keep: impl Fn(usize) -> bool) -> f64 {
-    got.iter()
-        .zip(want)
-        .enumerate()
-        .filter(|(i, _)| keep(*i))
-        .map(|(_, (g, w))| (*g as f64 - w).abs())
-        .fold(0.0, f64::max)
+    let pairs = got.iter().zip(want).enumerate().filter(|(i, _)| keep(*i)).map(|(_, (&g, &w))| (g, w));
+    psa_vlm::core::compare::max_abs_diff_pairs(pairs).unwrap_or_else(|e| panic!("host decoder logits: {e}"))
 }
 
 #[test]

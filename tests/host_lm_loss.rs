@@ -17,7 +17,7 @@ const LOSS_TOL: f64 = 3e-6;
 const GRAD_TOL: f64 = 1.5e-6;
 
 fn max_abs(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+    max_abs_diff("host LM loss gradient", a, b)
 }
 
 /// The fixture batch: embeddings, padding mask, labels.

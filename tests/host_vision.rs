@@ -40,7 +40,7 @@ fn host_vision_matches_transformers_and_the_tensor_path() {
             let tensor = llava.selected_features(px);
             let (_, a) = common::host(host);
             let (_, b) = common::host(tensor);
-            let t = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            let t = max_abs_diff("a vs b", &a, &b);
             eprintln!("{variant}/{backend}: host vs transformers {d:.2e}, vs tensor path {t:.2e}");
         }
         // DINOv2 as the tower (LayerScale, exact GELU, resized position table), the LLaVA feature layer 1.
@@ -86,7 +86,7 @@ fn pipeline_on_the_host_vision_engine_gives_the_same_logits() {
     assert!(hosted.host_vision());
     let got = hosted.concept_logits(&requests).unwrap();
     let rows = |r: &LogitRows| r.level.iter().chain(&r.risk_type).flatten().copied().collect::<Vec<f32>>();
-    let d = rows(&got).iter().zip(&rows(&want)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let d = max_abs_diff("concept logits", &rows(&got), &rows(&want));
     eprintln!("concept logits, host vision against the tensor path: max abs diff {d:.2e}");
     assert!(d <= 1e-5, "concept logits differ by {d:e}");
 }
@@ -125,7 +125,7 @@ fn host_abstractor_matches_pytorch_and_the_head_gives_the_tensor_paths_logits() 
         let want = model.classify(PsaInput::features(features, &ids).mask(&mask)).unwrap();
         let (_, a) = common::host(got.level);
         let (_, b) = common::host(want.level);
-        let l = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let l = max_abs_diff("a vs b", &a, &b);
         eprintln!("{name}: level logits from host h_s vs the tensor path {l:.2e}");
         assert!(l <= ABSTRACTOR_TOL, "{name}: level logits differ by {l:e}");
     }

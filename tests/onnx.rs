@@ -29,7 +29,7 @@ fn onnx_backbone_matches_onnxruntime_and_the_safetensors_weights() {
         assert_close(&format!("{backend} backbone vs onnxruntime"), hidden.clone(), &fx["backbone_hidden"], 2e-5);
         // The recovered weights are the published ones (the fixture model was exported from these).
         let (a, b) = (host(reference.forward(pixels, None).last_hidden_state.unwrap()), host(hidden));
-        let diff = a.1.iter().zip(&b.1).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let diff = max_abs_diff("a.1 vs b.1", &a.1, &b.1);
         assert!(diff < 1e-6, "{backend}: ONNX weights differ from the safetensors ones by {diff:e}");
     }
 }

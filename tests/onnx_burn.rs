@@ -32,7 +32,7 @@ fn burn_onnx_tower_matches_the_hand_written_clip_and_transformers() {
     let want = host(layers[layers.len() - 2].clone());
     let got = host(selected);
     assert_eq!(want.0, got.0);
-    let diff = want.1.iter().zip(&got.1).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let diff = max_abs_diff("want.1 vs got.1", &want.1, &got.1);
     eprintln!("burn-onnx layer -2 vs hand-written CLIP: max abs diff {diff:.3e}");
     assert!(diff < 1e-5, "{diff:e}");
 }

@@ -199,8 +199,7 @@ fn concurrent_requests_share_a_model_pass_and_equal_single_runs() {
         let request = GuardRequest { id: None, image, question: "Describe the image.".into(), policy: None };
         let want = &local.classify(&[request]).unwrap()[0];
         let probs: Vec<f64> = serde_json::from_value(v["assessment"]["level_probs"].clone()).unwrap();
-        let diff =
-            probs.iter().zip(&want.assessment.level_probs).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+        let diff = max_abs_diff("batched level probabilities", &probs, &want.assessment.level_probs);
         assert!(diff < 1e-5, "request {i}: batched probabilities differ by {diff}");
         assert_eq!(v["decision"]["action"], serde_json::to_value(want.decision.action).unwrap());
         largest = largest.max(v["timings"]["batch_size"].as_u64().unwrap());

@@ -172,10 +172,9 @@ fn data_parallel_replicas_equal_single_device_accumulation() {
         let (dp, dp_metrics) = train_stage1(load(), &data, &recipe, 998, &run, |_| {}).unwrap();
         assert_eq!(dp_metrics.len(), 6);
         let got = snapshot(&dp);
-        let loss_diff =
-            single_metrics.iter().zip(&dp_metrics).map(|(a, b)| (a.loss - b.loss).abs()).fold(0.0, f64::max);
+        let loss_diff = max_abs_diff("step losses", &losses(&single_metrics), &losses(&dp_metrics));
         let weight_diff =
-            want.iter().flat_map(|(k, w)| w.iter().zip(&got[k]).map(|(a, b)| (a - b).abs())).fold(0.0f32, f32::max);
+            largest("weights", &want.iter().map(|(k, w)| max_abs_diff(k, w, &got[k])).collect::<Vec<f64>>());
         eprintln!("data parallel flex + {name}: max |Δloss| {loss_diff:.2e}, max |Δweight| {weight_diff:.2e}");
         if name == "flex" {
             assert_eq!((loss_diff, weight_diff), (0.0, 0.0), "two flex replicas must equal one device exactly");

@@ -73,10 +73,10 @@ fn lora_stage2_trains_only_adapters_and_round_trips_through_peft() {
     let trained = model.llava.language_model.valid();
     let want = host(trained.forward(&ids, None, &device.clone().without_autodiff()));
     let got = host(lm.forward(&ids, None, &plain));
-    let diff = want.1.iter().zip(&got.1).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let diff = max_abs_diff("want.1 vs got.1", &want.1, &got.1);
     assert!(diff < 1e-6, "PEFT reload changes logits by {diff:e}");
     let merged = host(lm.merge_lora().forward(&ids, None, &plain));
-    let diff = got.1.iter().zip(&merged.1).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let diff = max_abs_diff("got.1 vs merged.1", &got.1, &merged.1);
     eprintln!("merge: max |Δlogits| {diff:.2e}");
     assert!(diff < 1e-4, "merged weights change logits by {diff:e}");
 

@@ -4,6 +4,7 @@
 //! Every width comes from [`SafetyConfig`]; modules are written against [`burn::tensor::Device`].
 pub mod assessment;
 pub mod calibration;
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod finite;

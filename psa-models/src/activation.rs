@@ -115,7 +115,7 @@ mod tests {
         let x = Tensor::<1>::from_data(TensorData::new(values, [40_000]), &device);
         let want: Vec<f32> = activation::gelu(x.clone()).into_data().try_into_vec().unwrap();
         let got: Vec<f32> = Activation::Gelu.forward(x).into_data().try_into_vec().unwrap();
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = psa_core::compare::max_abs_diff(&got, &want).unwrap();
         assert!(worst < 2e-6, "threaded GELU differs from burn's by {worst}");
     }
 }

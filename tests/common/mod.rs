@@ -11,6 +11,7 @@ use psa_vlm::burn::store::{
     BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, SafetensorsStore, bridge,
 };
 use psa_vlm::burn::tensor::{Device, Tensor};
+use psa_vlm::core::compare;
 use psa_vlm::models::PsaVlm;
 use psa_vlm::pipeline::processor::{ImageProcessor, ImageProcessorConfig, Template, TextProcessor};
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
@@ -79,11 +80,19 @@ pub fn host<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f64>) {
     (shape, data.convert::<f64>().try_to_vec::<f64>().unwrap())
 }
 
-/// Max |a − b| after checking shapes.
+/// Max |a − b| after checking shapes; NaN or ±inf on either side fails, naming its position.
 pub fn max_diff<const D: usize>(got: Tensor<D>, want: &Ref) -> f64 {
     let (shape, values) = host(got);
     assert_eq!(shape, want.shape, "shape mismatch");
-    values.iter().zip(&want.values).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+    compare::max_abs_diff(&values, &want.values).unwrap_or_else(|e| match e.index() {
+        Some(i) => panic!("{e} (position {:?} of shape {shape:?})", compare::unravel(i, &shape)),
+        None => panic!("{e}"),
+    })
+}
+
+/// Max |got − want| of two flat sequences; NaN or ±inf on either side, or different lengths, fail naming `what`.
+pub fn max_abs_diff<A: Copy + Into<f64>, B: Copy + Into<f64>>(what: &str, got: &[A], want: &[B]) -> f64 {
+    compare::max_abs_diff(got, want).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Asserts `got` matches `want` within `tol` (max abs) and returns the difference.
@@ -92,6 +101,11 @@ pub fn assert_close<const D: usize>(what: &str, got: Tensor<D>, want: &Ref, tol:
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
     eprintln!("{what}: max abs diff {d:.3e}");
     d
+}
+
+/// The largest of `values` (differences already computed); NaN or ±inf fails naming `what`.
+pub fn largest(what: &str, values: &[f64]) -> f64 {
+    compare::max_abs(values).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// A reference tensor restricted to rows `r` of its first axis and positions `cols` of its second axis.

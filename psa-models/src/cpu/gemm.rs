@@ -339,6 +339,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use psa_core::compare::{max_abs_diff, max_abs_diff_pairs};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| ((i * 37 + seed * 11) % 103) as f32 / 25.0 - 2.0).collect()
@@ -372,10 +373,12 @@ mod tests {
                     x86::check_bounds(&a, k + 3, m, k, &packed, &tile);
                     // SAFETY: the CPU has AVX2 and FMA; the buffers have the sizes the kernel reads and writes.
                     unsafe { x86::panel_avx2(&a, k + 3, m, k, &packed, &mut tile) };
-                    let err = (0..m)
-                        .flat_map(|i| (0..n.min(NR)).map(move |j| (i, j)))
-                        .map(|(i, j)| (tile[i * NR + j] as f64 - want[i * n + j]).abs())
-                        .fold(0.0, f64::max);
+                    let err = max_abs_diff_pairs(
+                        (0..m)
+                            .flat_map(|i| (0..n.min(NR)).map(move |j| (i, j)))
+                            .map(|(i, j)| (tile[i * NR + j], want[i * n + j])),
+                    )
+                    .unwrap();
                     assert!(err < 1e-4 * k as f64, "{m}×{n}×{k} AVX2 kernel off by {err}");
                 }
                 let mut portable = vec![0f32; m * NR];
@@ -383,13 +386,15 @@ mod tests {
                 Strided::rows(&w, n, k, k).pack(0, &mut packed);
                 panel_portable(&a, k + 3, m, k, &packed, &mut portable);
                 for (got, what) in [(&rows, "rows"), (&cols, "cols")] {
-                    let err = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+                    let err = max_abs_diff(got, &want).unwrap();
                     assert!(err < 1e-4 * k as f64, "{m}×{n}×{k} {what} (threads {threads}) off by {err}");
                 }
-                let err = (0..m)
-                    .flat_map(|i| (0..n.min(NR)).map(move |j| (i, j)))
-                    .map(|(i, j)| (portable[i * NR + j] as f64 - want[i * n + j]).abs())
-                    .fold(0.0, f64::max);
+                let err = max_abs_diff_pairs(
+                    (0..m)
+                        .flat_map(|i| (0..n.min(NR)).map(move |j| (i, j)))
+                        .map(|(i, j)| (portable[i * NR + j], want[i * n + j])),
+                )
+                .unwrap();
                 assert!(err < 1e-4 * k as f64, "{m}×{n}×{k} portable kernel off by {err}");
             }
         }

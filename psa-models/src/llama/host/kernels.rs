@@ -243,6 +243,7 @@ fn dot_q8(q: &[i8], scales: &[f32], x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use psa_core::compare::{max_abs, max_abs_diff};
 
     #[test]
     fn matvec_matches_a_plain_loop_and_q8_stays_within_its_rounding() {
@@ -256,22 +257,23 @@ mod tests {
             })
             .collect();
         let f32 = HostMatrix::f32(rows, cols, w.clone());
-        let err = f32.matmul(&x, n).iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+        let err = max_abs_diff(&f32.matmul(&x, n), &want).unwrap();
         assert!(err < 1e-4, "f32 product off by {err}");
         assert_eq!(f32.row(33), w[33 * cols..34 * cols], "a row read back from the packed panels");
         assert_eq!(f32.bytes(), 4 * rows * cols);
         let q8 = HostMatrix::q8_0(rows, cols, &w).unwrap();
         assert_eq!(q8.bytes(), rows * cols / 32 * 34);
         // |error| ≤ Σ |x|·d/2 per row, with d ≤ max|w|/127 (+ f16 rounding of d).
-        let bound = x.chunks(cols).map(|r| r.iter().map(|v| v.abs()).sum::<f32>()).fold(0f32, f32::max) * 1.25 / 127.0;
-        let err = q8.matmul(&x, n).iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+        let sums: Vec<f32> = x.chunks(cols).map(|r| r.iter().map(|v| v.abs()).sum::<f32>()).collect();
+        let bound = max_abs(&sums).unwrap() * 1.25 / 127.0;
+        let err = max_abs_diff(&q8.matmul(&x, n), &want).unwrap();
         assert!(err > 0.0 && err < bound as f64, "q8 error {err} outside (0, {bound})");
         assert_eq!(q8.row(1).len(), cols);
         // With many rows Q8_0 takes the blocked product, unpacking its blocks: the same values as row by row.
         let many: Vec<f32> = (0..20 * cols).map(|i| ((i * 7 % 31) as f32 - 15.0) / 11.0).collect();
         let Storage::Q8 { scales, quants } = &q8.storage else { panic!("a Q8_0 matrix") };
         let rowwise = q8.matvec_q8(Q8 { scales, quants, cols }, &many, 20);
-        let err = q8.matmul(&many, 20).iter().zip(&rowwise).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let err = max_abs_diff(&q8.matmul(&many, 20), &rowwise).unwrap();
         assert!(err < 1e-4, "blocked and row-wise Q8_0 products differ by {err}");
         assert!(HostMatrix::q8_0(1, 33, &[0.0; 33]).unwrap_err().to_string().contains("33 columns"));
     }
