@@ -177,6 +177,26 @@ fn safety_file_on_a_base_llava_with_a_real_pool() {
 }
 
 #[test]
+fn text_mean_matches_the_fixtures_pytorch_text_mean_outputs() {
+    // PyTorch's own text-mean head (scripts/make_psa_fixtures.py): the full-sequence query, the MHA output rows
+    // averaged over its query_mask (attended, not `<image>`, BOS included), then both heads.
+    for (backend, device) in devices() {
+        let dir = fixtures().join("tiny_psa");
+        let fx = read_fixture(&dir.join("fixture.safetensors"));
+        let (mut model, _, _) = load_psa(&dir.join("model"), &device, &LoadOptions::strict()).unwrap();
+        model.safety.safe_part = model.safety.safe_part.clone().with_query_mode(QueryMode::TextMean);
+        let x = inputs(&fx, &device);
+        let q = &fx["safety.query_mask"];
+        let marks: Vec<Vec<bool>> = q.values.chunks(q.shape[1]).map(|r| r.iter().map(|&v| v > 0.5).collect()).collect();
+        let out = model.classify(PsaInput::pixels(x.pixels, &x.ids).mask(&x.mask).question(&marks)).unwrap();
+        let tag = format!("tiny_psa/{backend} text_mean");
+        assert_close(&format!("{tag} feature"), out.feature, &fx["safety.z_mean_output"], TOL_HEAD);
+        assert_close(&format!("{tag} level logits"), out.level, &fx["safety.level_logits_mean_output"], TOL_HEAD);
+        assert_close(&format!("{tag} type logits"), out.risk_type, &fx["safety.type_logits_mean_output"], TOL_HEAD);
+    }
+}
+
+#[test]
 fn text_aware_query_mode_pools_the_text_rows() {
     let device = Device::flex();
     let dir = fixtures().join("tiny_psa");
@@ -206,8 +226,8 @@ fn text_aware_query_mode_pools_the_text_rows() {
         }
     }
     assert_close("text_mean feature", mean.feature.clone(), &Ref { shape: vec![b, e], values: want }, TOL_HEAD);
-    let (_, diff) = host((mean.level - position0.level).abs().max());
-    assert!(diff[0] > 1e-3, "text_mean must differ from position0");
+    let diff = max_abs_diff("text_mean vs position0 level logits", &host(mean.level).1, &host(position0.level).1);
+    assert!(diff > 1e-3, "text_mean must differ from position0");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! LLaVA composition (`LlavaForConditionalGeneration`): vision tower → feature selection → projector, spliced
 //! into the LLaMA token embeddings at the `<image>` positions.
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::Activation;
@@ -23,13 +23,13 @@ pub struct MultiModalProjector {
 }
 
 impl MultiModalProjector {
-    /// Builds the projector with random weights.
+    /// Builds the projector with random weights as the reference initialises it: N(0, 0.02) weights, zero biases.
     pub fn new(d_vision: usize, d_text: usize, act: Activation, bias: bool, device: &Device) -> Self {
-        Self {
-            linear_1: LinearConfig::new(d_vision, d_text).with_bias(bias).init(device),
-            linear_2: LinearConfig::new(d_text, d_text).with_bias(bias).init(device),
-            act,
-        }
+        let linear = |d_in, d_out| {
+            let l = psa_core::init::normal_linear(d_in, d_out, device);
+            if bias { l } else { Linear { bias: None, ..l } }
+        };
+        Self { linear_1: linear(d_vision, d_text), linear_2: linear(d_text, d_text), act }
     }
 
     /// # Shapes
@@ -302,4 +302,25 @@ pub fn merge_image_features(
 enum Piece {
     Text(usize, usize),
     Image(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_projector_is_initialised_as_the_reference() {
+        let device = Device::flex();
+        let p = MultiModalProjector::new(256, 512, Activation::Gelu, true, &device);
+        for l in [&p.linear_1, &p.linear_2] {
+            let w: Vec<f32> = l.weight.val().into_data().try_to_vec::<f32>().unwrap();
+            let mean = w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64;
+            let std = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+            // Burn's default (Kaiming-uniform, std 1/sqrt(3·fan_in)) would give 0.036 or 0.026 here.
+            assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 5e-4, "weight mean {mean}, std {std}");
+            let b: Vec<f32> = l.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap();
+            assert!(b.iter().all(|&x| x == 0.0), "biases start at zero");
+        }
+        assert!(MultiModalProjector::new(8, 8, Activation::Gelu, false, &device).linear_1.bias.is_none());
+    }
 }

@@ -1,4 +1,5 @@
 //! Training recipes: the paper's hyper-parameters as presets, every field overridable.
+use burn::optim::AdamWConfig;
 use serde::{Deserialize, Serialize};
 
 /// Optimisation settings of one stage.
@@ -84,6 +85,16 @@ impl Recipe {
             return Err(bad(name, v as f64, "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The optimiser: `torch.optim.AdamW` with this recipe's β1, β2, ε and weight decay (each set explicitly:
+    /// Burn's defaults differ from PyTorch's).
+    pub fn optimizer(&self) -> AdamWConfig {
+        AdamWConfig::new()
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_epsilon(self.epsilon)
+            .with_weight_decay(self.weight_decay)
     }
 
     /// Learning rate at optimizer step `step` of `total`: linear warm-up from 0, then linear decay to 0

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use psa_models::lora::LoraConfig;
 use psa_models::{ConceptLabels, HostLmLoss, LmEngine, ModelError, Passes, PsaInput, PsaVlm};
@@ -356,12 +356,7 @@ pub fn train(
     if let Some(main) = run.devices.first() {
         model = model.fork(main);
     }
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(recipe.beta_1)
-        .with_beta_2(recipe.beta_2)
-        .with_epsilon(recipe.epsilon)
-        .with_weight_decay(recipe.weight_decay)
-        .init();
+    let mut optim = recipe.optimizer().init();
     let micro_per_epoch = data.len().div_ceil(recipe.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(recipe.grad_accum);
     let total = steps_per_epoch * recipe.epochs;
