@@ -96,3 +96,58 @@ fn psa_train_runs_both_stages_from_toml() {
     assert!(!out.status.success() && err.contains("lr = NaN"), "{err}");
     assert!(!nan_out.join("safety_modules.safetensors").exists());
 }
+
+#[test]
+fn a_run_records_itself_and_its_seed_and_taxonomy_reach_balancing() {
+    use psa_vlm::train::data::{Balance, LabelSpace, balance, read_jsonl};
+    use psa_vlm::train::record::RunRecord;
+    let dir = scratch("record");
+    // The paper's taxonomy with another safe type: class (3, 1) becomes the "clean" class balancing thins out.
+    let mut taxonomy = psa_vlm::core::Taxonomy::default();
+    taxonomy.safe_type = 1;
+    let taxonomy_file = dir.join("taxonomy.json");
+    std::fs::write(&taxonomy_file, serde_json::to_string(&taxonomy).unwrap()).unwrap();
+    config(&dir, "stage1", ""); // writes the data set, cli.jsonl
+    let samples = read_jsonl(&dir.join("cli.jsonl"), &dir, LabelSpace::default()).unwrap();
+    for (seed, safe_type) in [(3u64, 6usize), (4, 6), (3, 1)] {
+        let extra =
+            if safe_type == 1 { format!("taxonomy = \"{}\"\n", taxonomy_file.display()) } else { String::new() };
+        let cfg = config(&dir, "stage1", &format!("clean = 2\n{extra}"));
+        let text = std::fs::read_to_string(&cfg).unwrap().replace("[recipe]\n", &format!("[recipe]\nseed = {seed}\n"));
+        std::fs::write(&cfg, text.replace("checkpoint_every = 2\n", "")).unwrap();
+        let cfg = psa_vlm::train::TrainConfig::from_file(&cfg).unwrap();
+        psa_vlm::train::run(&cfg, &[psa_vlm::burn::tensor::Device::flex()]).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cfg.out.join("run.json")).unwrap()).unwrap();
+        assert_eq!((record["kind"].as_str(), record["seed"].as_u64()), (Some("train stage1"), Some(seed)));
+        assert_eq!(record["settings"]["recipe"]["seed"].as_u64(), Some(seed));
+        let samplers: Vec<&str> =
+            record["samplers"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+        assert!(samplers.iter().any(|s| s.starts_with("stage-I balancing (2 clean")), "{samplers:?}");
+        assert!(record["samplers"].as_array().unwrap().iter().all(|s| s["seed"].as_u64() == Some(seed)));
+        let role = |r: &str| {
+            record["inputs"].as_array().unwrap().iter().find(|i| i["role"].as_str().unwrap().starts_with(r)).cloned()
+        };
+        assert_eq!(role("data").unwrap()["sha256"].as_str().unwrap().len(), 64);
+        assert!(role("model").is_some() && role("tokenizer").is_some());
+        assert_eq!(role("taxonomy").is_some(), safe_type == 1);
+        // The images trained on are exactly what balancing with this seed and this safe type keeps.
+        let kept = balance(samples.clone(), safe_type, Balance { clean: 2, seed });
+        assert_eq!(kept.len(), 18);
+        let files: Vec<std::path::PathBuf> = kept
+            .iter()
+            .map(|s| match &s.image {
+                psa_vlm::train::data::ImageRef::Single(p) => p.clone(),
+                psa_vlm::train::data::ImageRef::Pair(a, _) => a.clone(),
+            })
+            .collect();
+        let want = RunRecord::new("x", None, serde_json::Value::Null).input_set("images", &dir, &files);
+        let images = role("images").unwrap();
+        assert_eq!(images["role"].as_str(), Some("images (18 files)"));
+        assert_eq!(
+            images["sha256"].as_str(),
+            Some(want.inputs[0].sha256.as_str()),
+            "seed {seed}, safe type {safe_type}"
+        );
+    }
+}

@@ -21,6 +21,13 @@ pub enum QueryMode {
     LastTextToken,
 }
 
+impl QueryMode {
+    /// Whether the verdict reads the marked text tokens (`text_mean`, `last_text_token`).
+    pub fn reads_text(self) -> bool {
+        matches!(self, Self::TextMean | Self::LastTextToken)
+    }
+}
+
 /// Sizes and options of the PSA safety modules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SafetyConfig {

@@ -12,6 +12,7 @@ pub mod feature_cache;
 pub mod plot;
 pub mod prepare;
 pub mod recipe;
+pub mod record;
 pub mod run;
 pub mod settings;
 pub mod trainer;

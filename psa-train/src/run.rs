@@ -14,9 +14,10 @@ use psa_pipeline::processor::Template;
 use psa_pipeline::saved_template;
 use serde::Serialize;
 
-use crate::data::{Balance, LabelSpace, balance, read_jsonl};
+use crate::data::{Balance, ImageRef, LabelSpace, Sample, balance, read_jsonl};
 use crate::feature_cache::FeatureCache;
 use crate::prepare::{PrepareOptions, prepare};
+use crate::record::RunRecord;
 use crate::settings::TrainConfig;
 use crate::trainer::{FrozenLm, RunOptions, Stage, StepMetrics, concept_accuracy, train};
 
@@ -97,10 +98,28 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     let name = cfg.template.clone().or_else(|| saved_template(&cfg.model_dir)).unwrap_or_else(|| "llava_v1".into());
     let template = Template::by_name(&name)?;
     let labels = LabelSpace { levels: psa_cfg.safety.num_levels, types: psa_cfg.safety.num_types };
+    let taxonomy = match &cfg.taxonomy {
+        Some(path) => {
+            let t = Taxonomy::from_file(path)
+                .map_err(|e| RunError::Config { path: path.clone(), reason: e.to_string() })?;
+            if (t.levels.len(), t.types.len()) != (labels.levels, labels.types) {
+                let reason = format!(
+                    "{} levels and {} types, but the model has {} and {}",
+                    t.levels.len(),
+                    t.types.len(),
+                    labels.levels,
+                    labels.types
+                );
+                return Err(RunError::Config { path: path.clone(), reason });
+            }
+            t
+        }
+        None => Taxonomy::default(),
+    };
     let mut samples = read_jsonl(&cfg.data, &cfg.image_root, labels)?;
     let clean = cfg.clean.or((cfg.stage == Stage::One).then_some(3000));
     if let Some(clean) = clean {
-        samples = balance(samples, Taxonomy::default().safe_type, Balance { clean, seed: 42 });
+        samples = balance(samples, taxonomy.safe_type, Balance { clean, seed: recipe.seed });
     }
     let cache = cfg.feature_cache.as_ref().map(|dir| FeatureCache::new(dir, &model, images.config()));
     let opts = PrepareOptions {
@@ -119,6 +138,8 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     let out_err =
         |path: &Path, e: &dyn std::fmt::Display| RunError::Output { path: path.into(), reason: e.to_string() };
     std::fs::create_dir_all(&cfg.out).map_err(|e| out_err(&cfg.out, &e))?;
+    let record = train_record(cfg, clean, &samples).map_err(|e| out_err(&cfg.out, &e))?;
+    let record_path = record.write(&cfg.out).map_err(|e| out_err(&cfg.out, &e))?;
     let metrics_path = cfg.out.join("metrics.jsonl");
     let mut log = std::fs::File::create(&metrics_path).map_err(|e| out_err(&metrics_path, &e))?;
     let stage = &cfg.stage;
@@ -149,7 +170,7 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
     })?;
     bar.finish();
     let train_seconds = start.elapsed().as_secs_f64();
-    let mut outputs = vec![metrics_path];
+    let mut outputs = vec![record_path, metrics_path];
     let plot = cfg.out.join("loss.svg");
     let title = match stage {
         Stage::One => "PSA-VLM stage I",
@@ -187,4 +208,43 @@ pub fn run(cfg: &TrainConfig, devices: &[Device]) -> Result<RunSummary, RunError
         accuracy,
         outputs,
     })
+}
+
+/// The run's `run.json`: seed and samplers, digests of the label files, the model directory, the tokenizer, the
+/// taxonomy, the checkpoint resumed from and the images trained on (one digest over all), and the settings.
+fn train_record(cfg: &TrainConfig, clean: Option<usize>, samples: &[Sample]) -> std::io::Result<RunRecord> {
+    let kind = match cfg.stage {
+        Stage::One => "train stage1",
+        Stage::Two { .. } => "train stage2",
+    };
+    let seed = cfg.recipe.seed;
+    let settings = serde_json::to_value(cfg).map_err(std::io::Error::other)?;
+    let mut record = RunRecord::new(kind, Some(seed), settings)
+        .sampler("device (parameter initialisation)", "Device::seed", seed)
+        .sampler("epoch order", "StdRng::seed_from_u64(seed + epoch) shuffle of the sample indices", seed)
+        .sampler("dropout", "device seed per micro-batch: seed ^ step·φ64 ^ micro·0xD1B54A32D192ED03", seed);
+    if let Some(clean) = clean {
+        record = record.sampler(
+            &format!("stage-I balancing ({clean} clean samples)"),
+            "StdRng::seed_from_u64(seed) choice of the clean samples",
+            seed,
+        );
+    }
+    record = record.input("data", &cfg.data)?.input("model", &cfg.model_dir)?;
+    for (role, path) in [("eval", &cfg.eval), ("tokenizer", &cfg.tokenizer), ("taxonomy", &cfg.taxonomy)] {
+        if let Some(path) = path {
+            record = record.input(role, path)?;
+        }
+    }
+    if let Some(path) = &cfg.resume_from {
+        record = record.input("resumed checkpoint", path)?;
+    }
+    let images: Vec<PathBuf> = samples
+        .iter()
+        .flat_map(|s| match &s.image {
+            ImageRef::Single(p) => vec![p.clone()],
+            ImageRef::Pair(a, b) => vec![a.clone(), b.clone()],
+        })
+        .collect();
+    Ok(record.input_set("images", &cfg.image_root, &images))
 }

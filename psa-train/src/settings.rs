@@ -36,6 +36,10 @@ pub struct TrainConfig {
     /// Conversation template (default: the one the model directory records, else `llava_v1`).
     #[serde(default)]
     pub template: Option<String>,
+    /// Taxonomy file (JSON or TOML; default the paper's): its safe type is the "clean" class stage-I balancing
+    /// samples from.
+    #[serde(default)]
+    pub taxonomy: Option<PathBuf>,
     /// Stage-I balancing: clean samples kept (`None` keeps all; stage I default 3000).
     #[serde(default)]
     pub clean: Option<usize>,

@@ -221,6 +221,27 @@ impl PsaVlm {
         Ok(question.iter().zip(fallback).map(|(q, f)| if q.iter().any(|&m| m) { q.clone() } else { f }).collect())
     }
 
+    /// [`query_rows`](Self::query_rows) without the positions `labels` supervises; a row left with nothing to
+    /// query is an error, never a fallback to its answer.
+    fn answer_free_rows(
+        &self,
+        input_ids: &[Vec<u32>],
+        mask: Option<&PaddingMask>,
+        question: Option<&[Vec<bool>]>,
+        labels: &[Vec<i64>],
+    ) -> Result<Vec<Vec<bool>>, ModelError> {
+        let mut rows = self.query_rows(input_ids, mask, question)?;
+        for (r, (row, l)) in rows.iter_mut().zip(labels).enumerate() {
+            for (m, &l) in row.iter_mut().zip(l) {
+                *m &= l == IGNORE_INDEX;
+            }
+            if !row.iter().any(|&m| m) {
+                return Err(ModelError::Input(format!("row {r} has no text token outside its answer to query")));
+            }
+        }
+        Ok(rows)
+    }
+
     /// Concept logits only: the vision tower (for pixels), the safety projector (unless `h_s` is given) and the
     /// safety head; the LLM never runs.
     pub fn classify(&self, input: PsaInput<'_>) -> Result<ConceptLogits, ModelError> {
@@ -243,6 +264,14 @@ impl PsaVlm {
     /// `L_LLM + λ·(CE_level + CE_type)` (or the part that has labels: `labels` for the LM, `concepts` for the head).
     pub fn forward(&self, input: PsaInput<'_>, passes: Passes<'_>) -> Result<PsaOutput, ModelError> {
         let PsaInput { vision, input_ids, mask, question, labels, concepts: concept_labels } = input;
+        // With labels the rows hold answers: the text-aware queries never pool a supervised (answer) token.
+        let answer_free = match labels {
+            Some(l) if passes.head && self.safety.safe_part.query_mode().reads_text() => {
+                Some(self.answer_free_rows(input_ids, mask, question, l)?)
+            }
+            _ => None,
+        };
+        let question = answer_free.as_deref().or(question);
         // One embedding lookup serves both the head's queries and the merge (which overwrites the image rows).
         let text = self.text_embeddings(input_ids);
         let (features, given) = match vision {

@@ -16,7 +16,8 @@ pub struct Encoded {
     /// Whether the sequence was cut at the maximum length.
     pub truncated: bool,
     /// The tokens of the user's question (first user turn, without `<image>`): what the safety head's text-aware
-    /// query modes pool, as at inference, so the answer never steers the classification.
+    /// query modes pool, as at inference, so the answer never steers the classification. A turn without a question
+    /// marks the prompt's text tokens before the first answer instead (what an inference prompt holds).
     pub question: Vec<bool>,
 }
 
@@ -54,8 +55,20 @@ pub fn encode_conversation(
     }
     let enc = text.tokenizer().encode(full.as_str(), true).map_err(EncodeError::Tokenizer)?;
     let ids = enc.get_ids().to_vec();
-    let question = messages.iter().find(|m| m.role == Role::User).and_then(|m| question_span(&full, &m.content));
-    let question = overlapping(enc.get_offsets(), question);
+    let span = messages.iter().find(|m| m.role == Role::User).and_then(|m| question_span(&full, &m.content));
+    let question = match span {
+        Some(span) => overlapping(enc.get_offsets(), Some(span)),
+        // No question (an image-only turn): the text tokens of the prompt before the first answer — what an
+        // inference prompt without a question pools — and never a token that reaches into an answer.
+        None => {
+            let first_answer = messages.iter().position(|m| m.role == Role::Assistant).unwrap_or(messages.len());
+            let prompt = template.render(&messages[..first_answer], true).len();
+            ids.iter()
+                .zip(enc.get_offsets())
+                .map(|(&id, &(s, e))| e > s && e <= prompt && id != text.image_token_id())
+                .collect()
+        }
+    };
     let labels: Vec<i64> = ids
         .iter()
         .zip(enc.get_offsets())

@@ -39,6 +39,9 @@ pub struct TrainArgs {
     /// Conversation template (default: the one the model directory records, else llava_v1).
     #[arg(long)]
     pub template: Option<String>,
+    /// Taxonomy file (JSON or TOML; default the paper's) whose safe type stage-I balancing samples from.
+    #[arg(long)]
+    pub taxonomy: Option<PathBuf>,
     /// Clean samples kept by stage-I balancing (default 3000 in stage I, all in stage II).
     #[arg(long)]
     pub clean: Option<usize>,
