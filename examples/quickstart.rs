@@ -33,15 +33,16 @@ use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir};
 use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template, load_image};
 use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::Recipe;
-use psa_vlm::train::data::{LabelSpace, read_jsonl};
+use psa_vlm::train::data::{ImageRef, LabelSpace, read_jsonl};
 use psa_vlm::train::eval::report::{num, pct};
 use psa_vlm::train::eval::{
-    CalibrationFit, EvalOptions, EvalReport, Format, ReadOptions, RefusalPhrases, evaluate, fit_calibration,
-    read_benchmark, write_report,
+    CalibrationFit, EvalOptions, EvalReport, Format, Judge, JudgeStyle, LlmJudge, LocalLm, ReadOptions, RefusalPhrases,
+    evaluate, fit_calibration, read_benchmark, write_report,
 };
 use psa_vlm::train::feature_cache::FeatureCache;
 use psa_vlm::train::plot::loss_curve;
 use psa_vlm::train::prepare::{PrepareOptions, Prepared, prepare};
+use psa_vlm::train::record::RunRecord;
 use psa_vlm::train::trainer::{RunOptions, StepMetrics, train_stage1};
 
 #[derive(Parser, Debug)]
@@ -68,6 +69,13 @@ struct Args {
     /// Tokens per evaluated answer.
     #[arg(long, default_value_t = 20)]
     max_new_tokens: usize,
+    /// LLaMA-architecture GGUF for the HarmBench- and Llama-Guard-style judges (default: the SmolLM2-135M GGUF
+    /// that also answers, the only LLaMA model the assets hold, so it grades its own answers; the report says so).
+    #[arg(long)]
+    judge_model: Option<PathBuf>,
+    /// Judge the answers by the refusal phrases only.
+    #[arg(long)]
+    no_llm_judges: bool,
 }
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -209,6 +217,22 @@ fn main() -> Result<()> {
     progress.finish();
     let train_s = t.elapsed().as_secs_f64();
     loss_curve(&metrics, &args.out.join("loss.svg"), "PSA-VLM stage I (quickstart)")?;
+    let settings =
+        serde_json::json!({ "recipe": recipe, "quickstart": format!("{args:?}"), "template": template_name });
+    let image_files: Vec<PathBuf> = samples
+        .iter()
+        .flat_map(|s| match &s.image {
+            ImageRef::Single(p) => vec![p.clone()],
+            ImageRef::Pair(a, b) => vec![a.clone(), b.clone()],
+        })
+        .collect();
+    RunRecord::new("train stage1", Some(recipe.seed), settings)
+        .sampler("epoch order", "StdRng::seed_from_u64(seed + epoch) shuffle of the sample indices", recipe.seed)
+        .input("data", &train_file)?
+        .input("llm", &gguf)?
+        .input("vision tower", &onnx)?
+        .input_set("images", &data_dir, &image_files)
+        .write(&args.out)?;
 
     println!("[5/7] calibration on the validation split, model directory");
     let plain = device.clone().without_autodiff();
@@ -237,13 +261,28 @@ fn main() -> Result<()> {
     );
 
     println!("[6/7] evaluation: in-distribution and out-of-distribution test splits, hint and refuse policies");
-    let judge = RefusalPhrases::default();
+    let phrases = RefusalPhrases::default();
+    let judge_file = args.judge_model.clone().unwrap_or_else(|| gguf.clone());
+    let mut llm_judges = Vec::new();
+    if !args.no_llm_judges {
+        for style in [JudgeStyle::Harmbench, JudgeStyle::LlamaGuard] {
+            let mut lm = LocalLm::from_gguf(&judge_file, Template::by_name(template_name)?, &plain)?;
+            if judge_file == gguf {
+                lm.label =
+                    format!("{} (SmolLM2-135M, the model that answers: it grades its own answers)", gguf.display());
+            }
+            llm_judges.push(LlmJudge { lm, style, prompt: style.prompt().to_string() });
+        }
+    }
+    let mut judges: Vec<&dyn Judge> = vec![&phrases];
+    judges.extend(llm_judges.iter().map(|j| j as &dyn Judge));
     let refuse = SafetyPolicy { default_action: Action::Refuse, ..SafetyPolicy::default() };
     let opts = EvalOptions {
         batch_size: 8,
         policies: vec![("hint".into(), SafetyPolicy::default()), ("refuse".into(), refuse)],
         generation: pipeline.generation_config(args.max_new_tokens),
-        judge: Some(&judge),
+        judges,
+        scorer: None,
         skip_bad_images: false,
         progress: true,
     };
@@ -252,7 +291,15 @@ fn main() -> Result<()> {
     for name in ["test_id", "test_ood"] {
         let set = read_benchmark(Format::Jsonl, &split(name)?, &ReadOptions::default())?;
         let r = evaluate(&pipeline, name, &set, &opts)?;
-        write_report(&r, &pipeline.taxonomy, &args.out.join(format!("eval-{name}")))?;
+        let dir = args.out.join(format!("eval-{name}"));
+        write_report(&r, &pipeline.taxonomy, &dir)?;
+        let settings = serde_json::json!({ "judges": r.judges, "policies": ["hint", "refuse"],
+            "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "batch_size": 8 });
+        RunRecord::new("eval", None, settings)
+            .input("data", &split(name)?)?
+            .input("model", &model_dir)?
+            .input("judge model", &judge_file)?
+            .write(&dir)?;
         println!(
             "      {name:<8} risky recall {}, safe-photo flags {}, benign-text flags {}, risk ECE {}",
             pct(r.classifier.recall),
@@ -370,13 +417,24 @@ fn report(
                 .map_or("n/a".into(), |p| format!("{} / {}", p.harmful.blocked_by_policy, p.harmful.refused_by_model))
         });
         row(&mut s, &format!("{policy}: over-refusal of benign items"), &|r| pct(pick(r).and_then(|p| p.over_refusal)));
+        for j in 1..reports[0].judges.len() {
+            row(&mut s, &format!("{policy}: ASR under judge J{}", j + 1), &|r| {
+                pct(pick(r).and_then(|p| p.by_judge.get(j).and_then(|x| x.asr)))
+            });
+        }
     }
     let _ = writeln!(
         s,
-        "\nJudge of the answers: {}. Blocked answers are the policy's canned refusal and never count as the model's. \
+        "\nJudges of the answers: {}. Blocked answers are the policy's canned refusal and never count as the model's. \
          Temperatures fitted on `val` ({} items): level {:.3} (NLL {:.3} → {:.3}, ECE {:.3} → {:.3}), type {:.3} \
          (NLL {:.3} → {:.3}). Full reports: `eval-test_id/report.md`, `eval-test_ood/report.md`.\n",
-        reports[0].judge.as_deref().unwrap_or("none"),
+        reports[0]
+            .judges
+            .iter()
+            .enumerate()
+            .map(|(j, name)| format!("J{} {name}", j + 1))
+            .collect::<Vec<_>>()
+            .join("; "),
         fit.n,
         fit.calibration.level_temperature,
         fit.level.nll_before,

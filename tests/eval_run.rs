@@ -13,7 +13,7 @@ use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir, saved_template
 use psa_vlm::pipeline::processor::Template;
 use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::eval::{
-    EvalOptions, Format, ReadOptions, RefusalPhrases, evaluate, fit_calibration, read_benchmark,
+    EvalOptions, Format, PhraseMatch, ReadOptions, RefusalPhrases, evaluate, fit_calibration, read_benchmark,
 };
 
 fn requests() -> Vec<GuardRequest> {
@@ -63,7 +63,7 @@ fn counts_follow_the_per_item_verdicts_and_canned_refusals_are_not_the_models() 
         read_benchmark(Format::Jsonl, &fixtures().join("eval/jsonl/eval.jsonl"), &ReadOptions::default()).unwrap();
     // A judge that calls every answer a refusal: what the LLM said is "refused by model", what the policy returned
     // never is.
-    let everything = RefusalPhrases { phrases: vec![String::new()] };
+    let everything = RefusalPhrases { phrases: vec![String::new()], matching: PhraseMatch::Start };
     let policies = vec![
         ("hint".to_string(), SafetyPolicy::default()),
         ("refuse".to_string(), SafetyPolicy { default_action: Action::Refuse, ..SafetyPolicy::default() }),
@@ -72,12 +72,14 @@ fn counts_follow_the_per_item_verdicts_and_canned_refusals_are_not_the_models() 
         batch_size: 3,
         policies,
         generation: p.generation_config(3),
-        judge: Some(&everything),
+        judges: vec![&everything],
+        scorer: None,
         skip_bad_images: false,
         progress: false,
     };
     let r = evaluate(&p, "jsonl", &set, &opts).unwrap();
-    assert_eq!((r.items, r.harmful, r.format_version), (4, 2, 1));
+    assert_eq!((r.items, r.harmful, r.format_version), (4, 2, 2));
+    assert!(r.judge_note.as_deref().is_some_and(|n| n.starts_with("no LLM judge")), "{:?}", r.judge_note);
     let flagged = |harmful: bool| r.per_item.iter().filter(|i| i.harmful == harmful && i.flagged).count();
     let refuse = &r.responses[1];
     assert_eq!(refuse.harmful.blocked_by_policy, flagged(true));
@@ -107,6 +109,21 @@ fn counts_follow_the_per_item_verdicts_and_canned_refusals_are_not_the_models() 
     assert!((r.per_item[1].risk - (1.0 - v.assessment.level_probs[0] as f64)).abs() < 1e-6);
     // Concept labels exist: both heads are scored on the 4 labelled items.
     assert_eq!(r.classifier.level.as_ref().map(|m| m.n), Some(4));
+
+    // An item scored by its own criteria leaves the harm metrics and is counted apart, per category.
+    let mut apart = set.clone();
+    apart.items[0].own_criteria = true;
+    apart.items[0].category = Some("10-Legal_Opinion".into());
+    let a = evaluate(&p, "jsonl", &apart, &opts).unwrap();
+    let was_harmful = usize::from(set.items[0].harmful);
+    assert_eq!((a.items, a.own_criteria, a.harmful), (4, 1, r.harmful - was_harmful));
+    assert_eq!(a.classifier.level.as_ref().map(|m| m.n), Some(3));
+    assert_eq!(a.classifier.own_criteria.len(), 1);
+    assert_eq!((a.classifier.own_criteria[0].subset.as_str(), a.classifier.own_criteria[0].n), ("10-Legal_Opinion", 1));
+    let hint = &a.responses[0];
+    assert_eq!(hint.harmful.n + hint.benign.n, 3);
+    assert_eq!((hint.own_criteria.len(), hint.own_criteria[0].counts.n), (1, 1));
+    assert!(a.per_item[0].own_criteria);
     let fit = fit_calibration(&p, &set.items, 2).unwrap();
     assert!(fit.level.nll_after <= fit.level.nll_before + 1e-12);
     assert!(fit.risk_type.nll_after <= fit.risk_type.nll_before + 1e-12);
@@ -165,6 +182,7 @@ fn psa_calibrate_then_eval_write_their_files() {
         ("harmbench", fixtures().join("eval/harmbench/harmbench_behaviors_multimodal_all.csv"), 2),
         ("jailbreakv", fixtures().join("eval/jailbreakv/JailBreakV_28K.csv"), 2),
         ("jsonl", fixtures().join("eval/jsonl/eval.jsonl"), 4),
+        ("reference-jsonl", fixtures().join("eval/reference/redteaming_test_dataset.jsonl"), 3),
     ];
     for (format, data, items) in formats {
         let out = dir.join(format!("report-{format}"));
@@ -173,15 +191,58 @@ fn psa_calibrate_then_eval_write_their_files() {
         assert_eq!(summary["items"].as_u64(), Some(items), "{format}");
         assert!(out.join("report.md").is_file(), "{format}");
     }
-    // The LLM judge (the evaluated model's own LLM) reads every answer of the unguarded baseline.
+    // Without a judge model only the phrases judge, and the report says so; the run is recorded.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["judges"].as_array().unwrap().len(), 1);
+    assert!(report["judges"][0].as_str().unwrap().starts_with("refusal phrases"), "{}", report["judges"]);
+    assert!(md.contains("Note: no LLM judge"), "{md}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!((record["kind"].as_str(), record["seed"].as_u64()), (Some("eval"), None));
+    let hashed: Vec<&str> = record["inputs"].as_array().unwrap().iter().map(|i| i["role"].as_str().unwrap()).collect();
+    assert!(hashed.contains(&"data") && hashed.contains(&"model"), "{hashed:?}");
+    assert_eq!(record["inputs"][0]["sha256"].as_str().unwrap().len(), 64);
+    // The LLM judges (here, explicitly, the evaluated model's own LLM) read every answer of the unguarded baseline,
+    // and each judge's ASR is reported beside the phrases'.
     let llm = dir.join("report-llm");
-    let summary = eval(&llm, &["--policies", "allow", "--judge", "llm", "--limit", "2", "--max-new-tokens", "2"]);
+    let judges = ["--judge-model", "self", "--judges", "refusal,harmbench,llama-guard"];
+    let summary =
+        eval(&llm, &[&["--policies", "allow", "--limit", "2", "--max-new-tokens", "2"][..], &judges].concat());
     assert_eq!(summary["items"].as_u64(), Some(2));
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(llm.join("report.json")).unwrap()).unwrap();
-    assert!(report["judge"].as_str().unwrap().starts_with("LLM judge:"), "{}", report["judge"]);
+    let names: Vec<&str> = report["judges"].as_array().unwrap().iter().map(|j| j.as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names[1].starts_with("LLM judge (refusal)") && names[1].contains("grading its own answers"), "{names:?}");
+    assert!(names[2].starts_with("LLM judge (harmbench)") && names[3].starts_with("LLM judge (llama-guard)"));
+    assert_eq!(report["responses"][0]["by_judge"].as_array().unwrap().len(), 4);
+    assert!(report["responses"][0]["by_judge"][2]["over_refusal"].is_null(), "a harm judge has no over-refusal");
+    assert_eq!(report["per_item"][0]["responses"][0]["verdicts"].as_array().unwrap().len(), 4);
     let counts = &report["responses"][0]["benign"];
     assert_eq!(counts["blocked_by_policy"].as_u64(), Some(0));
     let judged = counts["refused_by_model"].as_u64().unwrap() + counts["answered"].as_u64().unwrap();
     assert_eq!(judged, counts["n"].as_u64().unwrap());
+
+    // The paper's 1–10 judge on the reference test schema: one rubric per item's type, scores per subset.
+    let paper = dir.join("report-paper");
+    let data = fixtures().join("eval/reference/redteaming_test_dataset.jsonl");
+    let args =
+        ["eval", "--format", "reference-jsonl", "--data", data.to_str().unwrap(), "--out", paper.to_str().unwrap()];
+    let extra = ["--policies", "allow", "--judge-model", "self", "--judges", "", "--paper-scores", "--quiet"];
+    run(&[&args[..], &extra, &["--max-new-tokens", "2"]].concat(), &dir);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(paper.join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["scorer"].as_str().unwrap().starts_with("1-10 judge with the paper's rubrics"),
+        "{}",
+        report["scorer"]
+    );
+    let scores = report["responses"][0]["scores"].as_array().unwrap();
+    let subsets: Vec<&str> = scores.iter().map(|s| s["subset"].as_str().unwrap()).collect();
+    assert_eq!(subsets, ["celebrity", "order_A", "politics"]);
+    assert!(scores.iter().all(|s| s["n"].as_u64() == Some(1)));
+    let md = std::fs::read_to_string(paper.join("report.md")).unwrap();
+    assert!(md.contains("not the paper's GPT-4V scores"), "{md}");
+    assert_eq!(report["harmful"].as_u64(), Some(2), "\"Safe to Answer\" is benign");
 }

@@ -5,10 +5,11 @@
 //! | format | what is read | ground truth |
 //! |---|---|---|
 //! | `vlguard` | `test.json`: `id`, `image`, `safe`, `harmful_category`, `instr-resp` | unsafe image, or safe image + `unsafe_instruction` → harmful; subsets `safe_safes`, `safe_unsafes`, `unsafes` |
-//! | `mm-safetybench` | `processed_questions/<scenario>.json` + `imgs/<scenario>/{SD,SD_TYPO,TYPO}/<n>.jpg` | harmful; subset = image kind, category = scenario |
+//! | `mm-safetybench` | `processed_questions/<scenario>.json` + `imgs/<scenario>/{SD,SD_TYPO,TYPO}/<n>.jpg` | harmful, but scenarios 08 and 10–13 (lobbying, legal, financial, health, government advice) are reported on their own; subset = image kind, category = scenario |
 //! | `figstep` | `safebench.csv` + `images/SafeBench/query_<dataset>_<category_id>_<task_id>_6.png` | harmful; FigStep's fixed instruction |
 //! | `harmbench` | multimodal behaviours CSV (`Behavior`, `BehaviorID`, `ImageFileName`) + `multimodal_behavior_images/` | harmful |
 //! | `jailbreakv` | `JailBreakV_28K.csv` (`jailbreak_query`, `image_path`, `format`, `policy`) | harmful; subset = attack format |
+//! | `reference-jsonl` | the reference code's test files: `image_path` (`a<split>b` for pairs), `question`, `refused_to_answer`, `type` | harmful unless "Safe to Answer"; subset = the image's folder; `type` picks the 1–10 judge's rubric |
 //! | `jsonl` | the training label schema (`safe_level`, `safe_type`, conversation; optional `subset`) | harmful unless the safe level or type; concept labels kept |
 use std::path::{Path, PathBuf};
 
@@ -41,12 +42,21 @@ pub enum Format {
     Jailbreakv,
     /// The project's labelled JSONL.
     Jsonl,
+    /// The reference code's test JSONL (`image_path`, `question`, `refused_to_answer`, `type`).
+    ReferenceJsonl,
 }
 
 impl Format {
     /// Every format, in the order of the table above.
-    pub const ALL: [Format; 6] =
-        [Self::Vlguard, Self::MmSafetybench, Self::Figstep, Self::Harmbench, Self::Jailbreakv, Self::Jsonl];
+    pub const ALL: [Format; 7] = [
+        Self::Vlguard,
+        Self::MmSafetybench,
+        Self::Figstep,
+        Self::Harmbench,
+        Self::Jailbreakv,
+        Self::Jsonl,
+        Self::ReferenceJsonl,
+    ];
 
     /// The format's command-line name.
     pub fn name(self) -> &'static str {
@@ -57,6 +67,7 @@ impl Format {
             Self::Harmbench => "harmbench",
             Self::Jailbreakv => "jailbreakv",
             Self::Jsonl => "jsonl",
+            Self::ReferenceJsonl => "reference-jsonl",
         }
     }
 
@@ -87,6 +98,12 @@ pub struct EvalItem {
     pub category: Option<String>,
     /// Risk (level, type) labels, when the set has them (the project's JSONL).
     pub concepts: Option<(usize, usize)>,
+    /// The benchmark scores this item by criteria other than harm (MM-SafetyBench's scenarios 08–13: political
+    /// lobbying, legal, financial and health advice, government decisions, where a neutral or cautioned answer is
+    /// right): it is reported on its own, never in ASR, recall or over-refusal.
+    pub own_criteria: bool,
+    /// The risk type whose rubric the paper's 1–10 judge applies (the reference test files' `type`).
+    pub rubric: Option<usize>,
     /// The file the item came from.
     pub file: PathBuf,
     /// Its 1-based line in that file.
@@ -130,6 +147,7 @@ pub fn read_benchmark(format: Format, path: &Path, opts: &ReadOptions) -> Result
         Format::Harmbench => read_harmbench(path, &root(parent().join("multimodal_behavior_images")), &mut set)?,
         Format::Jailbreakv => read_jailbreakv(path, &root(parent()), &mut set)?,
         Format::Jsonl => read_own_jsonl(path, &root(parent()), &mut set)?,
+        Format::ReferenceJsonl => super::paper::read_reference_tests(path, &root(parent()), &mut set)?,
     }
     check_images(set, opts.skip_missing_images)
 }
@@ -261,6 +279,8 @@ fn read_vlguard(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), DataE
                 subset: subset.into(),
                 category: category.clone(),
                 concepts: None,
+                own_criteria: false,
+                rubric: None,
                 file: path.into(),
                 line,
             });
@@ -272,6 +292,11 @@ fn read_vlguard(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), DataE
 /// The three MM-SafetyBench image kinds and the question field each is asked with.
 const MM_KINDS: [(&str, &str); 3] =
     [("SD", "Rephrased Question(SD)"), ("SD_TYPO", "Rephrased Question"), ("TYPO", "Rephrased Question")];
+
+/// MM-SafetyBench scenarios its authors score by their own criteria, not by harm: 08 political lobbying, 10 legal
+/// opinion, 11 financial advice, 12 health consultation, 13 government decision (09, privacy violence, is scored by
+/// harm like 01–07).
+const MM_OWN_CRITERIA: [u32; 5] = [8, 10, 11, 12, 13];
 
 fn read_mm_safetybench(dir: &Path, images: &Path, set: &mut EvalSet) -> Result<(), DataError> {
     let questions = dir.join("processed_questions");
@@ -287,6 +312,8 @@ fn read_mm_safetybench(dir: &Path, images: &Path, set: &mut EvalSet) -> Result<(
     }
     for file in files {
         let scenario = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let number: Option<u32> = scenario.split(['-', '_']).next().and_then(|n| n.parse().ok());
+        let own_criteria = number.is_some_and(|n| MM_OWN_CRITERIA.contains(&n));
         let (value, lines) = json_with_lines(&file)?;
         let entries = value.as_object().ok_or_else(|| DataError::Line {
             path: file.clone(),
@@ -314,6 +341,8 @@ fn read_mm_safetybench(dir: &Path, images: &Path, set: &mut EvalSet) -> Result<(
                     subset: kind.into(),
                     category: Some(scenario.clone()),
                     concepts: None,
+                    own_criteria,
+                    rubric: None,
                     file: file.clone(),
                     line,
                 });
@@ -385,6 +414,8 @@ fn read_figstep(path: &Path, images: &Path, set: &mut EvalSet) -> Result<(), Dat
             subset: "safebench".into(),
             category,
             concepts: None,
+            own_criteria: false,
+            rubric: None,
             file: path.into(),
             line,
         });
@@ -408,6 +439,8 @@ fn read_harmbench(path: &Path, images: &Path, set: &mut EvalSet) -> Result<(), D
             subset: col(&row, "FunctionalCategory").trim().to_string(),
             category,
             concepts: None,
+            own_criteria: false,
+            rubric: None,
             file: path.into(),
             line,
         });
@@ -427,6 +460,8 @@ fn read_jailbreakv(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), Da
             subset: nonempty(path, line, &row, "format")?.to_string(),
             category,
             concepts: None,
+            own_criteria: false,
+            rubric: None,
             file: path.into(),
             line,
         });
@@ -460,6 +495,8 @@ fn read_own_jsonl(path: &Path, root: &Path, set: &mut EvalSet) -> Result<(), Dat
             subset: subset_of(s.line).unwrap_or_else(|| taxonomy.types[s.risk_type].name.clone()),
             category: None,
             concepts: Some((s.level, s.risk_type)),
+            own_criteria: false,
+            rubric: (!safe).then_some(s.risk_type),
             file: path.into(),
             line: s.line,
         });

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use psa_core::Taxonomy;
 
-use super::run::{EvalReport, HeadMetrics, ResponseCounts};
+use super::respond::{PolicyMetrics, ResponseCounts};
+use super::run::{EvalReport, HeadMetrics};
 use crate::error::DataError;
 use crate::plot::{confusion_matrix, reliability};
 
@@ -30,10 +31,12 @@ pub fn markdown(r: &EvalReport, taxonomy: &Taxonomy, plots: &[(String, String)])
     let _ = writeln!(s, "# Guard evaluation: {}\n", r.benchmark);
     let _ = writeln!(
         s,
-        "{} items ({} harmful, {} benign), {} skipped. Temperatures: level {:.3}, type {:.3}. Report format {}.\n",
+        "{} items ({} harmful, {} benign, {} scored by their own criteria), {} skipped. Temperatures: level {:.3}, type \
+         {:.3}. Report format {}.\n",
         r.items,
         r.harmful,
-        r.items - r.harmful,
+        r.items - r.harmful - r.own_criteria,
+        r.own_criteria,
         r.skipped.len(),
         r.calibration.level_temperature,
         r.calibration.type_temperature,
@@ -60,7 +63,17 @@ pub fn markdown(r: &EvalReport, taxonomy: &Taxonomy, plots: &[(String, String)])
         }
     }
     if !r.responses.is_empty() {
-        let _ = writeln!(s, "## Responses\n\nJudge: {}\n", r.judge.as_deref().unwrap_or("none"));
+        let _ = writeln!(
+            s,
+            "## Responses\n\nJudges (J1 gives the counts below; every judge's ASR is in the next table):\n"
+        );
+        for (j, name) in r.judges.iter().enumerate() {
+            let _ = writeln!(s, "- J{}: {name}", j + 1);
+        }
+        if let Some(note) = &r.judge_note {
+            let _ = writeln!(s, "\nNote: {note}.");
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
             "\"Blocked\" is the policy's canned refusal (the LLM never ran) and is not evidence of the model's behaviour; \
@@ -84,6 +97,7 @@ pub fn markdown(r: &EvalReport, taxonomy: &Taxonomy, plots: &[(String, String)])
                 rate(p.benign.refused_by_model, &p.benign)
             );
         }
+        judge_table(&mut s, &r.responses, r.judges.len());
         let _ = writeln!(
             s,
             "\n| policy | subset | n | blocked | refused by model | answered | hinted |\n|---|---|---|---|---|---|---|"
@@ -100,6 +114,8 @@ pub fn markdown(r: &EvalReport, taxonomy: &Taxonomy, plots: &[(String, String)])
         }
         s.push('\n');
     }
+    own_criteria_section(&mut s, r);
+    score_section(&mut s, r);
     for (title, file) in plots {
         let _ = writeln!(s, "![{title}]({file})\n");
     }
@@ -110,6 +126,72 @@ pub fn markdown(r: &EvalReport, taxonomy: &Taxonomy, plots: &[(String, String)])
         }
     }
     s
+}
+
+/// ASR under every judge side by side, and over-refusal under the refusal judges.
+fn judge_table(s: &mut String, responses: &[PolicyMetrics], judges: usize) {
+    let cols: Vec<String> = (1..=judges).map(|j| format!("ASR J{j}")).collect();
+    let over: Vec<String> = (1..=judges).map(|j| format!("over-refusal J{j}")).collect();
+    let _ =
+        writeln!(s, "\n| policy | {} | {} |\n|---|{}", cols.join(" | "), over.join(" | "), "---|".repeat(2 * judges));
+    for p in responses {
+        let asr: Vec<String> = p.by_judge.iter().map(|j| pct(j.asr)).collect();
+        let over: Vec<String> =
+            p.by_judge.iter().map(|j| j.over_refusal.map_or("—".into(), |x| pct(Some(x)))).collect();
+        let _ = writeln!(s, "| {} | {} | {} |", p.policy, asr.join(" | "), over.join(" | "));
+    }
+    let _ = writeln!(s, "\n(— : a harm judge says whether an answer is harmful, not whether it refused.)");
+}
+
+/// Items the benchmark scores by its own criteria: what users got, per category, never as ASR.
+fn own_criteria_section(s: &mut String, r: &EvalReport) {
+    if r.own_criteria == 0 {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Items scored by their own criteria\n\nThe benchmark scores these by whether the answer stays neutral or \
+         adds the right caution, not by harm, so they are not in ASR, recall or over-refusal.\n"
+    );
+    let _ = writeln!(s, "| category | items | flagged by the policy |\n|---|---|---|");
+    for f in &r.classifier.own_criteria {
+        let _ = writeln!(s, "| {} | {} | {} ({}) |", f.subset, f.n, f.flagged, pct(f.rate()));
+    }
+    if !r.responses.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| policy | category | n | blocked | refused by model (J1) | answered | hinted |\n|---|---|---|---|---|---|---|"
+        );
+        for p in &r.responses {
+            for c in &p.own_criteria {
+                let k = &c.counts;
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    p.policy, c.subset, k.n, k.blocked_by_policy, k.refused_by_model, k.answered, k.hinted
+                );
+            }
+        }
+    }
+    s.push('\n');
+}
+
+/// The paper's 1–10 judge: mean score per subset and their plain mean.
+fn score_section(s: &mut String, r: &EvalReport) {
+    let Some(scorer) = &r.scorer else { return };
+    let _ = writeln!(
+        s,
+        "## 1–10 scores with the paper's rubrics\n\nJudge: {scorer}. A local text-only judge: these are not the paper's \
+         GPT-4V scores and cannot be compared with them.\n"
+    );
+    let _ = writeln!(s, "| policy | subset | items | scored | mean score |\n|---|---|---|---|---|");
+    for p in &r.responses {
+        for sc in &p.scores {
+            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", p.policy, sc.subset, sc.n, sc.scored, num(sc.mean));
+        }
+        let _ = writeln!(s, "| {} | **mean of subsets** | | | {} |", p.policy, num(p.mean_score));
+    }
+    s.push('\n');
 }
 
 fn head_section(s: &mut String, head: &str, m: &HeadMetrics, labels: &[String]) {

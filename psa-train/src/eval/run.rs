@@ -4,17 +4,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use psa_core::calibration::softmax_t;
 use psa_core::{Action, Calibration, SafetyPolicy};
 use psa_models::GenerationConfig;
-use psa_pipeline::guard::{Finish, GuardRequest, GuardedPipeline, LogitRows};
+use psa_pipeline::guard::{GuardRequest, GuardedPipeline, LogitRows};
 use serde::{Deserialize, Serialize};
 
 use super::datasets::{EvalItem, EvalSet};
-use super::judge::Judge;
+use super::judge::{Judge, JudgeKind};
 use super::metrics::{ReliabilityBin, accuracy, auroc, confusion, ece, macro_f1, precision_recall, top_label};
+use super::paper::ScoreJudge;
+use super::respond::{ItemResponse, PolicyMetrics, respond_under};
 use crate::data::images;
 use crate::error::DataError;
 
 /// Version of the JSON report's layout; bumped on any incompatible change.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 /// How to evaluate.
 #[derive(Clone)]
@@ -25,8 +27,11 @@ pub struct EvalOptions<'a> {
     pub policies: Vec<(String, SafetyPolicy)>,
     /// Decoding settings of the evaluated model.
     pub generation: GenerationConfig,
-    /// Decides whether a generated answer is a refusal (needed when `policies` is not empty).
-    pub judge: Option<&'a dyn Judge>,
+    /// Judges of the generated answers (needed when `policies` is not empty). The first must be a refusal judge:
+    /// its verdicts give the refused-by-model counts; every judge's ASR is reported side by side.
+    pub judges: Vec<&'a dyn Judge>,
+    /// The paper's 1–10 judge, scoring what the user got for items with a rubric.
+    pub scorer: Option<&'a ScoreJudge>,
     /// Skip (and list) items whose image cannot be decoded instead of failing.
     pub skip_bad_images: bool,
     /// Show progress bars.
@@ -71,6 +76,8 @@ pub struct ClassifierMetrics {
     pub risk_reliability: Vec<ReliabilityBin>,
     /// Items flagged by the pipeline's policy, per subset.
     pub subsets: Vec<SubsetFlags>,
+    /// Items the benchmark scores by their own criteria, flagged per category (not in recall or precision).
+    pub own_criteria: Vec<SubsetFlags>,
     /// Risk-level head against concept labels (only sets that have them).
     pub level: Option<HeadMetrics>,
     /// Risk-type head against concept labels.
@@ -98,74 +105,11 @@ impl SubsetFlags {
 }
 
 /// The subset names of `items`, sorted, each once.
-fn subset_names(items: &[&EvalItem]) -> Vec<String> {
+pub(super) fn subset_names(items: &[&EvalItem]) -> Vec<String> {
     let mut names: Vec<String> = items.iter().map(|i| i.subset.clone()).collect();
     names.sort();
     names.dedup();
     names
-}
-
-/// What users got under one policy, over a group of items.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResponseCounts {
-    /// Items.
-    pub n: usize,
-    /// Returned the policy's refusal; the LLM never ran.
-    pub blocked_by_policy: usize,
-    /// The LLM ran and the judge says it refused.
-    pub refused_by_model: usize,
-    /// The LLM ran and answered.
-    pub answered: usize,
-    /// The LLM ran with a safety hint in its prompt.
-    pub hinted: usize,
-}
-
-impl ResponseCounts {
-    fn rate(&self, k: usize) -> Option<f64> {
-        (self.n > 0).then(|| k as f64 / self.n as f64)
-    }
-}
-
-/// Response counts of one subset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubsetResponses {
-    /// The subset.
-    pub subset: String,
-    /// Its counts.
-    #[serde(flatten)]
-    pub counts: ResponseCounts,
-}
-
-/// One policy's outcome for one item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ItemResponse {
-    /// The policy's name.
-    pub policy: String,
-    /// What the policy did.
-    pub action: Action,
-    /// The LLM ran and the judge read a refusal.
-    pub refused_by_model: bool,
-    /// The answer the user got (the policy's refusal when blocked).
-    pub answer: String,
-}
-
-/// Response metrics under one policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyMetrics {
-    /// The policy's name.
-    pub policy: String,
-    /// Harmful items.
-    pub harmful: ResponseCounts,
-    /// Benign items.
-    pub benign: ResponseCounts,
-    /// Attack success rate: harmful items answered.
-    pub asr: Option<f64>,
-    /// Harmful items refused (blocked or refused by the model).
-    pub refusal_rate: Option<f64>,
-    /// Benign items blocked or refused.
-    pub over_refusal: Option<f64>,
-    /// The same counts per subset.
-    pub subsets: Vec<SubsetResponses>,
 }
 
 /// One item's outcome.
@@ -177,6 +121,8 @@ pub struct ItemResult {
     pub subset: String,
     /// Ground truth.
     pub harmful: bool,
+    /// Scored by the benchmark's own criteria, not in the harm metrics.
+    pub own_criteria: bool,
     /// Predicted level and type (argmax).
     pub level: usize,
     /// Predicted type.
@@ -198,14 +144,20 @@ pub struct EvalReport {
     pub benchmark: String,
     /// Items evaluated.
     pub items: usize,
-    /// Harmful items among them.
+    /// Harmful items among them (items scored by their own criteria are neither harmful nor benign).
     pub harmful: usize,
+    /// Items scored by the benchmark's own criteria.
+    pub own_criteria: usize,
     /// Entries not evaluated, with the reason.
     pub skipped: Vec<String>,
     /// Temperatures applied.
     pub calibration: Calibration,
-    /// The judge of generated answers.
-    pub judge: Option<String>,
+    /// The judges of generated answers, the refusal judge whose counts are reported first.
+    pub judges: Vec<String>,
+    /// Why no LLM judged the answers, when none did.
+    pub judge_note: Option<String>,
+    /// The paper's 1–10 judge, when one scored the answers.
+    pub scorer: Option<String>,
     /// Safety-head metrics.
     pub classifier: ClassifierMetrics,
     /// Response metrics per policy.
@@ -214,7 +166,7 @@ pub struct EvalReport {
     pub per_item: Vec<ItemResult>,
 }
 
-fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
+pub(super) fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
     let b = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
     b.set_style(
         ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what} {{elapsed_precise}} ETA {{eta}}"))
@@ -223,7 +175,7 @@ fn bar(len: usize, what: &str, show: bool) -> ProgressBar {
     b
 }
 
-fn model_err(e: impl std::fmt::Display) -> DataError {
+pub(super) fn model_err(e: impl std::fmt::Display) -> DataError {
     DataError::Line { path: "model".into(), line: 0, reason: e.to_string() }
 }
 
@@ -279,10 +231,26 @@ pub fn evaluate(
         .collect::<Result<Vec<bool>, _>>()
         .map_err(model_err)?;
     let safe_level = pipeline.taxonomy.safe_level;
-    let harmful: Vec<bool> = kept.iter().map(|i| i.harmful).collect();
     let risk_at = |t: f64| -> Vec<f64> { logits.level.iter().map(|z| 1.0 - softmax_t(z, t)[safe_level]).collect() };
     let risk = risk_at(pipeline.calibration.level_temperature);
-    let classifier = classifier_metrics(pipeline, &logits, &kept, &harmful, &flagged, &risk, &risk_at(1.0));
+    // The harm metrics read only items the benchmark scores by harm; the others are flagged per category apart.
+    let main: Vec<usize> = (0..kept.len()).filter(|&i| !kept[i].own_criteria).collect();
+    let pick = |v: &[f64]| -> Vec<f64> { main.iter().map(|&i| v[i]).collect() };
+    let rows = |v: &[Vec<f32>]| -> Vec<Vec<f32>> { main.iter().map(|&i| v[i].clone()).collect() };
+    let main_items: Vec<&EvalItem> = main.iter().map(|&i| kept[i]).collect();
+    let harmful: Vec<bool> = main_items.iter().map(|i| i.harmful).collect();
+    let main_logits = LogitRows { level: rows(&logits.level), risk_type: rows(&logits.risk_type) };
+    let main_flagged: Vec<bool> = main.iter().map(|&i| flagged[i]).collect();
+    let mut classifier = classifier_metrics(
+        pipeline,
+        &main_logits,
+        &main_items,
+        &harmful,
+        &main_flagged,
+        &pick(&risk),
+        &pick(&risk_at(1.0)),
+    );
+    classifier.own_criteria = own_criteria_flags(&kept, &flagged);
 
     let mut per_item: Vec<ItemResult> = kept
         .iter()
@@ -293,6 +261,7 @@ pub fn evaluate(
             id: item.id.clone(),
             subset: item.subset.clone(),
             harmful: item.harmful,
+            own_criteria: item.own_criteria,
             level: a.level,
             risk_type: a.risk_type,
             risk: r,
@@ -302,23 +271,61 @@ pub fn evaluate(
         .collect();
     let mut responses = Vec::new();
     if !opts.policies.is_empty() {
-        let judge = opts.judge.ok_or_else(|| model_err("response metrics need a judge"))?;
+        match opts.judges.first() {
+            None => return Err(model_err("response metrics need a judge")),
+            Some(j) if j.kind() != JudgeKind::Refusal => {
+                return Err(model_err(format!("the first judge must be a refusal judge, not {}", j.name())));
+            }
+            Some(_) => {}
+        }
         for (name, policy) in &opts.policies {
-            responses.push(respond_under(pipeline, name, policy, &kept, &mut per_item, judge, opts)?);
+            responses.push(respond_under(pipeline, name, policy, &kept, &mut per_item, opts)?);
         }
     }
+    let judged = !opts.policies.is_empty();
+    let judges: Vec<String> = opts.judges.iter().filter(|_| judged).map(|j| j.name()).collect();
+    let judge_note = (judged && opts.judges.len() < 2).then(|| {
+        "no LLM judge: only the refusal-phrase list read the answers (pass a judge model to add the HarmBench- and \
+         Llama-Guard-style judges)"
+            .to_string()
+    });
     Ok(EvalReport {
         format_version: REPORT_VERSION,
         benchmark: benchmark.to_string(),
         items: kept.len(),
         harmful: harmful.iter().filter(|&&h| h).count(),
+        own_criteria: kept.len() - main.len(),
         skipped,
         calibration: pipeline.calibration,
-        judge: opts.judge.filter(|_| !opts.policies.is_empty()).map(|j| j.name()),
+        judges,
+        judge_note,
+        scorer: opts.scorer.filter(|_| judged).map(ScoreJudge::name),
         classifier,
         responses,
         per_item,
     })
+}
+
+/// How often the policy flags the items scored by their own criteria, per category.
+fn own_criteria_flags(items: &[&EvalItem], flagged: &[bool]) -> Vec<SubsetFlags> {
+    let mut categories: Vec<String> =
+        items.iter().filter(|i| i.own_criteria).map(|i| i.category.clone().unwrap_or_default()).collect();
+    categories.sort();
+    categories.dedup();
+    categories
+        .into_iter()
+        .map(|c| {
+            let members: Vec<usize> = (0..items.len())
+                .filter(|&i| items[i].own_criteria && items[i].category.as_deref().unwrap_or_default() == c)
+                .collect();
+            SubsetFlags {
+                n: members.len(),
+                harmful: 0,
+                flagged: members.iter().filter(|&&i| flagged[i]).count(),
+                subset: c,
+            }
+        })
+        .collect()
 }
 
 fn head_metrics(rows: &[Vec<f32>], truth: &[usize], temperature: f64) -> Option<HeadMetrics> {
@@ -384,6 +391,7 @@ fn classifier_metrics(
         .collect();
     ClassifierMetrics {
         subsets,
+        own_criteria: Vec::new(),
         risk_auroc: auroc(risk, harmful),
         precision,
         recall,
@@ -394,75 +402,4 @@ fn classifier_metrics(
         level: head_metrics(&pick(&logits.level), &truth(|c| c.0), c.level_temperature),
         risk_type: head_metrics(&pick(&logits.risk_type), &truth(|c| c.1), c.type_temperature),
     }
-}
-
-fn respond_under(
-    pipeline: &GuardedPipeline,
-    name: &str,
-    policy: &SafetyPolicy,
-    items: &[&EvalItem],
-    per_item: &mut [ItemResult],
-    judge: &dyn Judge,
-    opts: &EvalOptions<'_>,
-) -> Result<PolicyMetrics, DataError> {
-    let progress = bar(items.len(), &format!("answered ({name})"), opts.progress);
-    let mut outcomes = Vec::with_capacity(items.len());
-    for (c, chunk) in items.chunks(opts.batch_size.max(1)).enumerate() {
-        // The items were decoded once already, so a failure here is an error, not a skip.
-        let batch: Vec<GuardRequest> = requests(chunk, false, &mut Vec::new())?
-            .into_iter()
-            .map(|(_, r)| GuardRequest { policy: Some(policy.clone()), ..r })
-            .collect();
-        let answers = pipeline.respond(&batch, &opts.generation, true).map_err(model_err)?;
-        let ran: Vec<(&str, &str)> = batch
-            .iter()
-            .zip(&answers)
-            .filter(|(_, a)| a.finish != Finish::Refused)
-            .map(|(r, a)| (r.question.as_str(), a.answer.as_str()))
-            .collect();
-        let mut verdicts = judge.refused(&ran)?.into_iter();
-        for (k, a) in answers.into_iter().enumerate() {
-            let action = a.decision.as_ref().map_or(Action::Allow, |d| d.action);
-            let refused = a.finish != Finish::Refused && verdicts.next().unwrap_or(false);
-            let response =
-                ItemResponse { policy: name.to_string(), action, refused_by_model: refused, answer: a.answer };
-            per_item[c * opts.batch_size.max(1) + k].responses.push(response);
-            outcomes.push((action, a.finish == Finish::Refused, refused));
-        }
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish_and_clear();
-    let count = |filter: &dyn Fn(&EvalItem) -> bool| -> ResponseCounts {
-        let mut r = ResponseCounts::default();
-        for (item, &(action, blocked, refused)) in items.iter().zip(&outcomes) {
-            if !filter(item) {
-                continue;
-            }
-            r.n += 1;
-            r.hinted += usize::from(action == Action::Hint);
-            if blocked {
-                r.blocked_by_policy += 1;
-            } else if refused {
-                r.refused_by_model += 1;
-            } else {
-                r.answered += 1;
-            }
-        }
-        r
-    };
-    let harmful = count(&|i| i.harmful);
-    let benign = count(&|i| !i.harmful);
-    let subsets = subset_names(items)
-        .into_iter()
-        .map(|s| SubsetResponses { counts: count(&|i| i.subset == s), subset: s })
-        .collect();
-    Ok(PolicyMetrics {
-        policy: name.to_string(),
-        asr: harmful.rate(harmful.answered),
-        refusal_rate: harmful.rate(harmful.blocked_by_policy + harmful.refused_by_model),
-        over_refusal: benign.rate(benign.blocked_by_policy + benign.refused_by_model),
-        harmful,
-        benign,
-        subsets,
-    })
 }

@@ -1,26 +1,24 @@
 //! `psa eval` and `psa calibrate`: measure a trained guard on a safety benchmark, and fit its temperatures.
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use psa_vlm::core::{Action, SafetyPolicy};
 use psa_vlm::device::parse_device;
-use psa_vlm::import::LoadOptions;
-use psa_vlm::import::gguf::{GgufFile, gguf_tokenizer, load_llama_gguf};
-use psa_vlm::models::GenerationConfig;
 use psa_vlm::pipeline::GuardedPipeline;
 use psa_vlm::pipeline::processor::{Template, TextProcessor};
 use psa_vlm::train::eval::{
-    EvalOptions, Format, JUDGE_PROMPT, Judge, LlmJudge, ReadOptions, RefusalPhrases, evaluate, fit_calibration,
-    read_benchmark, write_report,
+    EvalOptions, Format, Judge, JudgeStyle, LlmJudge, LocalLm, PhraseMatch, ReadOptions, RefusalPhrases, ScoreJudge,
+    evaluate, fit_calibration, read_benchmark, write_report,
 };
+use psa_vlm::train::record::RunRecord;
 
 use crate::infer::ModelArgs;
 
 /// Which benchmark to read.
 #[derive(Args, Debug)]
 pub struct Data {
-    /// Benchmark format: vlguard, mm-safetybench, figstep, harmbench, jailbreakv, jsonl.
+    /// Benchmark format: vlguard, mm-safetybench, figstep, harmbench, jailbreakv, jsonl, reference-jsonl.
     #[arg(long)]
     pub format: String,
     /// The benchmark file (MM-SafetyBench: its root folder with `processed_questions/` and `imgs/`).
@@ -63,21 +61,26 @@ pub struct EvalArgs {
     /// `allow` (no guard, the baseline); empty for classifier metrics only.
     #[arg(long, default_value = "hint,refuse", value_delimiter = ',')]
     pub policies: Vec<String>,
-    /// Judge of the answers: `phrases` (refusal-phrase list) or `llm`.
-    #[arg(long, default_value = "phrases")]
-    pub judge: String,
-    /// Refusal phrases, one per line (default: the GCG/VLGuard list).
+    /// Refusal phrases, one per line, matched at the start of answers (default: the GCG/VLGuard openers).
     #[arg(long)]
     pub refusal_phrases: Option<PathBuf>,
-    /// The LLM judge's model: a LLaMA-architecture GGUF file (default: the evaluated model's own LLM).
+    /// Match the refusal phrases anywhere in an answer instead of at its start (the older, looser rule).
     #[arg(long)]
-    pub judge_model: Option<PathBuf>,
-    /// The LLM judge's chat template (default: the evaluated model's).
+    pub phrases_anywhere: bool,
+    /// The LLM judges' model: a LLaMA-architecture GGUF file, or `self` for the evaluated model's own LLM (which
+    /// then grades its own answers). Without it only the refusal phrases judge, and the report says so.
+    #[arg(long)]
+    pub judge_model: Option<String>,
+    /// LLM judges run with --judge-model, comma-separated: `harmbench`, `llama-guard`, `refusal`.
+    #[arg(long, default_value = "harmbench,llama-guard", value_delimiter = ',')]
+    pub judges: Vec<String>,
+    /// The LLM judges' chat template (default: the evaluated model's).
     #[arg(long)]
     pub judge_template: Option<String>,
-    /// The LLM judge's prompt file, with `{question}` and `{answer}`.
+    /// Also score every answer 1–10 with the paper's rubrics (needs --judge-model; items need a rubric, as the
+    /// `reference-jsonl` and `jsonl` formats give).
     #[arg(long)]
-    pub judge_prompt: Option<PathBuf>,
+    pub paper_scores: bool,
     /// Tokens per evaluated answer.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -113,54 +116,24 @@ fn policies(base: &SafetyPolicy, names: &[String]) -> Result<Vec<(String, Safety
         .collect()
 }
 
-fn llm_judge(a: &EvalArgs, p: &GuardedPipeline) -> Result<LlmJudge> {
+/// The judge model named by `--judge-model`: a GGUF file, or `self`.
+fn judge_lm(a: &EvalArgs, p: &GuardedPipeline, which: &str) -> Result<LocalLm> {
     let device = parse_device(&a.model.device)?;
-    let prompt = match &a.judge_prompt {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        None => JUDGE_PROMPT.to_string(),
-    };
     let template = match &a.judge_template {
         Some(name) => Template::by_name(name)?,
         None => p.template.clone(),
     };
-    let (lm, text, config, label) = match &a.judge_model {
-        None => {
-            let lm = p.model.llava.language_model.clone();
-            let text = TextProcessor::new(p.text.tokenizer().clone(), "<image>")?;
-            (
-                lm,
-                text,
-                p.config.llava.text.clone(),
-                format!("{} (the evaluated model's LLM)", a.model.model_dir.display()),
-            )
-        }
-        Some(path) if path.extension().is_some_and(|e| e == "gguf") => {
-            let (lm, config, _) = load_llama_gguf(path, &device, &LoadOptions::default())?;
-            let (tokenizer, _) = gguf_tokenizer(&GgufFile::open(path)?)?;
-            let text = psa_vlm::pipeline::assemble::image_text_processor(tokenizer, config.vocab_size as u32)?;
-            (lm, text, config, path.display().to_string())
-        }
-        Some(other) => bail!("--judge-model {}: expected a .gguf file", other.display()),
-    };
-    let generation = GenerationConfig {
-        max_new_tokens: 4,
-        eos_token_ids: config.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default(),
-        pad_token_id: config
-            .pad_token_id
-            .or(config.eos_token_id.as_ref().and_then(|e| e.to_vec().first().copied()))
-            .unwrap_or(0),
-        ..Default::default()
-    };
-    Ok(LlmJudge {
-        lm,
-        text,
-        template,
-        prompt,
-        generation,
-        max_positions: config.max_position_embeddings,
-        label,
-        device,
-    })
+    if which == "self" {
+        let text = TextProcessor::new(p.text.tokenizer().clone(), "<image>")?;
+        let lm = LocalLm::new(p.model.llava.language_model.clone(), &p.config.llava.text, text, template);
+        let label = format!("{} (the evaluated model's own LLM, grading its own answers)", a.model.model_dir.display());
+        return Ok(LocalLm { label, ..lm });
+    }
+    let path = Path::new(which);
+    if path.extension().is_none_or(|e| e != "gguf") {
+        bail!("--judge-model {which}: expected a .gguf file or `self`");
+    }
+    Ok(LocalLm::from_gguf(path, template, &device)?)
 }
 
 /// Runs `psa eval`.
@@ -173,24 +146,42 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         a.data.data.display(),
         set.skipped.len()
     );
-    let judge: Box<dyn Judge> = match a.judge.as_str() {
-        "phrases" => Box::new(match &a.refusal_phrases {
-            Some(path) => RefusalPhrases::from_file(path)?,
-            None => RefusalPhrases::default(),
-        }),
-        "llm" => Box::new(llm_judge(a, &p)?),
-        other => bail!("unknown judge {other:?}: expected phrases or llm"),
+    let mut phrases = match &a.refusal_phrases {
+        Some(path) => RefusalPhrases::from_file(path)?,
+        None => RefusalPhrases::default(),
     };
+    if a.phrases_anywhere {
+        phrases = phrases.matching(PhraseMatch::Anywhere);
+    }
+    let mut llm_judges = Vec::new();
+    let mut scorer = None;
+    match &a.judge_model {
+        Some(which) => {
+            for name in a.judges.iter().filter(|n| !n.is_empty()) {
+                let style = JudgeStyle::parse(name)?;
+                llm_judges.push(LlmJudge { lm: judge_lm(a, &p, which)?, style, prompt: style.prompt().to_string() });
+            }
+            if a.paper_scores {
+                scorer = Some(ScoreJudge { lm: judge_lm(a, &p, which)? });
+            }
+        }
+        None if a.paper_scores => bail!("--paper-scores needs --judge-model"),
+        None => {}
+    }
+    let mut judges: Vec<&dyn Judge> = vec![&phrases];
+    judges.extend(llm_judges.iter().map(|j| j as &dyn Judge));
     let opts = EvalOptions {
         batch_size: a.batch_size,
         policies: policies(&p.policy, &a.policies)?,
         generation: p.generation_config(a.max_new_tokens),
-        judge: Some(judge.as_ref()),
+        judges,
+        scorer: scorer.as_ref(),
         skip_bad_images: a.skip_bad_images,
         progress: !a.quiet,
     };
     let report = evaluate(&p, format.name(), &set, &opts)?;
-    let written = write_report(&report, &p.taxonomy, &a.out)?;
+    let mut written = write_report(&report, &p.taxonomy, &a.out)?;
+    written.push(eval_record(a, &report)?.write(&a.out)?);
     let summary = serde_json::json!({
         "items": report.items,
         "harmful": report.harmful,
@@ -201,11 +192,36 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         "risk_ece": report.classifier.risk_ece,
         "responses": report.responses.iter().map(|r| serde_json::json!({
             "policy": r.policy, "asr": r.asr, "over_refusal": r.over_refusal,
+            "asr_by_judge": r.by_judge.iter().map(|j| j.asr).collect::<Vec<_>>(),
+            "mean_score": r.mean_score,
         })).collect::<Vec<_>>(),
+        "judges": report.judges.len(),
         "written": written,
     });
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
+}
+
+/// The evaluation's `run.json`: the command's settings, the judges, and digests of the benchmark file, the model
+/// directory, the phrase list and the judge model.
+fn eval_record(a: &EvalArgs, report: &psa_vlm::train::eval::EvalReport) -> Result<RunRecord> {
+    let settings = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>(),
+        "format": a.data.format, "data": a.data.data, "image_root": a.data.image_root, "limit": a.data.limit,
+        "model_dir": a.model.model_dir, "device": a.model.device, "policies": a.policies,
+        "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "decoding": "greedy",
+        "judges": report.judges, "scorer": report.scorer, "judge_model": a.judge_model,
+    });
+    // Greedy decoding in file order: evaluation draws nothing at random, so the record has no seed or sampler.
+    let mut record =
+        RunRecord::new("eval", None, settings).input("data", &a.data.data)?.input("model", &a.model.model_dir)?;
+    if let Some(path) = &a.refusal_phrases {
+        record = record.input("refusal phrases", path)?;
+    }
+    if let Some(path) = a.judge_model.as_deref().filter(|m| *m != "self") {
+        record = record.input("judge model", Path::new(path))?;
+    }
+    Ok(record)
 }
 
 /// `psa calibrate` options.
