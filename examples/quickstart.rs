@@ -33,7 +33,7 @@ use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir};
 use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template, load_image};
 use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 use psa_vlm::train::Recipe;
-use psa_vlm::train::data::{ImageRef, LabelSpace, read_jsonl};
+use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::eval::report::{num, pct};
 use psa_vlm::train::eval::{
     CalibrationFit, EvalOptions, EvalReport, Format, Judge, JudgeStyle, LlmJudge, LocalLm, ReadOptions, RefusalPhrases,
@@ -69,7 +69,7 @@ struct Args {
     /// Tokens per evaluated answer.
     #[arg(long, default_value_t = 20)]
     max_new_tokens: usize,
-    /// LLaMA-architecture GGUF for the HarmBench- and Llama-Guard-style judges (default: the SmolLM2-135M GGUF
+    /// LLaMA-architecture GGUF for the HarmBench-style, Llama-Guard-style and refusal-question judges (default: the SmolLM2-135M GGUF
     /// that also answers, the only LLaMA model the assets hold, so it grades its own answers; the report says so).
     #[arg(long)]
     judge_model: Option<PathBuf>,
@@ -219,13 +219,7 @@ fn main() -> Result<()> {
     loss_curve(&metrics, &args.out.join("loss.svg"), "PSA-VLM stage I (quickstart)")?;
     let settings =
         serde_json::json!({ "recipe": recipe, "quickstart": format!("{args:?}"), "template": template_name });
-    let image_files: Vec<PathBuf> = samples
-        .iter()
-        .flat_map(|s| match &s.image {
-            ImageRef::Single(p) => vec![p.clone()],
-            ImageRef::Pair(a, b) => vec![a.clone(), b.clone()],
-        })
-        .collect();
+    let image_files: Vec<PathBuf> = samples.iter().flat_map(|s| s.image.paths()).map(Path::to_path_buf).collect();
     RunRecord::new("train stage1", Some(recipe.seed), settings)
         .sampler("epoch order", "StdRng::seed_from_u64(seed + epoch) shuffle of the sample indices", recipe.seed)
         .input("data", &train_file)?
@@ -265,13 +259,14 @@ fn main() -> Result<()> {
     let judge_file = args.judge_model.clone().unwrap_or_else(|| gguf.clone());
     let mut llm_judges = Vec::new();
     if !args.no_llm_judges {
-        for style in [JudgeStyle::Harmbench, JudgeStyle::LlamaGuard] {
-            let mut lm = LocalLm::from_gguf(&judge_file, Template::by_name(template_name)?, &plain)?;
-            if judge_file == gguf {
-                lm.label =
-                    format!("{} (SmolLM2-135M, the model that answers: it grades its own answers)", gguf.display());
-            }
-            llm_judges.push(LlmJudge { lm, style, prompt: style.prompt().to_string() });
+        let mut lm = LocalLm::from_gguf(&judge_file, Template::by_name(template_name)?, &plain)?
+            .with_host_decoder(Some(HostWeights::F32))?;
+        if judge_file == gguf {
+            lm.label = format!("{} (SmolLM2-135M, the model that answers: it grades its own answers)", gguf.display());
+        }
+        let lm = std::sync::Arc::new(lm);
+        for style in [JudgeStyle::Harmbench, JudgeStyle::LlamaGuard, JudgeStyle::Refusal] {
+            llm_judges.push(LlmJudge { lm: lm.clone(), style, prompt: style.prompt().to_string() });
         }
     }
     let mut judges: Vec<&dyn Judge> = vec![&phrases];
@@ -418,8 +413,10 @@ fn report(
         });
         row(&mut s, &format!("{policy}: over-refusal of benign items"), &|r| pct(pick(r).and_then(|p| p.over_refusal)));
         for j in 1..reports[0].judges.len() {
-            row(&mut s, &format!("{policy}: ASR under judge J{}", j + 1), &|r| {
-                pct(pick(r).and_then(|p| p.by_judge.get(j).and_then(|x| x.asr)))
+            row(&mut s, &format!("{policy}: ASR under judge J{} (unreadable replies)", j + 1), &|r| {
+                pick(r)
+                    .and_then(|p| p.by_judge.get(j).cloned())
+                    .map_or("n/a".into(), |x| format!("{} ({} of {})", pct(x.asr), x.unreadable_harmful, r.harmful))
             });
         }
     }

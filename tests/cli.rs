@@ -134,13 +134,8 @@ fn a_run_records_itself_and_its_seed_and_taxonomy_reach_balancing() {
         // The images trained on are exactly what balancing with this seed and this safe type keeps.
         let kept = balance(samples.clone(), safe_type, Balance { clean: 2, seed });
         assert_eq!(kept.len(), 18);
-        let files: Vec<std::path::PathBuf> = kept
-            .iter()
-            .map(|s| match &s.image {
-                psa_vlm::train::data::ImageRef::Single(p) => p.clone(),
-                psa_vlm::train::data::ImageRef::Pair(a, _) => a.clone(),
-            })
-            .collect();
+        let files: Vec<std::path::PathBuf> =
+            kept.iter().flat_map(|s| s.image.paths()).map(|p| p.to_path_buf()).collect();
         let want = RunRecord::new("x", None, serde_json::Value::Null).input_set("images", &dir, &files);
         let images = role("images").unwrap();
         assert_eq!(images["role"].as_str(), Some("images (18 files)"));

@@ -14,7 +14,7 @@ use psa_pipeline::processor::Template;
 use psa_pipeline::saved_template;
 use serde::Serialize;
 
-use crate::data::{Balance, ImageRef, LabelSpace, Sample, balance, read_jsonl};
+use crate::data::{Balance, LabelSpace, Sample, balance, read_jsonl};
 use crate::feature_cache::FeatureCache;
 use crate::prepare::{PrepareOptions, prepare};
 use crate::record::RunRecord;
@@ -239,12 +239,6 @@ fn train_record(cfg: &TrainConfig, clean: Option<usize>, samples: &[Sample]) -> 
     if let Some(path) = &cfg.resume_from {
         record = record.input("resumed checkpoint", path)?;
     }
-    let images: Vec<PathBuf> = samples
-        .iter()
-        .flat_map(|s| match &s.image {
-            ImageRef::Single(p) => vec![p.clone()],
-            ImageRef::Pair(a, b) => vec![a.clone(), b.clone()],
-        })
-        .collect();
+    let images: Vec<PathBuf> = samples.iter().flat_map(|s| s.image.paths()).map(Path::to_path_buf).collect();
     Ok(record.input_set("images", &cfg.image_root, &images))
 }

@@ -17,6 +17,16 @@ pub enum ImageRef {
     Pair(PathBuf, PathBuf),
 }
 
+impl ImageRef {
+    /// The image files, in order.
+    pub fn paths(&self) -> Vec<&Path> {
+        match self {
+            Self::Single(p) => vec![p],
+            Self::Pair(a, b) => vec![a, b],
+        }
+    }
+}
+
 /// One labelled training or evaluation sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

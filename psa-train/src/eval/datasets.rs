@@ -156,11 +156,7 @@ pub fn read_benchmark(format: Format, path: &Path, opts: &ReadOptions) -> Result
 fn check_images(set: EvalSet, skip: bool) -> Result<EvalSet, DataError> {
     let mut out = EvalSet { skipped: set.skipped, items: Vec::with_capacity(set.items.len()) };
     for item in set.items {
-        let files = match &item.image {
-            ImageRef::Single(p) => vec![p],
-            ImageRef::Pair(a, b) => vec![a, b],
-        };
-        match files.into_iter().find(|p| !p.is_file()) {
+        match item.image.paths().into_iter().find(|p| !p.is_file()) {
             None => out.items.push(item),
             Some(p) if skip => out.skipped.push(format!("{}: image {} not found", item.source(), p.display())),
             Some(p) => {

@@ -1,6 +1,6 @@
 //! Measuring a trained guard: benchmark readers ([`datasets`]), classifier metrics ([`metrics`]), judges
-//! ([`judge`], [`llm_judge`], the paper's 1–10 judge in [`paper`]), the evaluation run ([`run`]), the written report ([`report`]) and temperature fitting
-//! ([`calibrate`]).
+//! ([`judge`], [`llm_judge`], the paper's 1–10 judge in [`paper`]), the evaluation run ([`run`], [`respond`]), the
+//! written report ([`report`]) and temperature fitting ([`calibrate`]).
 pub mod calibrate;
 pub mod datasets;
 pub mod judge;

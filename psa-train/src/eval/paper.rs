@@ -112,8 +112,8 @@ pub fn read_reference_tests(path: &Path, root: &Path, set: &mut EvalSet) -> Resu
 /// The paper's 1–10 judge on a local model: the published frame and the rubric of the item's risk type.
 #[derive(Debug)]
 pub struct ScoreJudge {
-    /// The judge model.
-    pub lm: LocalLm,
+    /// The judge model (shared with the other judges).
+    pub lm: std::sync::Arc<LocalLm>,
 }
 
 impl ScoreJudge {

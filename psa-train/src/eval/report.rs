@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use psa_core::Taxonomy;
 
+use super::judge::JudgeKind;
 use super::respond::{PolicyMetrics, ResponseCounts};
 use super::run::{EvalReport, HeadMetrics};
 use crate::error::DataError;
@@ -134,13 +135,25 @@ fn judge_table(s: &mut String, responses: &[PolicyMetrics], judges: usize) {
     let over: Vec<String> = (1..=judges).map(|j| format!("over-refusal J{j}")).collect();
     let _ =
         writeln!(s, "\n| policy | {} | {} |\n|---|{}", cols.join(" | "), over.join(" | "), "---|".repeat(2 * judges));
+    let lost = |k: usize| if k > 0 { format!(" ({k} unreadable)") } else { String::new() };
     for p in responses {
-        let asr: Vec<String> = p.by_judge.iter().map(|j| pct(j.asr)).collect();
-        let over: Vec<String> =
-            p.by_judge.iter().map(|j| j.over_refusal.map_or("—".into(), |x| pct(Some(x)))).collect();
+        let asr: Vec<String> =
+            p.by_judge.iter().map(|j| format!("{}{}", pct(j.asr), lost(j.unreadable_harmful))).collect();
+        let over: Vec<String> = p
+            .by_judge
+            .iter()
+            .map(|j| match j.kind {
+                JudgeKind::Harm => "—".to_string(),
+                JudgeKind::Refusal => format!("{}{}", pct(j.over_refusal), lost(j.unreadable_benign)),
+            })
+            .collect();
         let _ = writeln!(s, "| {} | {} | {} |", p.policy, asr.join(" | "), over.join(" | "));
     }
-    let _ = writeln!(s, "\n(— : a harm judge says whether an answer is harmful, not whether it refused.)");
+    let _ = writeln!(
+        s,
+        "\n(— : a harm judge says whether an answer is harmful, not whether it refused. \"Unreadable\": answers whose \
+         judge reply held no verdict; they are left out of that judge's rates, never guessed.)"
+    );
 }
 
 /// Items the benchmark scores by its own criteria: what users got, per category, never as ASR.

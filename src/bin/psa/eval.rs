@@ -124,16 +124,19 @@ fn judge_lm(a: &EvalArgs, p: &GuardedPipeline, which: &str) -> Result<LocalLm> {
         None => p.template.clone(),
     };
     if which == "self" {
+        let host = a.model.decode.host_weights(&a.model.device, a.model.dtype);
         let text = TextProcessor::new(p.text.tokenizer().clone(), "<image>")?;
         let lm = LocalLm::new(p.model.llava.language_model.clone(), &p.config.llava.text, text, template);
         let label = format!("{} (the evaluated model's own LLM, grading its own answers)", a.model.model_dir.display());
-        return Ok(LocalLm { label, ..lm });
+        return Ok(LocalLm { label, ..lm }.with_host_decoder(host)?);
     }
     let path = Path::new(which);
     if path.extension().is_none_or(|e| e != "gguf") {
         bail!("--judge-model {which}: expected a .gguf file or `self`");
     }
-    Ok(LocalLm::from_gguf(path, template, &device)?)
+    // A GGUF judge is dequantised to f32, so the host engine takes it on a CPU device.
+    let host = a.model.decode.host_weights(&a.model.device, psa_vlm::models::Precision::F32);
+    Ok(LocalLm::from_gguf(path, template, &device)?.with_host_decoder(host)?)
 }
 
 /// Runs `psa eval`.
@@ -157,12 +160,13 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let mut scorer = None;
     match &a.judge_model {
         Some(which) => {
+            let lm = std::sync::Arc::new(judge_lm(a, &p, which)?);
             for name in a.judges.iter().filter(|n| !n.is_empty()) {
                 let style = JudgeStyle::parse(name)?;
-                llm_judges.push(LlmJudge { lm: judge_lm(a, &p, which)?, style, prompt: style.prompt().to_string() });
+                llm_judges.push(LlmJudge { lm: lm.clone(), style, prompt: style.prompt().to_string() });
             }
             if a.paper_scores {
-                scorer = Some(ScoreJudge { lm: judge_lm(a, &p, which)? });
+                scorer = Some(ScoreJudge { lm });
             }
         }
         None if a.paper_scores => bail!("--paper-scores needs --judge-model"),
