@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::datasets::EvalItem;
 use super::judge::{Judge, JudgeKind};
-use super::run::{EvalOptions, ItemResult, bar, model_err, requests, subset_names};
+use super::run::{EvalOptions, ItemResult, bar, model_err, own_criteria_categories, requests, subset_names};
 use crate::error::DataError;
 
 /// What users got under one policy, over a group of items.
@@ -244,11 +244,7 @@ fn metrics(
         .into_iter()
         .map(|s| SubsetResponses { counts: count(items, outcomes, &|i| scored(i) && i.subset == s), subset: s })
         .collect();
-    let mut categories: Vec<String> =
-        items.iter().filter(|i| i.own_criteria).map(|i| i.category.clone().unwrap_or_default()).collect();
-    categories.sort();
-    categories.dedup();
-    let own_criteria = categories
+    let own_criteria = own_criteria_categories(items)
         .into_iter()
         .map(|c| SubsetResponses {
             counts: count(items, outcomes, &|i| i.own_criteria && i.category.as_deref().unwrap_or_default() == c),

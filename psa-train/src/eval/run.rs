@@ -306,13 +306,18 @@ pub fn evaluate(
     })
 }
 
-/// How often the policy flags the items scored by their own criteria, per category.
-fn own_criteria_flags(items: &[&EvalItem], flagged: &[bool]) -> Vec<SubsetFlags> {
+/// The categories of the items scored by their own criteria, sorted, each once.
+pub(super) fn own_criteria_categories(items: &[&EvalItem]) -> Vec<String> {
     let mut categories: Vec<String> =
         items.iter().filter(|i| i.own_criteria).map(|i| i.category.clone().unwrap_or_default()).collect();
     categories.sort();
     categories.dedup();
     categories
+}
+
+/// How often the policy flags the items scored by their own criteria, per category.
+fn own_criteria_flags(items: &[&EvalItem], flagged: &[bool]) -> Vec<SubsetFlags> {
+    own_criteria_categories(items)
         .into_iter()
         .map(|c| {
             let members: Vec<usize> = (0..items.len())
