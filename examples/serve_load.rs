@@ -1,6 +1,8 @@
 //! Load test of `psa serve`: starts the server in this process on a loopback port, then for each client count
 //! sends requests from that many concurrent clients and reports throughput, latency percentiles, the statuses
-//! and the process's peak memory. Run it once with `--max-batch 1` (serial) and once with the default (batched).
+//! and the process's peak memory. Run it once with `--max-batch 1` (serial) and once with the default (batched);
+//! `--worst-case` sends the largest accepted image (the memory bound), `--stalled N` holds N connections stalled
+//! mid-body while the clients run (a stalled-body attack).
 //!
 //! ```sh
 //! cargo run --release --example serve_load -- --model-dir runs/quickstart/model --images runs/quickstart/data/images/test_id
@@ -48,6 +50,24 @@ struct Args {
     /// Most requests held at once; beyond it the server answers 503.
     #[arg(long, default_value_t = 64)]
     max_pending: usize,
+    /// Send the worst image the server accepts instead of `--images`: 4096×3072 RGBA8 at the pixel limit (a
+    /// 48 MiB decode from a small PNG), to measure the memory bound.
+    #[arg(long)]
+    worst_case: bool,
+    /// Connections that send their headers and 10 bytes of a 100 000-byte body, then stall, held open while the
+    /// measured clients run (a stalled-body attack).
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+}
+
+/// A PNG of the largest image the default server limits accept, 4 bytes a pixel, base64.
+fn worst_case_image() -> Result<String> {
+    let (w, h) = (4096, 3072);
+    let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x / 16) as u8, (y / 12) as u8, 128, 255]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    eprintln!("worst-case image: {w}×{h} RGBA8, {} bytes as PNG", png.len());
+    Ok(base64::engine::general_purpose::STANDARD.encode(png))
 }
 
 /// Peak resident memory of this process (server and clients), MiB.
@@ -83,9 +103,13 @@ fn body(args: &Args, image: &str) -> Value {
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut images = Vec::new();
-    for entry in std::fs::read_dir(&args.images).with_context(|| format!("reading {}", args.images.display()))? {
-        let bytes = std::fs::read(entry?.path())?;
-        images.push(base64::engine::general_purpose::STANDARD.encode(bytes));
+    if args.worst_case {
+        images.push(worst_case_image()?);
+    } else {
+        for entry in std::fs::read_dir(&args.images).with_context(|| format!("reading {}", args.images.display()))? {
+            let bytes = std::fs::read(entry?.path())?;
+            images.push(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
     }
     if images.is_empty() {
         bail!("no images in {}", args.images.display());
@@ -103,7 +127,7 @@ fn main() -> Result<()> {
         runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             tx.send(listener.local_addr()?)?;
-            Server::new(pipeline, cfg).run(listener, std::future::pending()).await?;
+            Server::new(pipeline, cfg)?.run(listener, std::future::pending()).await?;
             anyhow::Ok(())
         })
     });
@@ -131,6 +155,20 @@ fn main() -> Result<()> {
             })
         })
         .collect();
+    let addr = base.trim_start_matches("http://").to_string();
+    let stalled: Vec<std::net::TcpStream> = (0..args.stalled)
+        .map(|_| -> Result<std::net::TcpStream> {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(&addr)?;
+            let head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                        Content-Length: 100000\r\n\r\n{\"image\": ";
+            s.write_all(head.as_bytes())?;
+            Ok(s)
+        })
+        .collect::<Result<_>>()?;
+    if !stalled.is_empty() {
+        eprintln!("{} connections stalled mid-body", stalled.len());
+    }
     if !background.is_empty() {
         // Let the background generations start before measuring.
         std::thread::sleep(Duration::from_secs(2));
@@ -181,6 +219,7 @@ fn main() -> Result<()> {
             peak_rss_mib()
         );
     }
+    drop(stalled);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in background {
         let _ = t.join();

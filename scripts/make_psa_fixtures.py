@@ -520,6 +520,20 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def write_manifest(model_dir):
+    """manifest.json as psa_import::manifest writes it: SHA-256 and size of every file, format 1."""
+    files = {}
+    for name in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, name)
+        if name == "manifest.json" or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    with open(os.path.join(model_dir, "manifest.json"), "w") as f:
+        json.dump({"format": 1, "files": files}, f, indent=2)
+
+
 def make_variant(name, cfg, write_model_dir, same_llm_as=None):
     print(f"== {name} (num_queries {cfg['num_queries']})")
     out = os.path.join(FIX, name)
@@ -689,6 +703,7 @@ def make_variant(name, cfg, write_model_dir, same_llm_as=None):
         model_path = os.path.join(out, "model", "model.safetensors")
         mf.write_safetensors_canonical(model_path, dict(sorted(full_sd.items())), {"format": "pt"})
         mf.write_json(os.path.join(out, "model", "config.json"), full_cfg)
+        write_manifest(os.path.join(out, "model"))
     else:
         mf.write_json(os.path.join(out, "config.json"), full_cfg)
 

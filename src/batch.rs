@@ -77,6 +77,9 @@ pub enum BatchError {
         /// The output file.
         path: PathBuf,
     },
+    /// The model directory's canary failed: the model is not run on any request.
+    #[error("{0}")]
+    Canary(String),
     /// Input and output are the same file.
     #[error("{}: the input and the output are the same file", .path.display())]
     SameFile {
@@ -151,6 +154,24 @@ fn same_file(a: &Path, b: &Path) -> bool {
     canonical(a).is_some_and(|x| Some(x) == canonical(b))
 }
 
+/// The file an input line's image names, which must lie inside `root`: a relative path without `..`, that
+/// resolves (symbolic links followed) to a file under the root.
+fn image_path(root: &Path, image: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    if !image.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(format!("image path {} must be relative to the image root, without `..`", image.display()));
+    }
+    let path = root.join(image);
+    let outside = || format!("image path {} leaves the image root {}", image.display(), root.display());
+    let (real_root, real) = (root.canonicalize(), path.canonicalize());
+    match (real_root, real) {
+        (Ok(r), Ok(p)) if p.starts_with(&r) => Ok(p),
+        (Ok(_), Ok(_)) => Err(outside()),
+        // A missing file is reported by the image loader, naming the path.
+        _ => Ok(path),
+    }
+}
+
 /// One input line: its number, the request and its policy.
 type InputLine = (usize, Line, Option<psa_core::SafetyPolicy>);
 
@@ -216,6 +237,7 @@ pub fn run_batch(
     if same_file(input, output) {
         return Err(BatchError::SameFile { path: output.into() });
     }
+    pipeline.check_canary().map_err(|e| BatchError::Canary(e.to_string()))?;
     let mut lines = read_input(pipeline, input)?;
     let mut out = std::fs::OpenOptions::new().create(true).append(true).open(output).map_err(io(output))?;
     match out.try_lock() {
@@ -245,14 +267,18 @@ pub fn run_batch(
     for chunk in lines.chunks(opts.batch_size.max(1)) {
         let (mut numbers, mut requests) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
         for (n, line, policy) in chunk {
-            let path = opts.image_root.join(&line.image);
-            match psa_pipeline::processor::load_image(&path) {
+            let image = pipeline
+                .check_question(&line.question)
+                .map_err(|e| e.to_string())
+                .and_then(|()| image_path(&opts.image_root, &line.image))
+                .and_then(|path| psa_pipeline::processor::load_image(&path).map_err(|e| e.to_string()));
+            match image {
                 Ok(image) => {
                     numbers.push(*n);
                     let (id, question) = (Some(line.id.clone()), line.question.clone());
                     requests.push(GuardRequest { id, image, question, policy: policy.clone() });
                 }
-                Err(e) => skip(*n, e.to_string(), &mut report)?,
+                Err(e) => skip(*n, e, &mut report)?,
             }
         }
         let mut buf = String::new();

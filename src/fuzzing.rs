@@ -92,6 +92,6 @@ pub fn http_body(data: &[u8]) -> bool {
     let Some((&route, body)) = data.split_first() else {
         return false;
     };
-    let limits = ImageLimits { max_side: 4096, max_pixels: 1 << 22 };
+    let limits = ImageLimits::new(4096, 1 << 22);
     crate::serve::check_body(route % 2 == 1, body, &limits).is_ok()
 }

@@ -13,7 +13,7 @@ use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template};
 use psa_vlm::pipeline::{GuardRequest, GuardedPipeline};
 
 #[test]
-fn dinov2_plus_gguf_llm_answers_under_the_guard() {
+fn dinov2_plus_gguf_llm_answers_and_its_untrained_guard_fails_closed() {
     let device = Device::flex();
     let (dino, dino_cfg, _) =
         load_dinov2(&fixtures().join("tiny_dinov2/model"), &device, &LoadOptions::default()).unwrap();
@@ -54,7 +54,12 @@ fn dinov2_plus_gguf_llm_answers_under_the_guard() {
         question: "What is this?".into(),
         policy: None,
     };
-    let out = &p.respond(&[request], &p.generation_config(4), true).unwrap()[0];
+    // The assembled safety head is untrained (N(0, 0.02) weights): its near-uniform verdict is no verdict, so the
+    // guard refuses whatever the policy; unguarded, the assembled model answers.
+    let guarded = &p.respond(std::slice::from_ref(&request), &p.generation_config(4), true).unwrap()[0];
+    assert!(guarded.assessment.fault(&p.taxonomy).is_some(), "{:?}", guarded.assessment);
+    assert_eq!(guarded.finish, psa_vlm::pipeline::Finish::Refused);
+    let out = &p.respond(&[request], &p.generation_config(4), false).unwrap()[0];
     let probs: f32 = out.assessment.type_probs.iter().sum();
     assert!((probs - 1.0).abs() < 1e-5);
     let prompt = out.prompt.as_deref().unwrap();

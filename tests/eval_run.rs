@@ -149,6 +149,7 @@ fn psa_calibrate_then_eval_write_their_files() {
     let dir = scratch("cli-eval");
     copy_dir(&fixtures().join("tiny_psa/model"), &dir.join("model"));
     std::fs::copy(fixtures().join("tiny_tokenizer/tokenizer.json"), dir.join("model/tokenizer.json")).unwrap();
+    psa_vlm::import::manifest::write_manifest(&dir.join("model")).unwrap();
     let data = fixtures().join("eval/jsonl/eval.jsonl");
     let fit = run(&["calibrate", "--data", data.to_str().unwrap()], &dir);
     let saved = Calibration::from_file(&dir.join("model/calibration.json")).unwrap();

@@ -147,3 +147,19 @@ fn a_tokenizer_whose_image_id_differs_from_the_model_is_refused() {
     let err = GuardedPipeline::new(model, config, LoadReport::default(), text, images, template, &device).unwrap_err();
     assert!(err.to_string().contains("<image> is id 999") && err.to_string().contains("image_token_index 5"), "{err}");
 }
+
+#[test]
+fn generation_stops_for_a_request_whose_caller_has_gone() {
+    let p = tiny_pipeline("llava_hf");
+    let request = |seed| GuardRequest {
+        id: None,
+        image: image::DynamicImage::ImageRgb8(draw(1, seed)),
+        question: "Describe it.".into(),
+        policy: None,
+    };
+    let requests = [request(1), request(2)];
+    let all = p.respond(&requests, &p.generation_config(6), false).unwrap();
+    let cut = p.respond_until(&requests, &p.generation_config(6), false, &|i| i == 0).unwrap();
+    assert_eq!((cut[0].finish, cut[0].completion_tokens), (Finish::Cancelled, 0));
+    assert_eq!(cut[1].answer, all[1].answer, "the other request is answered as before");
+}

@@ -66,7 +66,7 @@ fn unexpected_key_fails_only_when_strict() {
         );
         vec![0u8; 16]
     });
-    let (_, _, report) = load_llava(&dir, &Device::flex(), &LoadOptions::default()).unwrap();
+    let (_, _, report) = load_llava(&dir, &Device::flex(), &LoadOptions::default().lenient()).unwrap();
     assert_eq!(report.unexpected, vec!["extra_head.bias".to_string()]);
     let err = load_llava(&dir, &Device::flex(), &LoadOptions::strict()).unwrap_err();
     assert!(err.to_string().contains("extra_head.bias"), "{err}");
@@ -223,7 +223,7 @@ fn standalone_clip_vision_and_llama_directories_load() {
     let device = Device::flex();
 
     let clip_dir = standalone("clip", "vision_tower.vision_model.", "vision_model.", cfg["vision_config"].clone());
-    let (clip, _, report) = load_clip_vision(&clip_dir, &device, &LoadOptions::default()).unwrap();
+    let (clip, _, report) = load_clip_vision(&clip_dir, &device, &LoadOptions::default().lenient()).unwrap();
     assert!(report.unexpected.iter().all(|k| !k.starts_with("vision_model.")), "{:?}", report.unexpected);
     let p = &fx["inputs.pixel_values"];
     let pixels = Tensor::<4>::from_data(
@@ -241,7 +241,7 @@ fn standalone_clip_vision_and_llama_directories_load() {
     let mut text_cfg = cfg["text_config"].clone();
     text_cfg["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     let llama_dir = standalone("llama", "language_model.", "", text_cfg);
-    let (llama, _, _) = load_llama(&llama_dir, &device, &LoadOptions::default()).unwrap();
+    let (llama, _, _) = load_llama(&llama_dir, &device, &LoadOptions::default().lenient()).unwrap();
     let logits = llama.forward(&fx["text_only.input_ids"].ids(), None, &device);
     assert_close("standalone LLaMA text logits", logits, &fx["text_only.logits"], STANDALONE_TOL);
 }

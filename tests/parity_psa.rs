@@ -240,7 +240,7 @@ fn missing_safety_key_is_named_in_reference_spelling() {
         h.insert(format!("{key}_gone"), v);
         Vec::new()
     });
-    let err = load_psa(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
+    let err = load_psa(&dir, &Device::flex(), &LoadOptions::default().unverified()).unwrap_err().to_string();
     assert!(err.contains("missing") && err.contains(key), "{err}");
     let key = "safe_mm_projector.proj.net.2.b3.se.fc1.bias";
     copy_dir(&fixtures().join("tiny_psa/model"), &dir);
@@ -249,7 +249,7 @@ fn missing_safety_key_is_named_in_reference_spelling() {
         h.insert("unrelated.bias".into(), v);
         Vec::new()
     });
-    let err = load_psa(&dir, &Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
+    let err = load_psa(&dir, &Device::flex(), &LoadOptions::default().unverified()).unwrap_err().to_string();
     assert!(err.contains(key), "{err}");
 }
 

@@ -50,7 +50,8 @@ fn output_ids(output: &Path) -> Vec<String> {
 #[test]
 fn a_request_the_model_fails_on_is_named_and_the_rest_of_its_pass_is_kept() {
     let p = tiny_pipeline("llava_hf");
-    let long = "tell me more about this picture ".repeat(40);
+    // Within the question limit (the 128-token context), too long once the image's tokens join it.
+    let long = "tell me more about this picture ".repeat(10);
     let (dir, input, output) =
         setup("batch-long", &[("a", 0, "What is it?"), ("long", 1, &long), ("c", 2, "Colours?")]);
     let err = run_batch(&p, &input, &output, &options(&p, &dir, false)).unwrap_err();
@@ -122,4 +123,45 @@ fn a_pass_whose_every_image_is_bad_is_skipped_whole() {
     assert_eq!((report.answered, report.skipped.len()), (0, 2), "{report:?}");
     assert!(report.skipped[0].contains("requests.jsonl:1 (id \"x\")") && report.skipped[0].contains("7.png"));
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "");
+}
+
+#[test]
+fn oversized_questions_special_files_and_paths_outside_the_root_are_skipped_without_reading_them() {
+    let p = tiny_pipeline("llava_hf");
+    let dir = scratch("batch-hostile");
+    let root = dir.join("images");
+    std::fs::create_dir_all(&root).unwrap();
+    draw(1, 0).save(root.join("ok.png")).unwrap();
+    draw(2, 1).save(dir.join("outside.png")).unwrap();
+    std::os::unix::fs::symlink(dir.join("outside.png"), root.join("link.png")).unwrap();
+    let fifo = root.join("fifo.png");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let huge = "x".repeat(9 << 20);
+    let lines = [
+        ("a", "ok.png", "What is it?".to_string()),
+        ("huge", "ok.png", huge),
+        ("zero", "/dev/zero", "What is it?".to_string()),
+        ("fifo", "fifo.png", "What is it?".to_string()),
+        ("up", "../outside.png", "What is it?".to_string()),
+        ("link", "link.png", "What is it?".to_string()),
+        ("b", "ok.png", "Colours?".to_string()),
+    ];
+    let text: Vec<String> = lines
+        .iter()
+        .map(|(id, image, q)| serde_json::json!({"id": id, "image": image, "question": q}).to_string())
+        .collect();
+    let input = dir.join("requests.jsonl");
+    std::fs::write(&input, text.join("\n")).unwrap();
+    let output = dir.join("answers.jsonl");
+    let opts = BatchOptions { image_root: root.clone(), ..options(&p, &dir, true) };
+    let start = std::time::Instant::now();
+    let report = run_batch(&p, &input, &output, &opts).unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert_eq!(output_ids(&output), ["a", "b"], "{report:?}");
+    let reason = |id: &str| report.skipped.iter().find(|s| s.contains(&format!("(id {id:?})"))).cloned().unwrap();
+    assert!(reason("huge").contains("9437184 bytes; the limit is 65536"), "{}", reason("huge"));
+    assert!(reason("zero").contains("must be relative"), "{}", reason("zero"));
+    assert!(reason("fifo").contains("not a regular file"), "{}", reason("fifo"));
+    assert!(reason("up").contains("without `..`"), "{}", reason("up"));
+    assert!(reason("link").contains("leaves the image root"), "{}", reason("link"));
 }

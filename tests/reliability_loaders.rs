@@ -8,6 +8,7 @@ use std::path::Path;
 use common::*;
 use psa_vlm::burn::tensor::Device;
 use psa_vlm::import::gguf::{GgufFile, load_llama_gguf};
+use psa_vlm::import::manifest::write_manifest;
 use psa_vlm::import::onnx::OnnxWeights;
 use psa_vlm::import::{LoadOptions, check_safetensors_header, load_psa};
 use psa_vlm::pipeline::GuardedPipeline;
@@ -22,6 +23,8 @@ fn model_with_config(name: &str, edit: impl FnOnce(&mut Value)) -> std::path::Pa
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(&path, config.to_string()).unwrap();
+    // Sealed again, as its author would: what is under test is the config, not the manifest.
+    write_manifest(&dir).unwrap();
     dir
 }
 
@@ -64,6 +67,7 @@ fn a_preprocessor_that_does_not_fit_the_vision_tower_is_refused_at_load() {
         "crop_size": {"height": 112, "width": 112}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]
     });
     std::fs::write(dir.join("preprocessor_config.json"), pre.to_string()).unwrap();
+    write_manifest(&dir).unwrap();
     let tokenizer = Some(fixtures().join("tiny_tokenizer/tokenizer.json"));
     let err = GuardedPipeline::load(&dir, tokenizer, Template::by_name("llava_hf").unwrap(), &Device::flex())
         .map(|_| ())
@@ -172,4 +176,102 @@ fn safetensors_headers_with_impossible_shapes_or_offsets_are_errors() {
         assert!(err.to_string().contains(needle), "{entry}: {err}");
     }
     check_safetensors_header(&header(json!({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]})), 16).unwrap();
+}
+
+#[test]
+fn configs_with_fewer_layers_than_their_weights_are_refused_by_default() {
+    for (part, key) in [("vision_config", "vision_tower"), ("text_config", "language_model")] {
+        let dir = model_with_config(&format!("fewer-layers-{part}"), |c| {
+            let n = c[part]["num_hidden_layers"].as_u64().unwrap();
+            c[part]["num_hidden_layers"] = json!(n - 1);
+        });
+        let e = load_error(&dir);
+        assert!(e.contains("unexpected tensor(s)") && e.contains(key) && e.contains("layers.1."), "{part}: {e}");
+        // Read in part on purpose, it loads and reports what it left.
+        let (_, _, report) = load_psa(&dir, &Device::flex(), &LoadOptions::default().lenient()).unwrap();
+        assert!(!report.unexpected.is_empty());
+    }
+    let e = model_with_config("eps-zero", |c| c["text_config"]["rms_norm_eps"] = json!(0.0));
+    assert!(load_error(&e).contains("rms_norm_eps = 0 must lie in (0, 1)"));
+    let e = model_with_config("eps-negative", |c| c["vision_config"]["layer_norm_eps"] = json!(-1e-5));
+    assert!(load_error(&e).contains("layer_norm_eps = -0.00001 must lie in (0, 1)"), "{}", load_error(&e));
+}
+
+#[test]
+fn a_safety_config_changed_after_saving_is_refused() {
+    let p = tiny_pipeline("llava_hf");
+    let dir = scratch("changed-safety-config");
+    let tokenizer = p.text.tokenizer().clone();
+    let pre = psa_vlm::pipeline::processor::ImageProcessorConfig::for_vision(&p.config.llava.vision);
+    let parts = psa_vlm::pipeline::ModelDirParts {
+        tokenizer: &tokenizer,
+        image_processor: &pre,
+        template: "llava_hf",
+        calibration: None,
+    };
+    psa_vlm::pipeline::save_model_dir(&p.model, &p.config, parts, &dir).unwrap();
+    load_psa(&dir, &Device::flex(), &LoadOptions::default()).unwrap();
+    let path = dir.join("config.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    for (key, value) in [("num_queries", json!(4)), ("query_mode", json!("ref_pad_query"))] {
+        let mut config: Value = serde_json::from_str(&original).unwrap();
+        assert!(config["safety_config"].get(key).is_some(), "{key} not in {}", config["safety_config"]);
+        if config["safety_config"][key] == value {
+            continue;
+        }
+        config["safety_config"][key] = value;
+        std::fs::write(&path, config.to_string()).unwrap();
+        write_manifest(&dir).unwrap();
+        let e = load_error(&dir);
+        assert!(e.contains("safety config differs") && e.contains(key), "{key}: {e}");
+    }
+}
+
+#[test]
+fn duplicate_or_overlapping_safetensors_entries_and_mislaid_gguf_tensors_are_errors() {
+    let entry = |begin: u64, end: u64| json!({"dtype": "F32", "shape": [4], "data_offsets": [begin, end]});
+    let header = |pairs: &[(&str, Value)]| {
+        let body: Vec<String> = pairs.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        format!("{{{}}}", body.join(","))
+    };
+    let dup = header(&[("a", entry(0, 16)), ("a", entry(16, 32))]);
+    assert!(check_safetensors_header(dup.as_bytes(), 32).unwrap_err().to_string().contains("appears twice"));
+    let overlap = header(&[("a", entry(0, 16)), ("b", entry(0, 16))]);
+    assert!(check_safetensors_header(overlap.as_bytes(), 16).unwrap_err().to_string().contains("overlaps"));
+    let hole = header(&[("a", entry(0, 16)), ("b", entry(32, 48))]);
+    assert!(check_safetensors_header(hole.as_bytes(), 48).unwrap_err().to_string().contains("unused"));
+    let trailing = header(&[("a", entry(0, 16))]);
+    assert!(check_safetensors_header(trailing.as_bytes(), 20).unwrap_err().to_string().contains("cover 16"));
+    assert!(check_safetensors_header(header(&[("a", entry(0, 16)), ("b", entry(16, 32))]).as_bytes(), 32).is_ok());
+
+    // GGUF: one tensor's offset moved by one byte, its type relabelled, and one block fewer than the file holds.
+    let descriptor = |b: &[u8]| {
+        let name = b"token_embd.weight";
+        let mut at = find(b, name) + name.len();
+        let n_dims = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + 8 * n_dims;
+        at
+    };
+    let err = gguf_error("gguf-misaligned", |b| {
+        let at = descriptor(b) + 4;
+        let offset = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        b[at..at + 8].copy_from_slice(&(offset + 1).to_le_bytes());
+    });
+    assert!(err.contains("not a multiple of the alignment") || err.contains("does not lie within"), "{err}");
+    let err = gguf_error("gguf-relabelled", |b| {
+        let at = descriptor(b);
+        let ty = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        b[at..at + 4].copy_from_slice(&(if ty == 0 { 1u32 } else { 0 }).to_le_bytes());
+    });
+    assert!(
+        err.contains("unused") || err.contains("inside the tensor before") || err.contains("does not lie"),
+        "{err}"
+    );
+    let err = gguf_error("gguf-blocks", |b| {
+        let key = b"llama.block_count";
+        let at = find(b, &[&key[..], &4u32.to_le_bytes()].concat()) + key.len() + 4;
+        let n = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        b[at..at + 4].copy_from_slice(&(n - 1).to_le_bytes());
+    });
+    assert!(err.contains("unexpected tensor(s)") && err.contains("layers."), "{err}");
 }

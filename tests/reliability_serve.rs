@@ -268,3 +268,107 @@ fn binding_beyond_loopback_without_a_key_warns() {
     let local = serve_banner("127.0.0.1:0", &[]);
     assert!(!local.contains("warning"), "{local}");
 }
+
+#[test]
+fn clients_stalled_mid_body_hold_no_place_and_other_clients_are_served() {
+    let cfg = ServeConfig { max_pending: 4, ..ServeConfig::default() };
+    let server = start(tiny_pipeline("llava_hf"), cfg, true);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // Twice as many stalled bodies as there are places: each sends its headers and 10 of 100 000 bytes.
+    let stalled: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            let head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                        Content-Length: 100000\r\n\r\n{\"image\": ";
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let url = classify_url(&server.base);
+    let body = json!({"image": png_b64(1, 2)});
+    let start = Instant::now();
+    for _ in 0..4 {
+        let (status, verdict) = post_json(&url, &body);
+        assert_eq!(status, 200, "{verdict}");
+    }
+    let took = start.elapsed();
+    eprintln!("4 requests beside 8 stalled bodies (4 places): served in {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(stalled);
+}
+
+#[test]
+fn requests_still_running_at_the_end_of_the_shutdown_grace_get_a_503() {
+    let cfg = ServeConfig {
+        shutdown_grace: Duration::from_millis(50),
+        batching: Batching { max_batch: 1, window: Duration::from_millis(1) },
+        ..ServeConfig::default()
+    };
+    let server = start(tiny_pipeline("llava_hf"), cfg, true);
+    let chat = format!("{}/v1/chat/completions", server.base);
+    let mut body = chat_body(&png_b64(1, 2), "Describe it.");
+    body["max_tokens"] = json!(40);
+    let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..24).map(|_| s.spawn(|| post_json(&chat, &body))).collect();
+        std::thread::sleep(Duration::from_millis(150));
+        let took = server.shut_down();
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        // Every client got a status (post_json fails the test on a connection closed without one).
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let aborted = answers.iter().filter(|(s, b)| *s == 503 && b["error"]["code"] == "shutting_down").count();
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    eprintln!("24 chats at shutdown: {served} answered, {aborted} answered 503 shutting_down");
+    assert_eq!(served + aborted, 24, "{answers:?}");
+    assert!(aborted >= 1, "{answers:?}");
+}
+
+#[test]
+fn content_types_auth_schemes_and_unusable_settings_are_judged_exactly() {
+    let key = ApiKey::new("s3cret").unwrap();
+    let server = start(tiny_pipeline("llava_hf"), ServeConfig { api_key: Some(key), ..ServeConfig::default() }, true);
+    let url = classify_url(&server.base);
+    let body = json!({"image": png_b64(0, 1)}).to_string();
+    let auth = [("Authorization", "bearer s3cret")];
+    for (content_type, status) in
+        [("application/jsonfoo", 415), ("application/json; charset=utf-8", 200), ("Application/JSON", 200)]
+    {
+        assert_eq!(post_with(&url, content_type, &auth, &body).0, status, "{content_type}");
+    }
+    assert_eq!(post_with(&url, "application/json", &[("Authorization", "BEARER s3cret")], &body).0, 200);
+    assert!(ApiKey::new("one\ntwo").is_err() && ApiKey::new("a b").is_err());
+    let bad = [
+        ServeConfig { request_timeout: Duration::ZERO, ..ServeConfig::default() },
+        ServeConfig { body_timeout: Duration::ZERO, ..ServeConfig::default() },
+        ServeConfig { max_body_bytes: 0, ..ServeConfig::default() },
+        ServeConfig { max_body_bytes: usize::MAX, ..ServeConfig::default() },
+        ServeConfig { max_pending: 0, ..ServeConfig::default() },
+        ServeConfig { max_image_memory: 1 << 20, ..ServeConfig::default() },
+    ];
+    for cfg in bad {
+        let shown = format!("{cfg:?}");
+        let e = psa_vlm::serve::Server::new(tiny_pipeline("llava_hf"), cfg).map(|_| ()).unwrap_err();
+        assert!(e.to_string().starts_with("invalid server setting"), "{shown}: {e}");
+    }
+}
+
+#[test]
+fn a_model_whose_verdicts_are_all_invalid_is_not_ready_and_health_says_why() {
+    let mut p = tiny_pipeline("llava_hf");
+    let head = &mut p.model.safety.safe_part.level_head;
+    head.weight = psa_vlm::burn::module::Param::from_tensor(head.weight.val().zeros_like());
+    head.bias = head.bias.take().map(|b| psa_vlm::burn::module::Param::from_tensor(b.val().zeros_like()));
+    let server = start(p, ServeConfig::default(), false);
+    let until = Instant::now() + Duration::from_secs(60);
+    let (status, health) = loop {
+        let (status, health) = get(&format!("{}/health", server.base));
+        if health["status"] != "warming_up" || Instant::now() > until {
+            break (status, health);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((status, health["status"].as_str()), (503, Some("failed")), "{health}");
+    assert!(health["error"].as_str().unwrap().contains("no valid verdict"), "{health}");
+    assert_eq!(post_json(&classify_url(&server.base), &json!({"image": png_b64(0, 1)})).0, 503);
+}

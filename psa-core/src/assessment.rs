@@ -39,6 +39,16 @@ fn probs(logits: &[f32], temperature: f64) -> Vec<f32> {
     softmax_t(logits, temperature).into_iter().map(|p| p as f32).collect()
 }
 
+/// Smallest lead of the most likely class over the runner-up: a tie (a zeroed or constant head) has no verdict.
+pub const MIN_MARGIN: f32 = 1e-3;
+
+/// Smallest lead of the most likely class over the uniform probability `1/classes`: a near-uniform distribution (a
+/// huge temperature, a head that learnt nothing) has no verdict either.
+pub const MIN_OVER_UNIFORM: f32 = 1e-2;
+
+/// The name an assessment without a verdict gives its level and type, so it never reads as "safe".
+pub const INVALID_NAME: &str = "invalid";
+
 fn argmax(p: &[f32]) -> usize {
     p.iter().enumerate().fold(0, |best, (i, &x)| if x > p[best] { i } else { best })
 }
@@ -68,20 +78,28 @@ impl SafetyAssessment {
             .map(|(lp, tp)| {
                 assert_eq!((lp.len(), tp.len()), (taxonomy.levels.len(), taxonomy.types.len()), "logits vs taxonomy");
                 let (l, t) = (argmax(&lp), argmax(&tp));
-                Self {
+                let mut a = Self {
                     level_name: taxonomy.levels[l].name.clone(),
                     type_name: taxonomy.types[t].name.clone(),
                     level_probs: lp,
                     type_probs: tp,
                     level: l,
                     risk_type: t,
+                };
+                if a.fault(taxonomy).is_some() {
+                    a.level_name = INVALID_NAME.into();
+                    a.type_name = INVALID_NAME.into();
                 }
+                a
             })
             .collect()
     }
 
     /// Why this assessment cannot be trusted, if it cannot: probabilities that are not finite, not in [0, 1],
-    /// do not sum to 1 or do not fit the taxonomy, or an argmax that is not the most likely class.
+    /// do not sum to 1 or do not fit the taxonomy, an argmax that is not the most likely class, a most likely class
+    /// that leads the runner-up by less than [`MIN_MARGIN`] (a tie) or the uniform probability by less than
+    /// [`MIN_OVER_UNIFORM`], or names that are not the taxonomy's names of the argmax (an assessment from
+    /// [`from_logit_rows`](Self::from_logit_rows) that failed these checks is named [`INVALID_NAME`]).
     pub fn fault(&self, taxonomy: &Taxonomy) -> Option<String> {
         let heads = [
             ("level", &self.level_probs, self.level, taxonomy.levels.len()),
@@ -100,6 +118,25 @@ impl SafetyAssessment {
             }
             if p.get(arg).is_none_or(|&x| p.iter().any(|&y| y > x)) {
                 return Some(format!("{head} {arg} is not the most likely class"));
+            }
+            let top = p[arg];
+            let second = p.iter().enumerate().filter(|&(i, _)| i != arg).map(|(_, &y)| y).fold(0.0, f32::max);
+            if classes > 1 && top - second < MIN_MARGIN {
+                return Some(format!(
+                    "the {head} head is undecided: its two most likely classes are tied ({top} vs {second})"
+                ));
+            }
+            if classes > 1 && top - 1.0 / (classes as f32) < MIN_OVER_UNIFORM {
+                return Some(format!("the {head} head is undecided: its distribution is near uniform (top {top})"));
+            }
+        }
+        let names = [
+            ("level", &self.level_name, taxonomy.levels.get(self.level)),
+            ("type", &self.type_name, taxonomy.types.get(self.risk_type)),
+        ];
+        for (head, name, class) in names {
+            if class.is_none_or(|c| &c.name != name) {
+                return Some(format!("the {head} name {name:?} is not the taxonomy's name of the most likely class"));
             }
         }
         None
@@ -141,7 +178,7 @@ mod tests {
     fn non_finite_logits_give_a_faulty_assessment_not_a_safe_one() {
         let tax = Taxonomy::default();
         let cal = Calibration::default();
-        let types = vec![vec![0.0; 7]];
+        let types = vec![vec![2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]];
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let a = &SafetyAssessment::from_logit_rows(&[vec![bad, 0.0, 0.0, 0.0]], &types, &tax, &cal)[0];
             assert!(a.fault(&tax).is_some(), "{bad}: {a:?}");
@@ -151,7 +188,34 @@ mod tests {
         a.level = 1;
         assert!(a.fault(&tax).unwrap().contains("not the most likely"));
         a.level = 0;
+        a.level_name = "high".into();
+        assert!(a.fault(&tax).unwrap().contains("not the taxonomy's name"));
+        a.level_name = tax.levels[0].name.clone();
         a.type_probs.pop();
         assert!(a.fault(&tax).unwrap().contains("6 type probabilities for 7"));
+    }
+
+    #[test]
+    fn tied_or_near_uniform_heads_are_faults_named_invalid_never_safe() {
+        let tax = Taxonomy::default();
+        let cal = Calibration::default();
+        let types = vec![vec![2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]];
+        // A zeroed level head: a four-way tie whose first class is the safe level.
+        let zero = SafetyAssessment::from_logit_rows(&[vec![0.0; 4]], &types, &tax, &cal).remove(0);
+        assert!(zero.fault(&tax).unwrap().contains("tied"), "{zero:?}");
+        assert_eq!((zero.level_name.as_str(), zero.type_name.as_str()), (INVALID_NAME, INVALID_NAME));
+        // Two classes tied at the top.
+        let tie = SafetyAssessment::from_logit_rows(&[vec![3.0, 3.0, 0.0, 0.0]], &types, &tax, &cal).remove(0);
+        assert!(tie.fault(&tax).unwrap().contains("tied"));
+        // A temperature that flattens any logits.
+        let hot = Calibration { level_temperature: 1e9, type_temperature: 1.0 };
+        let flat = SafetyAssessment::from_logit_rows(&[vec![9.0, 0.0, 0.0, 0.0]], &types, &tax, &hot).remove(0);
+        assert!(flat.fault(&tax).is_some(), "{flat:?}");
+        let warm = Calibration { level_temperature: 200.0, type_temperature: 1.0 };
+        let near = SafetyAssessment::from_logit_rows(&[vec![9.0, 0.0, 0.0, 0.0]], &types, &tax, &warm).remove(0);
+        assert!(near.fault(&tax).unwrap().contains("near uniform"), "{near:?}");
+        // A clear verdict passes and keeps its names.
+        let clear = SafetyAssessment::from_logit_rows(&[vec![0.0, 0.0, 3.0, 0.0]], &types, &tax, &cal).remove(0);
+        assert_eq!((clear.fault(&tax), clear.level_name.as_str()), (None, "medium"));
     }
 }

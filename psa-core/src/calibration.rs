@@ -28,7 +28,7 @@ impl Default for Calibration {
 }
 
 impl Calibration {
-    /// Reads `calibration.json`, checking both temperatures are finite and positive.
+    /// Reads `calibration.json`, checking both temperatures lie in [`TEMPERATURE_RANGE`].
     pub fn from_file(path: &Path) -> Result<Self, CoreError> {
         let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io { path: path.into(), source })?;
         let c: Self =
@@ -45,11 +45,16 @@ impl Calibration {
         std::fs::write(path, text).map_err(|source| CoreError::Io { path: path.into(), source })
     }
 
-    /// Checks the temperatures are finite and positive.
+    /// Checks the temperatures lie in [`TEMPERATURE_RANGE`], what a fit can return: a temperature of `1e9` is
+    /// finite and positive but flattens every verdict into a tie.
     pub fn validate(&self) -> Result<(), CoreError> {
+        let (lo, hi) = TEMPERATURE_RANGE;
         for (name, t) in [("level_temperature", self.level_temperature), ("type_temperature", self.type_temperature)] {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(CoreError::Invalid { what: "calibration", reason: format!("{name} must be > 0, got {t}") });
+            if !(t.is_finite() && (lo..=hi).contains(&t)) {
+                return Err(CoreError::Invalid {
+                    what: "calibration",
+                    reason: format!("{name} must lie in [{lo}, {hi}], got {t}"),
+                });
             }
         }
         Ok(())

@@ -138,6 +138,13 @@ fn deferred_safetensors(
 /// Validates a safetensors header and that the file holds every byte the header promises; returns the header's
 /// length and its entries.
 fn check_safetensors(path: &Path) -> Result<(u64, Vec<SafetensorsEntry>), SafetensorsError> {
+    let (size, header) = read_header(path)?;
+    let n = header.len() as u64;
+    Ok((n, check_safetensors_header(&header, size - 8 - n)?))
+}
+
+/// The file size and the JSON header bytes of a safetensors file.
+fn read_header(path: &Path) -> Result<(u64, Vec<u8>), SafetensorsError> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut len = [0u8; 8];
@@ -148,7 +155,7 @@ fn check_safetensors(path: &Path) -> Result<(u64, Vec<SafetensorsEntry>), Safete
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(SafetensorsError::TruncatedHeader)?;
-    Ok((n, check_safetensors_header(&header, size - 8 - n)?))
+    Ok((size, header))
 }
 
 /// One validated tensor entry of a safetensors header.
@@ -167,8 +174,11 @@ pub struct SafetensorsEntry {
 /// Validates a safetensors JSON header against `data` bytes of tensor data: every entry has a known dtype, a shape
 /// whose byte size (checked arithmetic) equals its offset range, and a range inside the data. Returns the entries.
 pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<Vec<SafetensorsEntry>, SafetensorsError> {
-    let value: serde_json::Value = serde_json::from_slice(header)?;
-    let entries = value.as_object().ok_or(SafetensorsError::NotAnObject)?;
+    let Header(entries) = serde_json::from_slice(header)?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(name) = entries.iter().map(|(k, _)| k).find(|k| !seen.insert(k.as_str())) {
+        return Err(SafetensorsError::Entry { name: name.clone(), problem: "appears twice in the header".into() });
+    }
     let mut end = 0u64;
     let mut checked = Vec::with_capacity(entries.len());
     for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
@@ -208,7 +218,65 @@ pub fn check_safetensors_header(header: &[u8], data: u64) -> Result<Vec<Safetens
     if end > data {
         return Err(SafetensorsError::Truncated { described: end, present: data });
     }
+    // The data section is covered exactly once, in order: no two tensors share bytes, no hole hides bytes.
+    let mut ranges: Vec<&SafetensorsEntry> = checked.iter().collect();
+    ranges.sort_by_key(|e| e.offsets);
+    let mut at = 0u64;
+    for e in ranges {
+        if e.offsets.0 != at {
+            let problem = if e.offsets.0 < at {
+                format!("overlaps the tensor before it (starts at byte {}, before {at})", e.offsets.0)
+            } else {
+                format!("starts at byte {} and leaves bytes {at}..{} unused", e.offsets.0, e.offsets.0)
+            };
+            return Err(SafetensorsError::Entry { name: e.name.clone(), problem });
+        }
+        at = e.offsets.1;
+    }
+    if at != data {
+        return Err(SafetensorsError::Entry {
+            name: "(data section)".into(),
+            problem: format!("holds {data} bytes but its tensors cover {at}"),
+        });
+    }
     Ok(checked)
+}
+
+/// A safetensors header with its entries in file order, duplicates kept (a JSON map would keep only the last).
+struct Header(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Header {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Header;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    out.push(entry);
+                }
+                Ok(Header(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// The `__metadata__` strings of a safetensors file (empty when it has none).
+pub(crate) fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>, LoadError> {
+    let safetensors = |source| LoadError::Safetensors { path: path.into(), source };
+    let (_, header) = read_header(path).map_err(safetensors)?;
+    let Header(entries) = serde_json::from_slice(&header).map_err(|e| safetensors(SafetensorsError::Json(e)))?;
+    let meta = entries.into_iter().find(|(k, _)| k == "__metadata__").map(|(_, v)| v);
+    Ok(meta
+        .and_then(|m| m.as_object().cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+        .collect())
 }
 
 /// A safetensors file that cannot be read.
@@ -237,9 +305,6 @@ pub enum SafetensorsError {
     /// The header is not JSON.
     #[error("corrupt safetensors header: {0}")]
     Json(#[from] serde_json::Error),
-    /// The header is JSON but not an object.
-    #[error("corrupt safetensors header: not a JSON object")]
-    NotAnObject,
     /// An entry without offsets, dtype or shape, or whose byte size does not match its shape.
     #[error("corrupt safetensors header: tensor `{name}` {problem}")]
     Entry {

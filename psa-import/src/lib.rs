@@ -8,6 +8,7 @@ mod error;
 mod files;
 pub mod gguf;
 pub mod layout;
+pub mod manifest;
 pub mod onnx;
 mod peft;
 mod psa;
@@ -37,19 +38,41 @@ use psa_models::llava::LlavaForConditionalGeneration;
 use psa_models::precision::Precision;
 use psa_models::vision::{ClipVisionConfig, ClipVisionModel, Dinov2Config, Dinov2Model, VisionConfig};
 
-/// How strictly a checkpoint must match the model, and in which precision it is loaded.
-#[derive(Debug, Clone, Default)]
+/// How strictly a checkpoint must match the model, whether a model directory must match its manifest, and in
+/// which precision it is loaded.
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Fail on checkpoint tensors the model does not use (they are only reported otherwise).
+    /// Fail on checkpoint tensors the model does not use (the default: a config with fewer layers than its
+    /// weights would otherwise load a different model without a word); off, they are only reported.
     pub strict: bool,
+    /// Load a PSA-VLM directory without checking it against its `manifest.json` (for hand-assembled directories;
+    /// the report says so and the `psa` commands warn).
+    pub allow_unverified: bool,
     /// Dtype of the frozen weights; the safety modules and LoRA adapters always load as f32.
     pub precision: Precision,
 }
 
+impl Default for LoadOptions {
+    /// Strict, verified, f32.
+    fn default() -> Self {
+        Self { strict: true, allow_unverified: false, precision: Precision::default() }
+    }
+}
+
 impl LoadOptions {
-    /// Strict loading in f32.
+    /// Strict loading in f32 (the default).
     pub fn strict() -> Self {
-        Self { strict: true, ..Self::default() }
+        Self::default()
+    }
+
+    /// Unused checkpoint tensors are reported, not refused (a larger checkpoint read in part on purpose).
+    pub fn lenient(self) -> Self {
+        Self { strict: false, ..self }
+    }
+
+    /// These options without the manifest check.
+    pub fn unverified(self) -> Self {
+        Self { allow_unverified: true, ..self }
     }
 
     /// These options with the frozen weights in `precision`.
@@ -69,6 +92,9 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// Known buffers and foreign parts skipped on purpose.
     pub skipped: Vec<String>,
+    /// Whether the directory was checked against its manifest (false: loaded with `allow_unverified`, or not a
+    /// model directory).
+    pub verified: bool,
 }
 
 /// Loads checkpoint tensors into `model`, normalising keys with `layout`. Returns the model only if every

@@ -23,13 +23,56 @@ pub(crate) fn layout(cfg: &LlavaConfig) -> Layout {
 }
 
 /// Loads a full PSA-VLM checkpoint directory (LLaVA and safety keys together, any LLaVA layout).
+///
+/// The directory is first checked against its `manifest.json` ([`crate::manifest::verify_manifest`]) unless
+/// `opts.allow_unverified`.
 pub fn load_psa(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<(PsaVlm, PsaConfig, LoadReport), LoadError> {
+    if !opts.allow_unverified {
+        crate::manifest::verify_manifest(dir)?;
+    }
     let config = PsaConfig::from_dir(dir)?;
     let files = weight_files(dir)?;
     check_fits(&config.llava.text, &files)?;
-    let (model, report) = load_into(config.init(device)?, &files, layout(&config.llava), opts, device)?;
+    check_saved_safety(&config, &files)?;
+    let (model, mut report) = load_into(config.init(device)?, &files, layout(&config.llava), opts, device)?;
     refuse_non_finite(&model, dir)?;
+    report.verified = !opts.allow_unverified;
     Ok((model, config, report))
+}
+
+/// The safetensors metadata key under which [`save_psa_weights`] records the safety configuration it saved.
+pub const SAFETY_CONFIG_KEY: &str = "psa_safety_config";
+
+/// Refuses a `config.json` whose safety section differs from the one the weights were saved with (a changed
+/// `num_queries` or `query_mode` changes no tensor shape, so the weights alone would load into a different model).
+fn check_saved_safety(config: &PsaConfig, files: &[PathBuf]) -> Result<(), LoadError> {
+    for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")) {
+        let Some(saved) = crate::files::safetensors_metadata(path)?.remove(SAFETY_CONFIG_KEY) else { continue };
+        let saved: serde_json::Value = serde_json::from_str(&saved).map_err(|e| LoadError::BadFile {
+            path: path.clone(),
+            reason: format!("unreadable {SAFETY_CONFIG_KEY} metadata: {e}"),
+        })?;
+        let ours = serde_json::to_value(&config.safety)
+            .map_err(|e| LoadError::BadFile { path: path.clone(), reason: e.to_string() })?;
+        if saved != ours {
+            let differing: Vec<String> = ours
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| saved.get(k.as_str()) != Some(v))
+                .map(|(k, v)| {
+                    format!("{k}: config {v}, weights {}", saved.get(k.as_str()).unwrap_or(&serde_json::Value::Null))
+                })
+                .collect();
+            return Err(LoadError::Config(psa_models::ConfigError::Invalid(format!(
+                "the safety config differs from the one {} was saved with ({}): the config does not belong to \
+                 these weights",
+                path.display(),
+                differing.join("; ")
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// A model whose safety modules or LoRA adapters hold NaN or infinite values is never returned: its verdicts
@@ -82,7 +125,10 @@ fn same_dir(config: &Path, dir: &Path) -> bool {
 /// keys, atomically; NaN or infinite values refuse the save.
 pub fn save_psa_weights(model: &PsaVlm, config: &PsaConfig, path: &Path) -> Result<(), LoadError> {
     let layout = layout(&config.llava);
-    write_tensors(path, pytorch_tensors(model, |p| denormalize(layout, p))?)
+    let safety = serde_json::to_string(&config.safety)
+        .map_err(|e| LoadError::BadFile { path: path.into(), reason: e.to_string() })?;
+    let metadata = std::collections::HashMap::from([(SAFETY_CONFIG_KEY.to_string(), safety)]);
+    write_tensors_with(path, pytorch_tensors(model, |p| denormalize(layout, p))?, Some(metadata))
 }
 
 /// Every parameter of `module` in PyTorch layout as f32, keyed by `key(module path)`.
@@ -148,12 +194,21 @@ pub fn write_f32_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<
     write_tensors(path, owned)
 }
 
-fn write_tensors(path: &Path, mut tensors: Vec<(String, OwnedTensor)>) -> Result<(), LoadError> {
+fn write_tensors(path: &Path, tensors: Vec<(String, OwnedTensor)>) -> Result<(), LoadError> {
+    write_tensors_with(path, tensors, None)
+}
+
+/// Writes tensors (sorted by name) and header metadata to `path` atomically.
+fn write_tensors_with(
+    path: &Path,
+    mut tensors: Vec<(String, OwnedTensor)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), LoadError> {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tensors");
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let io = |p: &Path, e: String| LoadError::BadFile { path: p.into(), reason: e };
-    safetensors::serialize_to_file(tensors, None, &tmp).map_err(|e| io(&tmp, e.to_string()))?;
+    safetensors::serialize_to_file(tensors, metadata, &tmp).map_err(|e| io(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e.to_string()))
 }
 

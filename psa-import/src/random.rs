@@ -40,7 +40,7 @@ impl Default for RandomCheckpoint {
 
 /// Writes a random-weight PSA-VLM of `config`'s shapes to `dir`: `config.json`, shards
 /// `model-0000k-of-0000n.safetensors` (llava-hf keys for the base, the reference's keys for the safety modules)
-/// and `model.safetensors.index.json`. `device` only hosts the lazily built model whose parameter list is read.
+/// and `model.safetensors.index.json`, then `manifest.json`. `device` only hosts the lazily built model whose parameter list is read.
 /// Returns the shard paths.
 pub fn write_random_psa(
     config: &PsaConfig,
@@ -100,6 +100,7 @@ pub fn write_random_psa(
         let text = serde_json::to_string_pretty(&v).map_err(|e| io(&path, e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| io(&path, e.to_string()))?;
     }
+    crate::manifest::write_manifest(dir)?;
     Ok(paths)
 }
 

@@ -89,6 +89,15 @@ pub(crate) fn check_sizes(what: &str, sizes: &[(&str, usize, usize)]) -> Result<
     }
 }
 
+/// Checks a normalisation epsilon is finite and in (0, 1): zero or a negative value makes a norm divide by zero or
+/// take the root of a negative number (burn-nn panics on it), so it is refused with the key named.
+pub(crate) fn check_epsilon(what: &str, name: &str, eps: f64) -> Result<(), ConfigError> {
+    if eps.is_finite() && eps > 0.0 && eps < 1.0 {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!("{what} {name} = {eps} must lie in (0, 1)")))
+}
+
 /// Reads a JSON file, naming it on failure.
 pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;

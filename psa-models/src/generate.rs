@@ -52,6 +52,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` was reached.
     Length,
+    /// The caller stopped the row (its client left, or its time ran out).
+    Cancelled,
 }
 
 /// Generated tokens per row.
@@ -83,9 +85,23 @@ pub fn generate_with(
     lm: &LlamaForCausalLM,
     host: Option<&HostDecoder>,
     inputs_embeds: Tensor<3>,
+    mask: PaddingMask,
+    cfg: &GenerationConfig,
+    max_positions: usize,
+) -> Result<Generation, ModelError> {
+    generate_until(lm, host, inputs_embeds, mask, cfg, max_positions, &|_| false)
+}
+
+/// [`generate_with`] that asks `cancelled(row)` before every step: a cancelled row stops at once
+/// ([`FinishReason::Cancelled`]), and when every row has stopped no further step runs.
+pub fn generate_until(
+    lm: &LlamaForCausalLM,
+    host: Option<&HostDecoder>,
+    inputs_embeds: Tensor<3>,
     mut mask: PaddingMask,
     cfg: &GenerationConfig,
     max_positions: usize,
+    cancelled: &dyn Fn(usize) -> bool,
 ) -> Result<Generation, ModelError> {
     let [b, t, d] = inputs_embeds.dims();
     if mask.batch() != b || mask.len() != t {
@@ -123,6 +139,10 @@ pub fn generate_with(
         let vocab = logits.len() / b;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
+            if !done[r] && cancelled(r) {
+                done[r] = true;
+                out.finish[r] = FinishReason::Cancelled;
+            }
             if done[r] {
                 next.push(cfg.pad_token_id);
                 continue;

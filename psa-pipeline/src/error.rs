@@ -48,6 +48,12 @@ pub enum TextError {
     /// A required special token is not in the vocabulary.
     #[error("token {0:?} is not in the tokenizer's vocabulary")]
     MissingToken(String),
+    /// User text that cannot enter a prompt: it holds a special token's text.
+    #[error("the question is refused: {0}")]
+    UserText(String),
+    /// A question longer than the limits, in bytes or tokens.
+    #[error("the question is too long: {0}")]
+    QuestionTooLong(String),
     /// An unknown template name.
     #[error("unknown conversation template {0:?}; known: llava_v1, llava_hf, llava_llama_2, chatml")]
     UnknownTemplate(String),
@@ -68,6 +74,9 @@ pub enum PipelineError {
     /// Running the model.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The model directory's canary came out differently from when it was written.
+    #[error("the model's canary failed (it does not give the verdicts it was written with): {0}")]
+    Canary(String),
     /// A taxonomy, policy or calibration that is refused, or a policy that cannot decide.
     #[error(transparent)]
     Safety(#[from] psa_core::CoreError),

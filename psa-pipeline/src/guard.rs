@@ -10,13 +10,14 @@ use psa_core::assessment::logit_rows;
 use psa_core::{Action, Calibration, Decision, SafetyAssessment, SafetyPolicy, Taxonomy};
 use serde::{Deserialize, Serialize};
 
+use crate::canary::Canary;
 use crate::error::PipelineError;
 use crate::llava::processors;
 use crate::processor::text::pad_marks;
 use crate::processor::{ImageProcessor, PaddingSide, Template, TextProcessor};
 use psa_import::LoadError;
 use psa_import::{LoadOptions, LoadReport, load_psa};
-use psa_models::generate::{FinishReason, GenerationConfig, generate_with};
+use psa_models::generate::{FinishReason, GenerationConfig, generate_until};
 use psa_models::host_abstractor::HostAbstractor;
 use psa_models::llama::{HostDecoder, HostWeights};
 use psa_models::precision::Precision;
@@ -46,6 +47,8 @@ pub enum Finish {
     Length,
     /// The policy refused; the LLM did not run.
     Refused,
+    /// The caller stopped generation (the client left or ran out of time).
+    Cancelled,
 }
 
 impl From<FinishReason> for Finish {
@@ -53,6 +56,7 @@ impl From<FinishReason> for Finish {
         match f {
             FinishReason::Stop => Self::Stop,
             FinishReason::Length => Self::Length,
+            FinishReason::Cancelled => Self::Cancelled,
         }
     }
 }
@@ -132,11 +136,31 @@ pub struct GuardedPipeline {
     /// Per-head temperatures applied before the softmax (identity unless the model directory has
     /// `calibration.json`); the policy's thresholds read the calibrated probabilities.
     pub calibration: Calibration,
+    /// The directory's start-up canary, when it has one.
+    pub canary: Option<Canary>,
+    /// Bounds every request's question is checked against before the model runs.
+    pub question_limits: QuestionLimits,
     /// Where decode steps run: `None` on the model's device, else on the host decoder.
     host: Option<HostDecoder>,
     /// Where the vision tower and the safety projector run: `None` on the model's device, else on host engines.
     host_vision: Option<(HostVision, HostAbstractor)>,
     device: Device,
+}
+
+/// Bounds on a user's question, checked before anything but its length is computed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuestionLimits {
+    /// Longest question in bytes, checked before tokenizing.
+    pub max_bytes: usize,
+    /// Longest question in tokens.
+    pub max_tokens: usize,
+}
+
+impl QuestionLimits {
+    /// 64 KiB and `context` tokens (a longer question cannot fit the LLM's context anyway).
+    pub fn for_context(context: usize) -> Self {
+        Self { max_bytes: 64 << 10, max_tokens: context }
+    }
 }
 
 /// Raw concept logits of a batch, one host-side row per request.
@@ -169,15 +193,45 @@ impl GuardedPipeline {
         device: &Device,
         precision: Precision,
     ) -> Result<Self, PipelineError> {
-        let opts = LoadOptions::default().with_precision(precision);
-        let (model, config, report) = load_psa(model_dir, device, &opts)?;
+        Self::load_with_options(
+            model_dir,
+            tokenizer,
+            template,
+            device,
+            &LoadOptions::default().with_precision(precision),
+        )
+    }
+
+    /// [`load`](Self::load) under `opts`: strictness, the manifest check ([`psa_import::manifest`], on unless
+    /// `opts.allow_unverified`) and precision. The directory's canary (`canary.json`), when it has one, is read
+    /// into [`canary`](Self::canary); [`check_canary`](Self::check_canary) runs it.
+    pub fn load_with_options(
+        model_dir: &Path,
+        tokenizer: Option<PathBuf>,
+        template: Template,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self, PipelineError> {
+        let (model, config, report) = load_psa(model_dir, device, opts)?;
         let (text, images) = processors(model_dir, tokenizer, &config.llava.vision)?;
         let mut pipeline = Self::new(model, config, report, text, images, template, device)?;
         let calibration = model_dir.join("calibration.json");
         if calibration.is_file() {
             pipeline = pipeline.with_calibration(Calibration::from_file(&calibration)?)?;
         }
+        pipeline.canary = Canary::load(model_dir)?;
         Ok(pipeline)
+    }
+
+    /// Runs the directory's canary (see [`crate::canary`]): an error listing every sample that came out
+    /// differently from when the directory was written; `Ok(false)` when there is no canary to run.
+    pub fn check_canary(&self) -> Result<bool, PipelineError> {
+        let Some(canary) = &self.canary else { return Ok(false) };
+        let failures = canary.failures(self)?;
+        if failures.is_empty() {
+            return Ok(true);
+        }
+        Err(PipelineError::Canary(failures.join("; ")))
     }
 
     /// Assembles a pipeline from parts, with the default taxonomy and policy.
@@ -201,7 +255,10 @@ impl GuardedPipeline {
         Self::check_taxonomy(&taxonomy, &config)?;
         let (policy, device) = (SafetyPolicy::default(), device.clone());
         let calibration = Calibration::default();
+        let question_limits = QuestionLimits::for_context(config.llava.text.max_position_embeddings);
         Ok(Self {
+            canary: None,
+            question_limits,
             model,
             config,
             report,
@@ -283,6 +340,30 @@ impl GuardedPipeline {
         Ok(())
     }
 
+    /// Checks a question against [`question_limits`](Self::question_limits).
+    pub fn check_question(&self, question: &str) -> Result<(), PipelineError> {
+        self.check_question_within(question, &self.question_limits)
+    }
+
+    /// Checks a question against `limits`: its bytes first (before any tokenizing), then the special tokens it
+    /// must not hold ([`TextProcessor::user_text`]), then its tokens.
+    pub fn check_question_within(&self, question: &str, limits: &QuestionLimits) -> Result<(), PipelineError> {
+        let refuse = |what: String| PipelineError::Text(crate::error::TextError::QuestionTooLong(what));
+        if question.len() > limits.max_bytes {
+            return Err(refuse(format!("it has {} bytes; the limit is {}", question.len(), limits.max_bytes)));
+        }
+        let text = self.text.user_text(question)?;
+        let tokens = self.text.encode(&text, false)?.len();
+        if tokens > limits.max_tokens {
+            return Err(refuse(format!("it has {tokens} tokens; the limit is {}", limits.max_tokens)));
+        }
+        Ok(())
+    }
+
+    fn check_questions(&self, requests: &[GuardRequest]) -> Result<(), PipelineError> {
+        requests.iter().try_for_each(|r| self.check_question(&r.question))
+    }
+
     /// Generation defaults from the config: EOS from `text_config`, padding from `pad_token_id`.
     pub fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
         GenerationConfig {
@@ -342,6 +423,7 @@ impl GuardedPipeline {
 
     /// The uncalibrated concept logits of a batch of (image, question) pairs: one vision pass, no LLM.
     pub fn concept_logits(&self, requests: &[GuardRequest]) -> Result<LogitRows, PipelineError> {
+        self.check_questions(requests)?;
         let (features, _) = self.features(&requests.iter().map(|r| &r.image).collect::<Vec<_>>())?;
         let questions: Vec<&str> = requests.iter().map(|r| r.question.as_str()).collect();
         self.logits(features, &questions)
@@ -354,6 +436,7 @@ impl GuardedPipeline {
 
     /// Classifies a batch of (image, question) pairs and says what the policy would do; the LLM never runs.
     pub fn classify(&self, requests: &[GuardRequest]) -> Result<Vec<Verdict>, PipelineError> {
+        self.check_questions(requests)?;
         let start = Instant::now();
         let (features, vision_ms) = self.features(&requests.iter().map(|r| &r.image).collect::<Vec<_>>())?;
         let questions: Vec<&str> = requests.iter().map(|r| r.question.as_str()).collect();
@@ -387,6 +470,19 @@ impl GuardedPipeline {
         generation: &GenerationConfig,
         guard: bool,
     ) -> Result<Vec<GuardedResponse>, PipelineError> {
+        self.respond_until(requests, generation, guard, &|_| false)
+    }
+
+    /// [`respond`](Self::respond) that stops generating for request `i` as soon as `cancelled(i)` says so (its
+    /// answer is then cut short and marked [`Finish::Cancelled`]).
+    pub fn respond_until(
+        &self,
+        requests: &[GuardRequest],
+        generation: &GenerationConfig,
+        guard: bool,
+        cancelled: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<GuardedResponse>, PipelineError> {
+        self.check_questions(requests)?;
         let start = Instant::now();
         let (features, vision_ms) = self.features(&requests.iter().map(|r| &r.image).collect::<Vec<_>>())?;
         let questions: Vec<&str> = requests.iter().map(|r| r.question.as_str()).collect();
@@ -422,7 +518,10 @@ impl GuardedPipeline {
             let lengths: Vec<usize> = merged.mask.rows().iter().map(|r| r.iter().filter(|&&m| m).count()).collect();
             let max_pos = self.config.llava.text.max_position_embeddings;
             let lm = &self.model.llava.language_model;
-            let out = generate_with(lm, self.host.as_ref(), merged.inputs_embeds, merged.mask, generation, max_pos)?;
+            let request_of: Vec<usize> = run.iter().map(|(i, _)| *i).collect();
+            let stop = |k: usize| cancelled(request_of[k]);
+            let out =
+                generate_until(lm, self.host.as_ref(), merged.inputs_embeds, merged.mask, generation, max_pos, &stop)?;
             for (k, (i, prompt)) in run.into_iter().enumerate() {
                 let text = self.text.decode(&out.tokens[k], true)?;
                 generated[i] = Some((prompt, text, lengths[k], out.tokens[k].len(), Finish::from(out.finish[k])));

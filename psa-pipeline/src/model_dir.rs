@@ -29,7 +29,9 @@ pub struct ModelDirParts<'a> {
 /// Writes a complete PSA-VLM directory that `psa_import::load_psa` and the guarded pipeline read back:
 /// `model.safetensors` (every parameter in f32, llava-hf keys plus the reference's safety keys), `config.json` (with
 /// the template's name under [`TEMPLATE_KEY`]), `tokenizer.json`, `preprocessor_config.json` and
-/// `calibration.json`. Returns the paths written.
+/// `calibration.json`, then `manifest.json` (the SHA-256 of every file, which every loader checks). A canary left
+/// by an earlier write is removed (its verdicts belong to the old weights); [`crate::add_canary`] adds a new one.
+/// Returns the paths written.
 pub fn save_model_dir(
     model: &PsaVlm,
     config: &PsaConfig,
@@ -56,11 +58,26 @@ pub fn save_model_dir(
     let tok = dir.join("tokenizer.json");
     parts.tokenizer.save(&tok, false).map_err(|e| io(&tok, e.to_string()))?;
     written.push(tok);
-    if let Some(c) = parts.calibration {
-        let path = dir.join("calibration.json");
-        c.save(&path).map_err(|e| io(&path, e.to_string()))?;
-        written.push(path);
+    let calibration = dir.join("calibration.json");
+    match parts.calibration {
+        Some(c) => {
+            c.save(&calibration).map_err(|e| io(&calibration, e.to_string()))?;
+            written.push(calibration);
+        }
+        // A calibration of an earlier write would otherwise be applied to these weights.
+        None if calibration.is_file() => {
+            std::fs::remove_file(&calibration).map_err(|e| io(&calibration, e.to_string()))?
+        }
+        None => {}
     }
+    let (canary, folder) = (dir.join(crate::canary::CANARY), dir.join("canary"));
+    if canary.is_file() {
+        std::fs::remove_file(&canary).map_err(|e| io(&canary, e.to_string()))?;
+    }
+    if folder.is_dir() {
+        std::fs::remove_dir_all(&folder).map_err(|e| io(&folder, e.to_string()))?;
+    }
+    written.push(psa_import::manifest::write_manifest(dir)?);
     Ok(written)
 }
 

@@ -9,8 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use image::DynamicImage;
-use psa_pipeline::GuardedPipeline;
 use psa_pipeline::processor::{ImageLimits, decode_image};
+use psa_pipeline::{GuardedPipeline, PipelineError, QuestionLimits, TextError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,6 +21,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: bool,
 }
 
 impl ApiError {
@@ -31,12 +32,17 @@ impl ApiError {
 
     /// An error with any status.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: false }
     }
 
     /// 503: the server cannot take the request now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// 503 with `Retry-After: 1`: the server's bounds are full now.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self { retry_after: true, ..Self::unavailable(message) }
     }
 
     /// 500, without details.
@@ -67,6 +73,9 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -87,11 +96,7 @@ impl<T: serde::de::DeserializeOwned, S: BodyLimits + Send + Sync> FromRequest<S>
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
         let read = tokio::time::timeout(state.body_timeout(), Bytes::from_request(req, &()));
         let bytes = read
             .await
@@ -121,6 +126,13 @@ impl<T: serde::de::DeserializeOwned, S: BodyLimits + Send + Sync> FromRequest<S>
     }
 }
 
+/// Whether a `Content-Type` value is JSON: the media type `application/json` exactly (any case), parameters such
+/// as `; charset=utf-8` allowed; `application/jsonfoo` is not JSON.
+fn is_json(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
 /// Limits on what one request may ask of the model.
 #[derive(Debug, Clone, Copy)]
 pub struct InputLimits {
@@ -134,9 +146,9 @@ pub struct InputLimits {
     pub max_question_tokens: usize,
 }
 
-/// Decodes a base64 image (raw or `data:image/...;base64,` URL) strictly, within the limits, as RGB.
-pub fn image_from_base64(source: &str, p: &GuardedPipeline, limits: &InputLimits) -> Result<DynamicImage, ApiError> {
-    let image = decode_base64_image(source, &limits.image)?;
+/// Decodes image bytes strictly within the limits, as RGB8.
+pub fn image_from_bytes(bytes: &[u8], p: &GuardedPipeline, limits: &InputLimits) -> Result<DynamicImage, ApiError> {
+    let image = decode_image(bytes, &limits.image).map_err(|e| ApiError::bad("invalid_image", e.to_string()))?;
     let resized = p.images.resized_pixels(image.height() as usize, image.width() as usize);
     if resized > limits.max_resized_pixels {
         return Err(ApiError::bad(
@@ -150,11 +162,19 @@ pub fn image_from_base64(source: &str, p: &GuardedPipeline, limits: &InputLimits
         ));
     }
     // Keep only RGB8: the smallest form the processor reads, so a queued request holds 3 bytes a pixel.
-    Ok(DynamicImage::ImageRgb8(image.to_rgb8()))
+    Ok(match image {
+        DynamicImage::ImageRgb8(_) => image,
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
+    })
 }
 
 /// Decodes a base64 image (raw or `data:image/...;base64,` URL) strictly within the declared-size limits.
 pub fn decode_base64_image(source: &str, limits: &ImageLimits) -> Result<DynamicImage, ApiError> {
+    decode_image(&base64_bytes(source)?, limits).map_err(|e| ApiError::bad("invalid_image", e.to_string()))
+}
+
+/// The bytes of a base64 image, raw or in a `data:image/...;base64,` URL; remote URLs are refused.
+pub fn base64_bytes(source: &str) -> Result<Vec<u8>, ApiError> {
     let payload = if let Some(rest) = source.strip_prefix("data:") {
         let (meta, data) =
             rest.split_once(',').ok_or_else(|| ApiError::bad("invalid_image", "data URL without a comma"))?;
@@ -167,30 +187,19 @@ pub fn decode_base64_image(source: &str, limits: &ImageLimits) -> Result<Dynamic
     } else {
         source
     };
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(payload.trim())
-        .map_err(|e| ApiError::bad("invalid_image", format!("image is not valid base64: {e}")))?;
-    decode_image(&bytes, limits).map_err(|e| ApiError::bad("invalid_image", e.to_string()))
+        .map_err(|e| ApiError::bad("invalid_image", format!("image is not valid base64: {e}")))
 }
 
-/// Checks a question's length in bytes, then in tokens.
+/// Checks a question as the pipeline checks it ([`GuardedPipeline::check_question_within`]) under this server's
+/// limits: bytes, special tokens, then tokens.
 pub fn check_question(question: &str, p: &GuardedPipeline, limits: &InputLimits) -> Result<(), ApiError> {
-    let too_long = |what: String| ApiError::bad("question_too_long", what);
-    if question.len() > limits.max_question_bytes {
-        return Err(too_long(format!(
-            "the question has {} bytes; this server's limit is {}",
-            question.len(),
-            limits.max_question_bytes
-        )));
-    }
-    let tokens = p.text.encode(question, false).map_err(|e| ApiError::bad("invalid_question", e.to_string()))?.len();
-    if tokens > limits.max_question_tokens {
-        return Err(too_long(format!(
-            "the question has {tokens} tokens; this server's limit is {}",
-            limits.max_question_tokens
-        )));
-    }
-    Ok(())
+    let bounds = QuestionLimits { max_bytes: limits.max_question_bytes, max_tokens: limits.max_question_tokens };
+    p.check_question_within(question, &bounds).map_err(|e| match e {
+        PipelineError::Text(TextError::QuestionTooLong(_)) => ApiError::bad("question_too_long", e.to_string()),
+        other => ApiError::bad("invalid_question", other.to_string()),
+    })
 }
 
 /// One part of an OpenAI message's content.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use image::{DynamicImage, RgbImage};
 use psa_models::{GenerationConfig, ModelError};
-use psa_pipeline::PipelineError;
 use psa_pipeline::{GuardRequest, GuardedPipeline, GuardedResponse, Verdict};
+use psa_pipeline::{PipelineError, TextError};
 use tokio::sync::oneshot;
 
 use super::api::ApiError;
@@ -64,8 +64,9 @@ const READY: u8 = 1;
 const FAILED: u8 = 2;
 
 impl Engine {
-    /// Starts the workers; the classify worker first runs a warm-up (one classification and one generated token on
-    /// a grey image) and only then reports ready.
+    /// Starts the workers; the classify worker first runs a warm-up (the model directory's canary, then one
+    /// classification, which must give a valid verdict, and one generated token on a grey image) and only then
+    /// reports ready.
     pub fn start(pipeline: GuardedPipeline, batching: Batching) -> Arc<Self> {
         let pipeline = Arc::new(pipeline);
         let (classify, classify_rx) = channel::<ClassifyJob>();
@@ -141,9 +142,15 @@ async fn wait<T>(rx: oneshot::Receiver<Result<T, ApiError>>, deadline: Instant) 
 }
 
 fn warm_up(p: &GuardedPipeline) -> Result<(), PipelineError> {
+    p.check_canary()?;
     let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])));
     let request = GuardRequest { id: None, image, question: "Describe the image.".into(), policy: None };
-    p.classify(std::slice::from_ref(&request))?;
+    let verdict = p.classify(std::slice::from_ref(&request))?.remove(0);
+    // A model whose verdicts are all invalid (a zeroed head, a flattening temperature) would refuse every request:
+    // it is not ready, and /health says why.
+    if let Some(fault) = verdict.assessment.fault(&p.taxonomy) {
+        return Err(PipelineError::Canary(format!("the warm-up image gets no valid verdict ({fault})")));
+    }
     p.respond(&[request], &p.generation_config(1), false)?;
     Ok(())
 }
@@ -170,9 +177,14 @@ fn serve_lane<W, T>(rx: &Receiver<Job<W, T>>, batching: Batching, mut run: impl 
 
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
+/// The model call of a lane: the works of a batch, and whether work `i` may stop (its client left or its deadline
+/// passed).
+type Run<'a, W, T> = dyn Fn(&[W], &dyn Fn(usize) -> bool) -> Result<Vec<T>, PipelineError> + 'a;
+
 /// Runs `f` over the batch; on failure (error or panic) of a batch of several, runs each request alone.
-fn run_batch<W, T>(works: &[W], replies: Vec<Reply<T>>, f: &impl Fn(&[W]) -> Result<Vec<T>, PipelineError>) {
-    let outcome = catch_unwind(AssertUnwindSafe(|| f(works)));
+fn run_batch<W, T>(works: &[W], replies: Vec<Reply<T>>, deadlines: &[Instant], f: &Run<'_, W, T>) {
+    let gone = |i: usize| replies[i].is_closed() || Instant::now() >= deadlines[i];
+    let outcome = catch_unwind(AssertUnwindSafe(|| f(works, &gone)));
     match outcome {
         Ok(Ok(outs)) if outs.len() == replies.len() => {
             for (reply, out) in replies.into_iter().zip(outs) {
@@ -181,7 +193,10 @@ fn run_batch<W, T>(works: &[W], replies: Vec<Reply<T>>, f: &impl Fn(&[W]) -> Res
         }
         _ if replies.len() > 1 => {
             for (i, reply) in replies.into_iter().enumerate() {
-                run_batch(&works[i..=i], vec![reply], f);
+                if reply.is_closed() || Instant::now() >= deadlines[i] {
+                    continue;
+                }
+                run_batch(&works[i..=i], vec![reply], &deadlines[i..=i], f);
             }
         }
         Ok(Err(e)) => send_all(replies, model_error(e)),
@@ -201,6 +216,8 @@ fn send_all<T>(replies: Vec<Reply<T>>, e: ApiError) {
 fn model_error(e: PipelineError) -> ApiError {
     match e {
         PipelineError::Model(m @ ModelError::TooLong { .. }) => ApiError::bad("context_length_exceeded", m.to_string()),
+        PipelineError::Text(t @ TextError::UserText(_)) => ApiError::bad("invalid_question", t.to_string()),
+        PipelineError::Text(t @ TextError::QuestionTooLong(_)) => ApiError::bad("question_too_long", t.to_string()),
         other => {
             eprintln!("psa serve: model error: {other}");
             ApiError::internal()
@@ -209,8 +226,9 @@ fn model_error(e: PipelineError) -> ApiError {
 }
 
 fn run_classify(p: &GuardedPipeline, jobs: Vec<ClassifyJob>) {
+    let deadlines: Vec<Instant> = jobs.iter().map(|j| j.deadline).collect();
     let (works, replies): (Vec<GuardRequest>, Vec<_>) = jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
-    run_batch(&works, replies, &|requests: &[GuardRequest]| p.classify(requests));
+    run_batch(&works, replies, &deadlines, &|requests: &[GuardRequest], _| p.classify(requests));
 }
 
 /// One model pass's worth of chat requests: they share sampling settings and the guard flag.
@@ -219,21 +237,33 @@ struct ChatGroup {
     guard: bool,
     requests: Vec<GuardRequest>,
     replies: Vec<Reply<GuardedResponse>>,
+    deadlines: Vec<Instant>,
 }
 
 fn run_chat(p: &GuardedPipeline, jobs: Vec<ChatJob>) {
     let mut groups: Vec<ChatGroup> = Vec::new();
-    for Job { work, reply, .. } in jobs {
+    for Job { work, reply, deadline } in jobs {
         let ChatWork { request, generation, guard } = work;
         match groups.iter_mut().find(|g| g.generation == generation && g.guard == guard) {
             Some(g) => {
                 g.requests.push(request);
                 g.replies.push(reply);
+                g.deadlines.push(deadline);
             }
-            None => groups.push(ChatGroup { generation, guard, requests: vec![request], replies: vec![reply] }),
+            None => groups.push(ChatGroup {
+                generation,
+                guard,
+                requests: vec![request],
+                replies: vec![reply],
+                deadlines: vec![deadline],
+            }),
         }
     }
     for g in groups {
-        run_batch(&g.requests, g.replies, &|requests: &[GuardRequest]| p.respond(requests, &g.generation, g.guard));
+        // Generation stops for a request whose client left or whose deadline passed: its reply is not read.
+        let run = |requests: &[GuardRequest], gone: &dyn Fn(usize) -> bool| {
+            p.respond_until(requests, &g.generation, g.guard, gone)
+        };
+        run_batch(&g.requests, g.replies, &g.deadlines, &run);
     }
 }

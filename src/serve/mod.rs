@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use psa_pipeline::processor::ImageLimits;
+use psa_pipeline::processor::{DECODER_BYTES, HEADER_BYTES, ImageLimits, probe_image};
 use psa_pipeline::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, Verdict};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -37,7 +37,8 @@ pub use api::{ApiError, InputLimits};
 pub use engine::{Batching, Readiness};
 
 use api::{
-    ApiJson, BodyLimits, ChatMessage, check_question, decode_base64_image, image_from_base64, question_and_image,
+    ApiJson, BodyLimits, ChatMessage, base64_bytes, check_question, decode_base64_image, image_from_bytes,
+    question_and_image,
 };
 use engine::Engine;
 
@@ -46,11 +47,15 @@ use engine::Engine;
 pub struct ApiKey([u8; 32]);
 
 impl ApiKey {
-    /// A key from its text (surrounding whitespace ignored); an empty key is refused.
-    pub fn new(key: &str) -> Result<Self, EmptyApiKey> {
+    /// A key from its text (surrounding whitespace, a key file's final newline included, ignored); an empty key,
+    /// or one with whitespace or control characters inside (a key file of several lines), is refused.
+    pub fn new(key: &str) -> Result<Self, ApiKeyError> {
         let key = key.trim();
         if key.is_empty() {
-            return Err(EmptyApiKey);
+            return Err(ApiKeyError::Empty);
+        }
+        if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ApiKeyError::Inner);
         }
         Ok(Self(Sha256::digest(key.as_bytes()).into()))
     }
@@ -62,10 +67,16 @@ impl ApiKey {
     }
 }
 
-/// An API key that is empty or only whitespace.
+/// An API key that cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the API key is empty")]
-pub struct EmptyApiKey;
+pub enum ApiKeyError {
+    /// Empty or only whitespace.
+    #[error("the API key is empty")]
+    Empty,
+    /// Whitespace or control characters inside the key: a client could never send it in one header.
+    #[error("the API key holds whitespace or control characters (a key file must hold one key on one line)")]
+    Inner,
+}
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,8 +111,66 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
     /// Most open connections; further clients wait in the listen backlog.
     pub max_connections: usize,
-    /// How long a shutdown waits for requests in progress.
+    /// How long a shutdown waits for requests in progress; those still running then get 503.
     pub shutdown_grace: Duration,
+    /// Most memory the images of requests in progress may take at once, decoded and held (each request
+    /// reserves its image's share from its header before decoding; the others wait); bytes.
+    pub max_image_memory: u64,
+}
+
+/// A server setting that would make the server unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid server setting: {0}")]
+pub struct ServeConfigError(String);
+
+impl ServeConfig {
+    /// Checks every setting lets well-formed requests through: positive timeouts, a body limit between 1 KiB and
+    /// 1 GiB, positive counts, and an image memory that holds the largest accepted image.
+    pub fn validate(&self) -> Result<(), ServeConfigError> {
+        let bad = |what: String| Err(ServeConfigError(what));
+        for (name, t) in [
+            ("request timeout", self.request_timeout),
+            ("header timeout", self.header_timeout),
+            ("body timeout", self.body_timeout),
+        ] {
+            if t.is_zero() || t > Duration::from_secs(24 * 3600) {
+                return bad(format!("the {name} must lie between 1 ms and a day, got {t:?}"));
+            }
+        }
+        if !(1 << 10..=1 << 30).contains(&self.max_body_bytes) {
+            return bad(format!("the body limit must lie in 1 KiB..=1 GiB, got {} bytes", self.max_body_bytes));
+        }
+        for (name, n) in [
+            ("max_pending", self.max_pending),
+            ("max_connections", self.max_connections),
+            ("max_new_tokens", self.max_new_tokens),
+            ("max_batch", self.batching.max_batch),
+            ("max_question_bytes", self.limits.max_question_bytes),
+            ("max_question_tokens", self.limits.max_question_tokens),
+        ] {
+            if n == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        let image = &self.limits.image;
+        if image.max_side == 0 || image.max_pixels == 0 {
+            return bad("the image limits must allow at least one pixel".into());
+        }
+        let largest = image_cost(image.max_pixels, image.max_decoded_bytes());
+        if self.max_image_memory < largest {
+            return bad(format!(
+                "max_image_memory {} cannot hold one image at the pixel limit ({largest} bytes)",
+                self.max_image_memory
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The memory a request's image holds while it is decoded and queued: its decoded buffer, the RGB8 copy the
+/// request keeps, and the decoder's own buffers.
+pub fn image_cost(pixels: u64, decoded_bytes: u64) -> u64 {
+    decoded_bytes.saturating_add(pixels.saturating_mul(3)).saturating_add(HEADER_BYTES + DECODER_BYTES)
 }
 
 impl Default for ServeConfig {
@@ -110,7 +179,7 @@ impl Default for ServeConfig {
             model_name: "psa-vlm".into(),
             max_body_bytes: 8 << 20,
             limits: InputLimits {
-                image: ImageLimits { max_side: 4096, max_pixels: 4096 * 3072 },
+                image: ImageLimits::new(4096, 4096 * 3072),
                 max_resized_pixels: 4 << 20,
                 max_question_bytes: 16 << 10,
                 max_question_tokens: 1024,
@@ -125,6 +194,7 @@ impl Default for ServeConfig {
             body_timeout: Duration::from_secs(30),
             max_connections: 256,
             shutdown_grace: Duration::from_secs(10),
+            max_image_memory: 1 << 30,
         }
     }
 }
@@ -133,6 +203,10 @@ struct AppState {
     engine: Arc<Engine>,
     cfg: ServeConfig,
     pending: Arc<Semaphore>,
+    /// The image memory, in KiB permits.
+    images: Arc<Semaphore>,
+    /// Turns true when the shutdown grace has run out: requests still in progress answer 503.
+    aborting: tokio::sync::watch::Receiver<bool>,
 }
 
 impl BodyLimits for Arc<AppState> {
@@ -145,6 +219,45 @@ impl BodyLimits for Arc<AppState> {
 }
 
 impl AppState {
+    /// Takes one of the `max_pending` places, once the body has been read (a client that stalls mid-body holds a
+    /// connection, never a place); the next request gets 503 at once.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.pending.clone().try_acquire_owned().map_err(|_| {
+            ApiError::busy(format!("the server is busy ({} requests pending); retry later", self.cfg.max_pending))
+        })
+    }
+
+    /// Decodes a request's base64 image within the limits, after reserving its memory from the image budget
+    /// (from its header, before any pixel is decoded; waits for other requests' images until `deadline`). The
+    /// reservation is held until the request is answered.
+    async fn image(
+        self: &Arc<Self>,
+        source: String,
+        deadline: Instant,
+    ) -> Result<(image::DynamicImage, tokio::sync::OwnedSemaphorePermit), ApiError> {
+        let limits = self.cfg.limits;
+        let (bytes, header) = blocking(move || {
+            let bytes = base64_bytes(&source)?;
+            let header =
+                probe_image(&bytes, &limits.image).map_err(|e| ApiError::bad("invalid_image", e.to_string()))?;
+            Ok((bytes, header))
+        })
+        .await?;
+        let pixels = u64::from(header.width) * u64::from(header.height);
+        let kib = image_cost(pixels, header.decoded_bytes).div_ceil(1024);
+        let permits = u32::try_from(kib).map_err(|_| ApiError::internal())?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let reserved = tokio::time::timeout(wait, self.images.clone().acquire_many_owned(permits)).await;
+        let permit = match reserved {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(ApiError::internal()),
+            Err(_) => return Err(ApiError::busy("the server's image memory stayed full; retry later".to_string())),
+        };
+        let s = self.clone();
+        let image = blocking(move || image_from_bytes(&bytes, s.engine.pipeline(), &s.cfg.limits)).await?;
+        Ok((image, permit))
+    }
+
     fn client_policy_allowed(&self, what: &str) -> Result<(), ApiError> {
         if self.cfg.allow_client_policy {
             return Ok(());
@@ -170,14 +283,19 @@ impl AppState {
 pub struct Server {
     router: Router,
     cfg: ServeConfig,
+    abort: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
-    /// Starts the model workers (the warm-up runs in the background) and builds the routes.
-    pub fn new(pipeline: GuardedPipeline, cfg: ServeConfig) -> Self {
+    /// Checks the settings, starts the model workers (the warm-up runs in the background) and builds the routes.
+    pub fn new(pipeline: GuardedPipeline, cfg: ServeConfig) -> Result<Self, ServeConfigError> {
+        cfg.validate()?;
         let engine = Engine::start(pipeline, cfg.batching);
-        let pending = Arc::new(Semaphore::new(cfg.max_pending.max(1)));
-        let state = Arc::new(AppState { engine, cfg: cfg.clone(), pending });
+        let pending = Arc::new(Semaphore::new(cfg.max_pending));
+        let kib = usize::try_from(cfg.max_image_memory.div_ceil(1024)).unwrap_or(usize::MAX);
+        let images = Arc::new(Semaphore::new(kib.min(Semaphore::MAX_PERMITS)));
+        let (abort, aborting) = tokio::sync::watch::channel(false);
+        let state = Arc::new(AppState { engine, cfg: cfg.clone(), pending, images, aborting });
         let api = Router::new()
             .route("/v1/classify", post(classify))
             .route("/v1/chat/completions", post(chat))
@@ -185,7 +303,7 @@ impl Server {
             // Bodies up to 4× the limit are read whole and refused with a JSON 413; larger ones are cut off by axum.
             .layer(DefaultBodyLimit::max(cfg.max_body_bytes.saturating_mul(4)));
         let router = Router::new().route("/health", get(health)).merge(api).with_state(state);
-        Self { router, cfg }
+        Ok(Self { router, cfg, abort })
     }
 
     /// The routes, to mount in another axum application (without this server's connection limits).
@@ -194,7 +312,8 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then lets requests in progress finish for at most
-    /// `shutdown_grace` and returns. Says on stderr where it listens, with a warning first when the address is
+    /// `shutdown_grace`; those still running then answer 503 (`shutting_down`) before their connections close,
+    /// and it returns. Says on stderr where it listens, with a warning first when the address is
     /// reachable from other machines and no key is set.
     pub async fn run(
         self,
@@ -239,8 +358,14 @@ impl Server {
             });
         }
         drop(listener);
-        if tokio::time::timeout(self.cfg.shutdown_grace, graceful.shutdown()).await.is_err() {
-            eprintln!("psa serve: requests still running after {:?}; closing them", self.cfg.shutdown_grace);
+        let closed = graceful.shutdown();
+        tokio::pin!(closed);
+        if tokio::time::timeout(self.cfg.shutdown_grace, &mut closed).await.is_err() {
+            eprintln!("psa serve: requests still running after {:?}; answering them 503", self.cfg.shutdown_grace);
+            let _ = self.abort.send(true);
+            if tokio::time::timeout(ABORT_FLUSH, &mut closed).await.is_err() {
+                eprintln!("psa serve: connections still open {ABORT_FLUSH:?} later; closing them");
+            }
         }
         Ok(())
     }
@@ -267,14 +392,20 @@ pub async fn shutdown_signal() {
     ctrl_c.await;
 }
 
-/// Authentication, readiness and the pending-request bound of the `/v1` routes, then the request time limit.
+/// How long the 503s of an aborted shutdown get to reach their clients.
+const ABORT_FLUSH: Duration = Duration::from_secs(2);
+
+/// The key of an `Authorization` header: the `Bearer` scheme in any case (RFC 9110 §11.1), then the token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Authentication and readiness of the `/v1` routes, then the request time limit and the shutdown abort. The
+/// pending-request bound is taken by the handlers after the body is read ([`AppState::admit`]).
 async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.cfg.api_key {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
         if !presented.is_some_and(|p| key.verify(p)) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -289,22 +420,29 @@ async fn gate(State(state): State<Arc<AppState>>, request: Request, next: Next) 
         Readiness::WarmingUp => return ApiError::unavailable("the model is warming up; retry shortly").into_response(),
         Readiness::Failed(_) => return ApiError::unavailable("the model failed its warm-up").into_response(),
     }
-    let Ok(_permit) = state.pending.clone().try_acquire_owned() else {
-        let message = format!("the server is busy ({} requests pending); retry later", state.cfg.max_pending);
-        let mut response = ApiError::unavailable(message).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    };
-    match tokio::time::timeout(state.cfg.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::timeout().into_response(),
+    let mut aborting = state.aborting.clone();
+    tokio::select! {
+        r = tokio::time::timeout(state.cfg.request_timeout, next.run(request)) => match r {
+            Ok(response) => response,
+            Err(_) => ApiError::timeout().into_response(),
+        },
+        _ = aborting.wait_for(|a| *a) => {
+            let mut response = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; retry on another instance",
+            )
+            .into_response();
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     match state.engine.readiness() {
         Readiness::Ready => {
-            let pending = state.cfg.max_pending.max(1) - state.pending.available_permits();
+            let pending = state.cfg.max_pending - state.pending.available_permits();
             Json(json!({"status": "ready", "model": state.cfg.model_name, "pending": pending})).into_response()
         }
         Readiness::WarmingUp => {
@@ -353,20 +491,20 @@ async fn classify(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<ClassifyBody>,
 ) -> Result<Json<Verdict>, ApiError> {
+    let _place = state.admit()?;
     if body.policy.is_some() {
         state.client_policy_allowed("`policy`")?;
     }
     let deadline = Instant::now() + state.cfg.request_timeout;
+    let question = body.question.unwrap_or_else(|| "Describe the image.".into());
     let s = state.clone();
-    let request = blocking(move || {
-        let p = s.engine.pipeline();
-        let question = body.question.unwrap_or_else(|| "Describe the image.".into());
-        check_question(&question, p, &s.cfg.limits)?;
-        let policy = s.policy(body.policy.as_ref())?;
-        let image = image_from_base64(&body.image, p, &s.cfg.limits)?;
-        Ok(GuardRequest { id: body.id, image, question, policy })
+    let (question, policy) = blocking(move || {
+        check_question(&question, s.engine.pipeline(), &s.cfg.limits)?;
+        Ok((question, s.policy(body.policy.as_ref())?))
     })
     .await?;
+    let (image, _memory) = state.image(body.image, deadline).await?;
+    let request = GuardRequest { id: body.id, image, question, policy };
     state.engine.classify(request, deadline).await.map(Json)
 }
 
@@ -410,6 +548,7 @@ async fn chat(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> Result<Json<ChatCompletion>, ApiError> {
+    let _place = state.admit()?;
     if body.psa_policy.is_some() {
         state.client_policy_allowed("`psa_policy`")?;
     }
@@ -432,19 +571,19 @@ async fn chat(
     let deadline = Instant::now() + state.cfg.request_timeout;
     let model = body.model.clone().unwrap_or_else(|| state.cfg.model_name.clone());
     let s = state.clone();
-    let (request, generation) = blocking(move || {
-        let p = s.engine.pipeline();
+    let (question, url, policy) = blocking(move || {
         let (question, url) = question_and_image(body.messages)?;
-        check_question(&question, p, &s.cfg.limits)?;
-        let policy = s.policy(body.psa_policy.as_ref())?;
-        let image = image_from_base64(&url, p, &s.cfg.limits)?;
-        let mut generation = p.generation_config(max_tokens);
-        generation.temperature = body.temperature.unwrap_or(0.0);
-        generation.top_p = body.top_p;
-        generation.seed = body.seed.unwrap_or(generation.seed);
-        Ok((GuardRequest { id: None, image, question, policy }, generation))
+        check_question(&question, s.engine.pipeline(), &s.cfg.limits)?;
+        Ok((question, url, s.policy(body.psa_policy.as_ref())?))
     })
     .await?;
+    let (image, _memory) = state.image(url, deadline).await?;
+    let p = state.engine.pipeline();
+    let mut generation = p.generation_config(max_tokens);
+    generation.temperature = body.temperature.unwrap_or(0.0);
+    generation.top_p = body.top_p;
+    generation.seed = body.seed.unwrap_or(generation.seed);
+    let request = GuardRequest { id: None, image, question, policy };
     let guard = body.psa_guard.unwrap_or(true);
     let response = state.engine.chat(request, generation, guard, deadline).await?;
     Ok(Json(completion(response, model)))
@@ -455,6 +594,7 @@ fn completion(response: GuardedResponse, model: String) -> ChatCompletion {
         Finish::Stop => "stop",
         Finish::Length => "length",
         Finish::Refused => "content_filter",
+        Finish::Cancelled => "cancelled",
     };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     ChatCompletion {

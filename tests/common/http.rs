@@ -39,7 +39,7 @@ pub fn start(pipeline: GuardedPipeline, cfg: ServeConfig, wait_ready: bool) -> R
             let shutdown = async {
                 let _ = stop_rx.await;
             };
-            Server::new(pipeline, cfg).run(listener, shutdown).await.unwrap();
+            Server::new(pipeline, cfg).unwrap().run(listener, shutdown).await.unwrap();
         });
         let _ = done_tx.send(());
     });

@@ -71,6 +71,15 @@ pub enum GgufError {
         #[source]
         source: GgmlTypeError,
     },
+    /// Tensor descriptors that do not tile the data section: a duplicate name, an unaligned offset, bytes shared
+    /// by two tensors, or unused bytes between them (a relabelled type or a shifted offset).
+    #[error("tensor {tensor} {problem}")]
+    Layout {
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// An alignment that is not a power of two up to 2^20.
     #[error("general.alignment {0} is not a power of two up to 2^20")]
     Alignment(u64),

@@ -245,9 +245,11 @@ impl GgufFile {
         let alignment = alignment as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let file = Self { version, metadata, tensors, path: path.into(), bytes: Arc::new(bytes), data_start };
+        let mut spans = Vec::with_capacity(file.tensors.len());
         for t in &file.tensors {
-            file.raw(t)?;
+            spans.push((t.offset, t.offset + file.raw(t)?.len() as u64, t.name.as_str()));
         }
+        check_tiling(&mut spans, alignment as u64, (file.bytes.len() - file.data_start.min(file.bytes.len())) as u64)?;
         Ok(file)
     }
 
@@ -287,4 +289,36 @@ impl GgufFile {
         let raw = self.raw(t).map_err(|source| LoadError::Gguf { path: self.path.clone(), source })?;
         Ok(t.ggml_type.dequantize(raw, t.len()))
     }
+}
+
+/// Checks that tensor byte ranges `(start, end, name)` (offsets from the data section) tile it as GGUF writers lay
+/// it out: names unique, each start aligned, in order without overlap, and no gap of a whole alignment unit or more
+/// (the only gap is the padding up to the next aligned offset), nor a whole unit after the last one in the `data`
+/// bytes the file holds.
+fn check_tiling(spans: &mut [(u64, u64, &str)], alignment: u64, data: u64) -> Result<(), GgufError> {
+    let layout = |tensor: &str, problem: String| GgufError::Layout { tensor: tensor.into(), problem };
+    let mut names = std::collections::HashSet::new();
+    if let Some(&(_, _, name)) = spans.iter().find(|s| !names.insert(s.2)) {
+        return Err(layout(name, "is described twice".into()));
+    }
+    spans.sort_unstable();
+    let mut at = 0u64;
+    for &(start, end, name) in spans.iter() {
+        if start % alignment != 0 {
+            return Err(layout(name, format!("starts at offset {start}, not a multiple of the alignment {alignment}")));
+        }
+        if start < at {
+            return Err(layout(name, format!("starts at offset {start}, inside the tensor before it (ends at {at})")));
+        }
+        if start - at >= alignment {
+            return Err(layout(name, format!("starts at offset {start}, leaving bytes {at}..{start} unused")));
+        }
+        at = end;
+    }
+    if let Some(&(_, end, name)) = spans.last()
+        && data.saturating_sub(end) >= alignment
+    {
+        return Err(layout(name, format!("ends at offset {end}, leaving {} bytes after it unused", data - end)));
+    }
+    Ok(())
 }

@@ -184,6 +184,7 @@ impl LlamaConfig {
                 ("max_position_embeddings", self.max_position_embeddings, 1 << 22),
             ],
         )?;
+        crate::config::check_epsilon("text config", "rms_norm_eps", self.rms_norm_eps)?;
         let (h, kv) = (self.num_attention_heads, self.kv_heads());
         if h == 0 || kv == 0 || h % kv != 0 {
             return Err(ConfigError::Invalid(format!(

@@ -70,6 +70,7 @@ impl ClipVisionConfig {
 
     /// Checks every size is positive and sane and the patch fits the image.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::check_epsilon("vision config", "layer_norm_eps", self.layer_norm_eps)?;
         crate::config::check_sizes(
             "vision config",
             &[

@@ -82,6 +82,7 @@ impl Dinov2Config {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::check_epsilon("dinov2 config", "layer_norm_eps", self.layer_norm_eps)?;
         crate::config::check_sizes(
             "dinov2 config",
             &[

@@ -4,7 +4,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use ::image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use ::image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use crate::error::ImageError;
 
@@ -15,14 +15,55 @@ pub struct ImageLimits {
     pub max_side: u32,
     /// Largest width × height.
     pub max_pixels: u64,
+    /// Largest image file [`load_image_within`] reads, bytes.
+    pub max_file_bytes: u64,
 }
 
 impl Default for ImageLimits {
-    /// 16384 per side and 64 megapixels (192 MiB of RGB8): far above any camera photo, far below an allocation
-    /// that could take the process down.
+    /// 16384 per side and 64 megapixels (256 MiB decoded): far above any camera photo, far below an allocation
+    /// that could take the process down; files up to 256 MiB.
     fn default() -> Self {
-        Self { max_side: 16_384, max_pixels: 64 << 20 }
+        Self::new(16_384, 64 << 20)
     }
+}
+
+/// Most memory the chunks before the pixel data may take while the header is read (a PNG's compressed colour
+/// profile and text chunks inflate into it): real ICC profiles take well under 1 MiB.
+pub const HEADER_BYTES: u64 = 8 << 20;
+
+/// Most memory a decoder takes besides its output buffer (row buffers, the zlib window, Huffman tables).
+pub const DECODER_BYTES: u64 = 16 << 20;
+
+impl ImageLimits {
+    /// Limits of `max_side` per side and `max_pixels` in all, with files up to 256 MiB.
+    pub fn new(max_side: u32, max_pixels: u64) -> Self {
+        Self { max_side, max_pixels, max_file_bytes: 256 << 20 }
+    }
+
+    /// Largest decoded buffer: 4 bytes (RGBA8) per pixel at the pixel limit. A 16-bit image takes up to 8 bytes
+    /// a pixel, so it is refused above half the pixel limit.
+    pub fn max_decoded_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(4)
+    }
+
+    /// The most memory one decode within these limits holds at once: the decoded buffer, the header's chunks and
+    /// the decoder's own buffers (the encoded bytes are the caller's).
+    pub fn decode_memory_bound(&self) -> u64 {
+        self.max_decoded_bytes().saturating_add(HEADER_BYTES + DECODER_BYTES)
+    }
+}
+
+/// What an image's header declares, read within [`HEADER_BYTES`] and checked against the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// PNG or JPEG.
+    pub format: ImageFormat,
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+    /// Size of the decoded buffer, bytes.
+    pub decoded_bytes: u64,
 }
 
 /// Opens and strictly decodes an image file within the default limits; every failure names the file.
@@ -30,10 +71,10 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, ImageError> {
     load_image_within(path, &ImageLimits::default())
 }
 
-/// [`load_image`] within `limits`.
+/// [`load_image`] within `limits`. Only a regular file is read (a device such as `/dev/zero`, a FIFO or a
+/// directory is an error before anything is read), and at most `limits.max_file_bytes` of it.
 pub fn load_image_within(path: &Path, limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ImageError::Decode { path: path.into(), source: ::image::ImageError::IoError(e) })?;
+    let bytes = read_regular_file(path, limits.max_file_bytes)?;
     decode_image(&bytes, limits).map_err(|e| match e {
         ImageError::DecodeBytes(source) => ImageError::Decode { path: path.into(), source },
         ImageError::Invalid(reason) => ImageError::Invalid(format!("{}: {reason}", path.display())),
@@ -41,17 +82,62 @@ pub fn load_image_within(path: &Path, limits: &ImageLimits) -> Result<DynamicIma
     })
 }
 
-/// Strictly decodes PNG or JPEG bytes within `limits`.
-pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
-    let reader = || ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(ImageError::from_io);
-    let format = match reader()?.format() {
+/// Reads a regular file of at most `max` bytes; anything else is an error naming the path.
+fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| ImageError::Decode { path: path.into(), source: ::image::ImageError::IoError(e) };
+    let invalid = |reason: String| ImageError::Invalid(format!("{}: {reason}", path.display()));
+    // Checked before opening: opening a FIFO blocks until a writer comes.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file (a device, FIFO, socket or directory is never read)".into()));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!("the file has {} bytes; the limit is {max}", meta.len())));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(invalid(format!("the file grew past the limit of {max} bytes while it was read")));
+    }
+    Ok(bytes)
+}
+
+/// Reads and checks an image's header within [`HEADER_BYTES`]: PNG or JPEG, a declared size within the limits,
+/// and a decoded size within [`ImageLimits::max_decoded_bytes`]. Nothing is decoded.
+pub fn probe_image(bytes: &[u8], limits: &ImageLimits) -> Result<ImageHeader, ImageError> {
+    let (header, _) = header_decoder(bytes, limits)?;
+    Ok(header)
+}
+
+/// The header and a decoder positioned after it, whose allocations are bounded by [`HEADER_BYTES`].
+fn header_decoder<'a>(
+    bytes: &'a [u8],
+    limits: &ImageLimits,
+) -> Result<(ImageHeader, impl ImageDecoder + 'a), ImageError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(ImageError::from_io)?;
+    let format = match reader.format() {
         Some(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => f,
         Some(other) => {
             return Err(ImageError::Invalid(format!("{other:?} images are not supported (PNG or JPEG expected)")));
         }
         None => return Err(ImageError::Invalid("image format not recognised (PNG or JPEG expected)".into())),
     };
-    let (width, height) = reader()?.into_dimensions().map_err(ImageError::DecodeBytes)?;
+    let mut l = Limits::default();
+    l.max_alloc = Some(HEADER_BYTES);
+    reader.limits(l);
+    let mut decoder = reader.into_decoder().map_err(ImageError::DecodeBytes)?;
+    // The PNG decoder drops a colour profile it cannot inflate within the budget and goes on; such a file is refused.
+    if format == ImageFormat::Png && png_has_iccp(bytes) && decoder.icc_profile().ok().flatten().is_none() {
+        return Err(ImageError::Invalid(format!(
+            "the PNG's colour profile (iCCP) is corrupt or inflates past {HEADER_BYTES} bytes"
+        )));
+    }
+    let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::Invalid(format!("the image declares {width}×{height} pixels")));
     }
@@ -62,24 +148,80 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, 
             limits.max_side, limits.max_pixels
         )));
     }
-    match format {
+    let decoded_bytes = decoder.total_bytes();
+    if decoded_bytes > limits.max_decoded_bytes() {
+        return Err(ImageError::Invalid(format!(
+            "the {width}×{height} image decodes to {decoded_bytes} bytes ({:?}); the limit is {} (4 bytes a pixel \
+             at the pixel limit)",
+            decoder.color_type(),
+            limits.max_decoded_bytes()
+        )));
+    }
+    Ok((ImageHeader { format, width, height, decoded_bytes }, decoder))
+}
+
+/// Strictly decodes PNG or JPEG bytes within `limits`, holding at most [`ImageLimits::decode_memory_bound`]
+/// besides `bytes`.
+pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
+    let (header, mut decoder) = header_decoder(bytes, limits)?;
+    match header.format {
         ImageFormat::Jpeg => {
+            drop(decoder);
             check_jpeg_complete(bytes)?;
-            return decode_jpeg_strict(bytes, limits);
+            let image = decode_jpeg_strict(bytes, limits)?;
+            check_jpeg_not_padded(bytes, &image, limits)?;
+            return Ok(image);
         }
         ImageFormat::Png if !bytes.windows(IEND.len()).any(|w| w == IEND) => {
             return Err(ImageError::Invalid("the PNG is truncated (no IEND chunk)".into()));
         }
         _ => {}
     }
-    let mut r = reader()?;
     let mut l = Limits::default();
     l.max_image_width = Some(limits.max_side);
     l.max_image_height = Some(limits.max_side);
-    // Decoded RGBA16 of the largest allowed image, plus the decoder's own buffers.
-    l.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
-    r.limits(l);
-    r.decode().map_err(ImageError::DecodeBytes)
+    l.max_alloc = Some(header.decoded_bytes.saturating_add(DECODER_BYTES));
+    decoder.set_limits(l).map_err(ImageError::DecodeBytes)?;
+    DynamicImage::from_decoder(decoder).map_err(ImageError::DecodeBytes)
+}
+
+/// Refuses a JPEG whose last scan was cut short and given an end-of-image marker: the decoder fills a scan that
+/// meets the end marker early with zero bits and reports success. Bytes inserted before the end marker change
+/// nothing in a complete scan (its data ended before them) but enter a cut one, so the image is decoded again with
+/// them and must come out the same. When that second decode fails, nothing can be told and the image stands.
+fn check_jpeg_not_padded(bytes: &[u8], image: &DynamicImage, limits: &ImageLimits) -> Result<(), ImageError> {
+    let Some(end) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return Ok(()) };
+    let mut padded = Vec::with_capacity(bytes.len() + PAD.len());
+    padded.extend_from_slice(&bytes[..end]);
+    padded.extend_from_slice(&PAD);
+    padded.extend_from_slice(&bytes[end..]);
+    match decode_jpeg(&padded, limits, false) {
+        Ok(other) if other.as_bytes() != image.as_bytes() => Err(ImageError::Invalid(
+            "the JPEG is truncated: its last scan ends before its image data does (an end marker was appended)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Non-zero filler without `0xFF`, so it can never form a marker or look like the zero bits a decoder pads with.
+const PAD: [u8; 64] = [0x5A; 64];
+
+/// Whether a PNG has an `iCCP` chunk before its image data (chunks walked from the signature).
+fn png_has_iccp(bytes: &[u8]) -> bool {
+    let mut at = 8usize;
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        match &head[4..8] {
+            b"iCCP" => return true,
+            b"IDAT" | b"IEND" => return false,
+            _ => {}
+        }
+        at = match at.checked_add(12).and_then(|a| a.checked_add(len)) {
+            Some(next) => next,
+            None => return false,
+        };
+    }
+    false
 }
 
 /// The end of every complete PNG: the `IEND` chunk type and its fixed CRC.
@@ -88,11 +230,16 @@ const IEND: [u8; 8] = [0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82];
 /// Decodes a JPEG with the decoder's strict mode on: a scan that runs out of data or a marker inside entropy-coded
 /// data is an error. Colour spaces map as in `image`'s own JPEG decoder, so pixels are identical to it.
 fn decode_jpeg_strict(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
+    decode_jpeg(bytes, limits, true)
+}
+
+/// Decodes a JPEG with zune-jpeg, in strict mode or not.
+fn decode_jpeg(bytes: &[u8], limits: &ImageLimits, strict: bool) -> Result<DynamicImage, ImageError> {
     use zune_core::colorspace::ColorSpace;
     let corrupt = |e: zune_jpeg::errors::DecodeErrors| ImageError::Invalid(format!("corrupt JPEG: {e}"));
     let side = limits.max_side as usize;
     let options =
-        zune_core::options::DecoderOptions::default().set_strict_mode(true).set_max_width(side).set_max_height(side);
+        zune_core::options::DecoderOptions::default().set_strict_mode(strict).set_max_width(side).set_max_height(side);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(corrupt)?;
     let space = decoder.input_colorspace().unwrap_or(ColorSpace::RGB);
@@ -218,6 +365,8 @@ mod tests {
                 assert!(!decoded, "{format:?} cut to {keep} of {} bytes decoded", bytes.len());
             }
             let small = ImageLimits { max_side: 63, ..limits };
+            let appended = [&bytes[..bytes.len() * 3 / 4], &[0xFF, 0xD9][..]].concat();
+            assert!(decode_image(&appended, &limits).is_err(), "{format:?} cut with an end marker decoded");
             assert!(error(&bytes, &small).contains("declares 64×48"));
             let few = ImageLimits { max_pixels: 64 * 48 - 1, ..limits };
             assert!(error(&bytes, &few).contains("declares 64×48"));
@@ -235,7 +384,7 @@ mod tests {
         let err = error(&bytes, &ImageLimits::default());
         assert!(err.contains("cannot hold the 750000 blocks"), "{err}");
         error(&bytes[..sof + 19], &ImageLimits::default());
-        let tight = ImageLimits { max_side: 4096, max_pixels: 4 << 20 };
+        let tight = ImageLimits::new(4096, 4 << 20);
         assert!(error(&bytes, &tight).contains("declares 4000×4000"));
     }
 }

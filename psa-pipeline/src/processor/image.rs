@@ -136,8 +136,31 @@ impl ImageProcessorConfig {
             }
             (_, false) => None,
         };
-        if self.image_mean.len() != 3 || self.image_std.len() != 3 || self.image_std.contains(&0.0) {
-            return Err(ConfigError::Invalid("image_mean and image_std need 3 values, std non-zero".into()));
+        if self.image_mean.len() != 3 || self.image_std.len() != 3 {
+            return Err(ConfigError::Invalid("image_mean and image_std need 3 values".into()));
+        }
+        // Pixels are in [0, 1] after rescaling (else [0, 255]): statistics outside that scale, or a scale that
+        // flips or blows up the pixels, turn every image into the same input.
+        if !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0 && self.rescale_factor <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "rescale_factor must lie in (0, 1], got {}",
+                self.rescale_factor
+            )));
+        }
+        let scale = if self.do_rescale { 1.0 } else { 255.0 };
+        if let Some(m) = self.image_mean.iter().find(|m| !(m.is_finite() && m.abs() <= scale)) {
+            return Err(ConfigError::Invalid(format!("image_mean {m} is not a pixel mean (|mean| ≤ {scale})")));
+        }
+        if let Some(s) = self.image_std.iter().find(|s| !(s.is_finite() && (1e-3 * scale..=scale).contains(*s))) {
+            return Err(ConfigError::Invalid(format!(
+                "image_std {s} is not a pixel spread (between {} and {scale})",
+                1e-3 * scale
+            )));
+        }
+        for (name, side) in [("size", resize.map(|r| r.longest())), ("crop_size", crop.map(|(h, w)| h.max(w)))] {
+            if side.is_some_and(|n| n == 0 || n > MAX_SIDE) {
+                return Err(ConfigError::Invalid(format!("{name} must lie in 1..={MAX_SIDE} pixels")));
+            }
         }
         let filter = PilFilter::from_id(self.resample).ok_or_else(|| ConfigError::Unsupported {
             key: "resample",
@@ -152,6 +175,18 @@ impl ImageProcessorConfig {
 enum Resize {
     ShortestEdge(usize),
     Exact(usize, usize),
+}
+
+/// Largest resize or crop side a preprocessor config may ask for.
+const MAX_SIDE: usize = 4096;
+
+impl Resize {
+    fn longest(self) -> usize {
+        match self {
+            Self::ShortestEdge(s) => s,
+            Self::Exact(h, w) => h.max(w),
+        }
+    }
 }
 
 fn parse_size(v: &Value, key: &'static str) -> Result<Resize, ConfigError> {

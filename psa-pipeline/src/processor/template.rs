@@ -71,7 +71,7 @@ pub enum Template {
 /// The byte range of the user's `question` (its `<image>` marks removed, trimmed) inside `rendered`, found after the
 /// first `<image>`; `None` when the question is empty or not there.
 pub fn question_span(rendered: &str, question: &str) -> Option<std::ops::Range<usize>> {
-    let q = question.replace("<image>", "");
+    let q = crate::processor::text::strip_marks(question, "<image>");
     let q = q.trim();
     if q.is_empty() {
         return None;
@@ -193,7 +193,7 @@ impl Template {
     /// [`image_prompt`](Self::image_prompt) with an optional safety hint: `ref_inference` uses the reference's
     /// exact layout; the others append `\nSafe Hint: {hint}` to the user turn.
     pub fn guarded_prompt(&self, question: &str, hint: Option<&str>) -> String {
-        let q = question.replace("<image>", "");
+        let q = crate::processor::text::strip_marks(question, "<image>");
         let q = q.trim();
         match (self, hint) {
             (Self::RefInference { system }, Some(h)) => {
@@ -234,6 +234,8 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<image>\nWhat is this?<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(matches!(Template::by_name("alpaca"), Err(TextError::UnknownTemplate(_))));
+        // Marks spliced into one another leave none behind.
+        assert_eq!(t.image_prompt("<ima<image>ge>What?"), t.image_prompt("What?"));
         let hf = Template::by_name("llava_hf").unwrap();
         assert_eq!(
             hf.image_prompt("What's the content of the image?"),

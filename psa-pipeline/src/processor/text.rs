@@ -20,6 +20,19 @@ pub enum PaddingSide {
 pub struct TextProcessor {
     tokenizer: Tokenizer,
     image_token_id: u32,
+    image_token: String,
+    /// The text of every special added token (`<s>`, `</s>`, `<|im_start|>`, …), longest first.
+    control_tokens: Vec<String>,
+}
+
+/// Removes every `image_token` from `text` until none is left, so marks spliced into one another
+/// (`<ima<image>ge>`) cannot leave one behind.
+pub fn strip_marks(text: &str, image_token: &str) -> String {
+    let mut out = text.to_string();
+    while !image_token.is_empty() && out.contains(image_token) {
+        out = out.replace(image_token, "");
+    }
+    out
 }
 
 /// For each token's byte offsets, whether it overlaps `span` (a SentencePiece token may carry the space before a word).
@@ -47,7 +60,33 @@ impl TextProcessor {
     pub fn new(tokenizer: Tokenizer, image_token: &str) -> Result<Self, TextError> {
         let image_token_id =
             tokenizer.token_to_id(image_token).ok_or_else(|| TextError::MissingToken(image_token.into()))?;
-        Ok(Self { tokenizer, image_token_id })
+        let mut control_tokens: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.content.is_empty() && t.content != image_token)
+            .map(|t| t.content)
+            .collect();
+        control_tokens.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        control_tokens.dedup();
+        Ok(Self { tokenizer, image_token_id, image_token: image_token.into(), control_tokens })
+    }
+
+    /// A user's text as it enters a prompt: image marks removed ([`strip_marks`]), and refused when it holds the
+    /// text of a special token, which the tokenizer would read as the real token (a typed `<|im_end|>` or `</s>`
+    /// would end the user's turn and let the text forge a system or assistant turn around the safety hint).
+    pub fn user_text(&self, text: &str) -> Result<String, TextError> {
+        let text = strip_marks(text, &self.image_token);
+        match self.control_tokens.iter().find(|t| text.contains(t.as_str())) {
+            Some(token) => Err(TextError::UserText(format!(
+                "the text holds the special token {token:?}, which only the conversation template may write"
+            ))),
+            None => Ok(text),
+        }
+    }
+
+    /// The special tokens [`user_text`](Self::user_text) refuses, longest first.
+    pub fn control_tokens(&self) -> &[String] {
+        &self.control_tokens
     }
 
     /// The underlying tokenizer.

@@ -138,7 +138,10 @@ pub(super) fn respond_under(
             .into_iter()
             .map(|(_, r)| GuardRequest { policy: Some(policy.clone()), ..r })
             .collect();
-        let answers = pipeline.respond(&batch, &opts.generation, true).map_err(model_err)?;
+        // A policy that allows every verdict is the unguarded baseline: it runs without the guard, so the verdicts
+        // the guard refuses as invalid (a tie, a near-uniform head) do not shape what the baseline measures.
+        let guard = !(policy.default_action == psa_core::Action::Allow && policy.rules.is_empty());
+        let answers = pipeline.respond(&batch, &opts.generation, guard).map_err(model_err)?;
         let ran: Vec<usize> = (0..answers.len()).filter(|&k| answers[k].finish != Finish::Refused).collect();
         let pairs: Vec<(&str, &str)> =
             ran.iter().map(|&k| (batch[k].question.as_str(), answers[k].answer.as_str())).collect();

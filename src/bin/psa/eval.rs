@@ -252,6 +252,17 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<()> {
     let fit = fit_calibration(&p, &set.items, a.batch_size)?;
     let path: &Path = &a.model.model_dir.join("calibration.json");
     fit.calibration.save(path)?;
+    // The directory changed on purpose: its canary's verdicts are taken anew under the new temperatures (the
+    // argmax, all a canary's level and type check reads, does not move) and its manifest is written anew.
+    let dir = &a.model.model_dir;
+    match psa_vlm::pipeline::Canary::load(dir)? {
+        Some(canary) => {
+            psa_vlm::pipeline::add_canary(dir, &canary.inputs(), p.template.clone(), &p.model.llava.device())?;
+        }
+        None => {
+            psa_vlm::import::manifest::write_manifest(dir)?;
+        }
+    }
     println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "fit": fit, "written": path }))?);
     Ok(())
 }

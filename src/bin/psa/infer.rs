@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use psa_vlm::core::{SafetyPolicy, Taxonomy};
 use psa_vlm::device::parse_device;
+use psa_vlm::import::LoadOptions;
 use psa_vlm::models::{HostWeights, Precision};
 use psa_vlm::pipeline::processor::{Template, load_image};
 use psa_vlm::pipeline::saved_template;
@@ -45,6 +46,10 @@ pub struct ModelArgs {
     /// `device`, or `host` (its weights packed once in host memory, f32).
     #[arg(long, value_enum, default_value_t = Vision::Auto)]
     pub vision: Vision,
+    /// Load the directory without checking it against its manifest.json (for a hand-assembled directory; a warning
+    /// says so). `psa seal` writes a manifest instead.
+    #[arg(long)]
+    pub allow_unverified: bool,
 }
 
 /// `--vision`.
@@ -107,8 +112,18 @@ impl ModelArgs {
         let name =
             self.template.clone().or_else(|| saved_template(&self.model_dir)).unwrap_or_else(|| "llava_v1".into());
         let template = Template::by_name(&name)?;
-        let mut p = GuardedPipeline::load_with(&self.model_dir, self.tokenizer.clone(), template, &device, self.dtype)
-            .with_context(|| format!("loading {}", self.model_dir.display()))?;
+        let mut opts = LoadOptions::default().with_precision(self.dtype);
+        if self.allow_unverified {
+            eprintln!(
+                "psa: warning: {} is loaded without checking its manifest (--allow-unverified): a changed or \
+                 corrupted file would go unnoticed",
+                self.model_dir.display()
+            );
+            opts = opts.unverified();
+        }
+        let mut p =
+            GuardedPipeline::load_with_options(&self.model_dir, self.tokenizer.clone(), template, &device, &opts)
+                .with_context(|| format!("loading {}", self.model_dir.display()))?;
         if let Some(path) = &self.taxonomy {
             p = p.with_taxonomy(Taxonomy::from_file(path)?)?;
         }

