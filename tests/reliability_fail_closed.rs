@@ -209,17 +209,7 @@ fn one_flipped_bit_or_an_unlisted_file_fails_the_manifest_and_unverified_loading
 
 #[test]
 fn a_model_directory_whose_canary_comes_out_differently_is_refused() {
-    let p = tiny_pipeline("llava_hf");
-    let dir = scratch("fail-closed-canary");
-    let tokenizer = p.text.tokenizer().clone();
-    let pre = psa_vlm::pipeline::processor::ImageProcessorConfig::for_vision(&p.config.llava.vision);
-    let parts = psa_vlm::pipeline::ModelDirParts {
-        tokenizer: &tokenizer,
-        image_processor: &pre,
-        template: "llava_hf",
-        calibration: None,
-    };
-    psa_vlm::pipeline::save_model_dir(&p.model, &p.config, parts, &dir).unwrap();
+    let dir = saved_tiny_model_dir("fail-closed-canary");
     let inputs: Vec<psa_vlm::pipeline::CanaryInput> = (0..4)
         .map(|k| psa_vlm::pipeline::CanaryInput {
             image: image::DynamicImage::ImageRgb8(draw(k % 2, 10 + k as u64)),

@@ -199,17 +199,7 @@ fn configs_with_fewer_layers_than_their_weights_are_refused_by_default() {
 
 #[test]
 fn a_safety_config_changed_after_saving_is_refused() {
-    let p = tiny_pipeline("llava_hf");
-    let dir = scratch("changed-safety-config");
-    let tokenizer = p.text.tokenizer().clone();
-    let pre = psa_vlm::pipeline::processor::ImageProcessorConfig::for_vision(&p.config.llava.vision);
-    let parts = psa_vlm::pipeline::ModelDirParts {
-        tokenizer: &tokenizer,
-        image_processor: &pre,
-        template: "llava_hf",
-        calibration: None,
-    };
-    psa_vlm::pipeline::save_model_dir(&p.model, &p.config, parts, &dir).unwrap();
+    let dir = saved_tiny_model_dir("changed-safety-config");
     load_psa(&dir, &Device::flex(), &LoadOptions::default()).unwrap();
     let path = dir.join("config.json");
     let original = std::fs::read_to_string(&path).unwrap();

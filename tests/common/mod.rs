@@ -265,6 +265,23 @@ pub fn tiny_pipeline(template: &str) -> psa_vlm::pipeline::GuardedPipeline {
     .unwrap()
 }
 
+/// The tiny pipeline written by `save_model_dir` into a scratch directory (safety config in the weights' metadata,
+/// a manifest over every file, the `llava_hf` template recorded).
+pub fn saved_tiny_model_dir(name: &str) -> PathBuf {
+    let p = tiny_pipeline("llava_hf");
+    let dir = scratch(name);
+    let tokenizer = p.text.tokenizer().clone();
+    let pre = psa_vlm::pipeline::processor::ImageProcessorConfig::for_vision(&p.config.llava.vision);
+    let parts = psa_vlm::pipeline::ModelDirParts {
+        tokenizer: &tokenizer,
+        image_processor: &pre,
+        template: "llava_hf",
+        calibration: None,
+    };
+    psa_vlm::pipeline::save_model_dir(&p.model, &p.config, parts, &dir).unwrap();
+    dir
+}
+
 /// The paper's taxonomy with every hint shortened to "Mind the risk." (the tiny models hold 128–256 positions).
 pub fn short_hint_taxonomy() -> psa_vlm::core::Taxonomy {
     let mut taxonomy = psa_vlm::core::Taxonomy::default();
