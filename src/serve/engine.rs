@@ -267,3 +267,29 @@ fn run_chat(p: &GuardedPipeline, jobs: Vec<ChatJob>) {
         run_batch(&g.requests, g.replies, &g.deadlines, &run);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_pass_sees_a_request_gone_once_its_client_left_or_its_deadline_passed() {
+        let far = Instant::now() + Duration::from_secs(60);
+        let seen = Mutex::new(Vec::new());
+        let record = |works: &[u32], gone: &dyn Fn(usize) -> bool| {
+            seen.lock().unwrap().push((0..works.len()).map(gone).collect::<Vec<_>>());
+            Ok(works.to_vec())
+        };
+        // The first client has left (its receiver dropped); the second waits.
+        let (left, rx_left) = oneshot::channel::<Result<u32, ApiError>>();
+        let (waiting, mut rx_waiting) = oneshot::channel();
+        drop(rx_left);
+        run_batch(&[1, 2], vec![left, waiting], &[far, far], &record);
+        assert_eq!(seen.lock().unwrap().pop(), Some(vec![true, false]));
+        assert_eq!(rx_waiting.try_recv().map(|r| r.ok()), Ok(Some(2)));
+        // A deadline that has passed makes its request gone too.
+        let (late, _rx_late) = oneshot::channel();
+        run_batch(&[3], vec![late], &[Instant::now()], &record);
+        assert_eq!(seen.lock().unwrap().pop(), Some(vec![true]));
+    }
+}

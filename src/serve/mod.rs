@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use psa_pipeline::processor::{DECODER_BYTES, HEADER_BYTES, ImageLimits, probe_image};
+use psa_pipeline::processor::{ImageLimits, probe_image};
 use psa_pipeline::{Finish, GuardRequest, GuardedPipeline, GuardedResponse, Verdict};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -156,7 +156,7 @@ impl ServeConfig {
         if image.max_side == 0 || image.max_pixels == 0 {
             return bad("the image limits must allow at least one pixel".into());
         }
-        let largest = image_cost(image.max_pixels, image.max_decoded_bytes());
+        let largest = image.decode_memory_bound();
         if self.max_image_memory < largest {
             return bad(format!(
                 "max_image_memory {} cannot hold one image at the pixel limit ({largest} bytes)",
@@ -165,12 +165,6 @@ impl ServeConfig {
         }
         Ok(())
     }
-}
-
-/// The memory a request's image holds while it is decoded and queued: its decoded buffer, the RGB8 copy the
-/// request keeps, and the decoder's own buffers.
-pub fn image_cost(pixels: u64, decoded_bytes: u64) -> u64 {
-    decoded_bytes.saturating_add(pixels.saturating_mul(3)).saturating_add(HEADER_BYTES + DECODER_BYTES)
 }
 
 impl Default for ServeConfig {
@@ -243,8 +237,7 @@ impl AppState {
             Ok((bytes, header))
         })
         .await?;
-        let pixels = u64::from(header.width) * u64::from(header.height);
-        let kib = image_cost(pixels, header.decoded_bytes).div_ceil(1024);
+        let kib = header.memory().div_ceil(1024);
         let permits = u32::try_from(kib).map_err(|_| ApiError::internal())?;
         let wait = deadline.saturating_duration_since(Instant::now());
         let reserved = tokio::time::timeout(wait, self.images.clone().acquire_many_owned(permits)).await;

@@ -46,11 +46,17 @@ impl ImageLimits {
         self.max_pixels.saturating_mul(4)
     }
 
-    /// The most memory one decode within these limits holds at once: the decoded buffer, the header's chunks and
-    /// the decoder's own buffers (the encoded bytes are the caller's).
+    /// The most memory [`ImageHeader::memory`] gives for an image within these limits.
     pub fn decode_memory_bound(&self) -> u64 {
-        self.max_decoded_bytes().saturating_add(HEADER_BYTES + DECODER_BYTES)
+        memory(self.max_pixels, self.max_decoded_bytes())
     }
+}
+
+/// The memory an image of `pixels` decoding to `decoded` bytes holds at its peak while it is decoded and kept as
+/// RGB8: the decoded buffer, then either a second one (a JPEG is decoded twice by the truncation check) or the RGB8
+/// copy, whichever is larger, plus the header's chunks and the decoder's own buffers.
+fn memory(pixels: u64, decoded: u64) -> u64 {
+    decoded.saturating_add(decoded.max(pixels.saturating_mul(3))).saturating_add(HEADER_BYTES + DECODER_BYTES)
 }
 
 /// What an image's header declares, read within [`HEADER_BYTES`] and checked against the limits.
@@ -64,6 +70,14 @@ pub struct ImageHeader {
     pub height: u32,
     /// Size of the decoded buffer, bytes.
     pub decoded_bytes: u64,
+}
+
+impl ImageHeader {
+    /// The most memory this image holds while [`decode_image`] decodes it and its RGB8 copy is made (the encoded
+    /// bytes are the caller's): what a server reserves before decoding it.
+    pub fn memory(&self) -> u64 {
+        memory(u64::from(self.width) * u64::from(self.height), self.decoded_bytes)
+    }
 }
 
 /// Opens and strictly decodes an image file within the default limits; every failure names the file.
@@ -160,8 +174,7 @@ fn header_decoder<'a>(
     Ok((ImageHeader { format, width, height, decoded_bytes }, decoder))
 }
 
-/// Strictly decodes PNG or JPEG bytes within `limits`, holding at most [`ImageLimits::decode_memory_bound`]
-/// besides `bytes`.
+/// Strictly decodes PNG or JPEG bytes within `limits`, holding at most [`ImageHeader::memory`] besides `bytes`.
 pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
     let (header, mut decoder) = header_decoder(bytes, limits)?;
     match header.format {
