@@ -31,13 +31,13 @@ use psa_vlm::models::vision::{Dinov2Config, VisionConfig, VisionTower};
 use psa_vlm::pipeline::assemble::{assemble_psa, image_text_processor};
 use psa_vlm::pipeline::model_dir::{ModelDirParts, save_model_dir};
 use psa_vlm::pipeline::processor::{ImageProcessorConfig, Template, load_image};
-use psa_vlm::pipeline::{CanaryInput, GuardRequest, GuardedPipeline, add_canary};
+use psa_vlm::pipeline::{GuardRequest, GuardedPipeline, add_canary};
 use psa_vlm::train::Recipe;
 use psa_vlm::train::data::{LabelSpace, read_jsonl};
 use psa_vlm::train::eval::report::{num, pct};
 use psa_vlm::train::eval::{
     CalibrationFit, EvalOptions, EvalReport, Format, Judge, JudgeStyle, LlmJudge, LocalLm, ReadOptions, RefusalPhrases,
-    evaluate, fit_calibration, read_benchmark, write_report,
+    choose_canary, evaluate, fit_calibration, read_benchmark, write_report,
 };
 use psa_vlm::train::feature_cache::FeatureCache;
 use psa_vlm::train::plot::loss_curve;
@@ -246,7 +246,8 @@ fn main() -> Result<()> {
         calibration: Some(&fit.calibration),
     };
     save_model_dir(&pipeline.model, &pipeline.config, parts, &model_dir)?;
-    let canary = canary_inputs(&pipeline, &read("val")?)?;
+    // The two harmful and the two benign validation items the guard judges most surely (never test data).
+    let canary = choose_canary(&pipeline, &read("val")?, 2, 16)?;
     let canary = add_canary(&model_dir, &canary, Template::by_name(template_name)?, &plain)?;
     println!(
         "      canary: {} validation samples ({} risky) with their verdicts, checked by psa serve and psa batch",
@@ -322,37 +323,6 @@ fn main() -> Result<()> {
     std::fs::write(args.out.join("report.md"), md)?;
     println!("done in {total:.1} s; report: {}", args.out.join("report.md").display());
     Ok(())
-}
-
-/// The start-up canary: the two harmful validation items the guard flags most surely and the two benign ones it
-/// allows most surely (held out from training; chosen from the validation split before any test split is read).
-fn canary_inputs(p: &GuardedPipeline, items: &[psa_vlm::train::eval::EvalItem]) -> Result<Vec<CanaryInput>> {
-    let mut scored = Vec::with_capacity(items.len());
-    for chunk in items.chunks(16) {
-        let requests = chunk
-            .iter()
-            .map(|i| {
-                let image = psa_vlm::train::data::images::load(&i.image)?;
-                Ok(GuardRequest { id: None, image, question: i.question.clone(), policy: None })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let verdicts = p.classify(&requests)?;
-        for ((item, request), verdict) in chunk.iter().zip(requests).zip(verdicts) {
-            let a = &verdict.assessment;
-            let (flagged, sure) = (!a.is_safe(&p.taxonomy), a.level_probs[a.level]);
-            if a.fault(&p.taxonomy).is_none() && flagged == item.harmful {
-                scored.push((item.harmful, sure, request));
-            }
-        }
-    }
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut out = Vec::new();
-    for risky in [true, false] {
-        for (_, _, r) in scored.iter().filter(|s| s.0 == risky).take(2) {
-            out.push(CanaryInput { image: r.image.clone(), question: r.question.clone(), risky });
-        }
-    }
-    Ok(out)
 }
 
 fn flag_rate(r: &EvalReport, group: &str) -> Option<f64> {

@@ -247,3 +247,56 @@ fn psa_calibrate_then_eval_write_their_files() {
     assert!(md.contains("not the paper's GPT-4V scores"), "{md}");
     assert_eq!(report["harmful"].as_u64(), Some(2), "\"Safe to Answer\" is benign");
 }
+
+#[test]
+fn a_canary_holds_the_items_judged_rightly_and_most_surely_of_each_class() {
+    let p = tiny_pipeline("llava_hf");
+    let dir = scratch("canary-choice");
+    let question = "What is this?";
+    let mut lines = Vec::new();
+    let mut expected = Vec::new();
+    for k in 0..12u64 {
+        let image = draw((k % 4) as usize, 40 + k);
+        image.save(dir.join(format!("{k}.png"))).unwrap();
+        let request = psa_vlm::pipeline::GuardRequest {
+            id: None,
+            image: image::DynamicImage::ImageRgb8(image),
+            question: question.into(),
+            policy: None,
+        };
+        let a = p.classify(&[request]).unwrap().remove(0).assessment;
+        let flagged = !a.is_safe(&p.taxonomy);
+        // Even items are labelled as the guard judges them, odd ones the other way: those must never be chosen.
+        let harmful = if k % 2 == 0 { flagged } else { !flagged };
+        // An item without a valid verdict (a tie) is never chosen either.
+        if k % 2 == 0 && a.fault(&p.taxonomy).is_none() {
+            expected.push((harmful, a.level_probs[a.level], k));
+        }
+        let (level, risk) = if harmful { (2, 4) } else { (0, 6) };
+        lines.push(serde_json::json!({
+            "id": format!("i{k}"), "image": format!("{k}.png"), "safe_level": level, "safe_type": risk,
+            "conversations": [{"from": "human", "value": format!("<image>\n{question}")}, {"from": "gpt", "value": "-"}]
+        })
+        .to_string());
+    }
+    std::fs::write(dir.join("val.jsonl"), lines.join("\n")).unwrap();
+    let opts = psa_vlm::train::eval::ReadOptions { image_root: None, skip_missing_images: false };
+    let set = psa_vlm::train::eval::read_benchmark(psa_vlm::train::eval::Format::Jsonl, &dir.join("val.jsonl"), &opts)
+        .unwrap();
+    // One item a pass, as the verdicts above were computed (items of one class score alike; a batch moves the last bits).
+    let chosen = psa_vlm::train::eval::choose_canary(&p, &set.items, 2, 1).unwrap();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut want = Vec::new();
+    for risky in [true, false] {
+        want.extend(expected.iter().filter(|e| e.0 == risky).take(2).map(|e| (risky, e.2)));
+    }
+    let got: Vec<(bool, u64)> = chosen
+        .iter()
+        .map(|c| {
+            let k = (0..12u64).find(|&k| draw((k % 4) as usize, 40 + k) == c.image.to_rgb8()).unwrap();
+            (c.risky, k)
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(got.iter().all(|(_, k)| k % 2 == 0), "an item the guard misjudges was chosen: {got:?}");
+}

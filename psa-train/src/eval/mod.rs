@@ -2,6 +2,7 @@
 //! ([`judge`], [`llm_judge`], the paper's 1–10 judge in [`paper`]), the evaluation run ([`run`], [`respond`]), the
 //! written report ([`report`]) and temperature fitting ([`calibrate`]).
 pub mod calibrate;
+pub mod canary;
 pub mod datasets;
 pub mod judge;
 pub mod llm_judge;
@@ -12,6 +13,7 @@ pub mod respond;
 pub mod run;
 
 pub use calibrate::{CalibrationFit, fit_calibration};
+pub use canary::choose_canary;
 pub use datasets::{EvalItem, EvalSet, FIGSTEP_PROMPT, Format, ReadOptions, read_benchmark};
 pub use judge::{Judge, JudgeKind, PhraseMatch, REFUSAL_PHRASES, RefusalPhrases};
 pub use llm_judge::{HARMBENCH_PROMPT, JudgeStyle, LLAMA_GUARD_PROMPT, LlmJudge, LocalLm, REFUSAL_PROMPT};

@@ -228,6 +228,41 @@ fn eval_record(a: &EvalArgs, report: &psa_vlm::train::eval::EvalReport) -> Resul
     Ok(record)
 }
 
+/// `psa canary` options.
+#[derive(Args, Debug)]
+pub struct CanaryArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Labelled validation split (the project's JSONL; never the test data).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder image paths are relative to (default: the data file's folder).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Harmful items and benign items to keep (the ones judged most surely).
+    #[arg(long, default_value_t = 2)]
+    pub per_class: usize,
+    /// Requests per model pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+/// Runs `psa canary`: chooses held-out items the guard judges rightly and most surely, and stores them with their
+/// verdicts as the model directory's canary (rewriting its manifest).
+pub fn canary(a: &CanaryArgs) -> Result<()> {
+    let p = a.model.load()?;
+    let opts = ReadOptions { image_root: a.image_root.clone(), skip_missing_images: false };
+    let set = read_benchmark(Format::Jsonl, &a.data, &opts)?;
+    let inputs = psa_vlm::train::eval::choose_canary(&p, &set.items, a.per_class, a.batch_size)?;
+    if !inputs.iter().any(|i| i.risky) || inputs.iter().all(|i| i.risky) {
+        bail!("{}: the guard judges no harmful or no benign item rightly; a canary needs both", a.data.display());
+    }
+    let written =
+        psa_vlm::pipeline::add_canary(&a.model.model_dir, &inputs, p.template.clone(), &p.model.llava.device())?;
+    println!("{}", serde_json::to_string_pretty(&written)?);
+    Ok(())
+}
+
 /// `psa calibrate` options.
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {

