@@ -228,9 +228,9 @@ fn eval_record(a: &EvalArgs, report: &psa_vlm::train::eval::EvalReport) -> Resul
     Ok(record)
 }
 
-/// `psa canary` options.
+/// A model directory and a labelled validation split (`psa calibrate`, `psa canary`).
 #[derive(Args, Debug)]
-pub struct CanaryArgs {
+pub struct ValidationArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Labelled validation split (the project's JSONL; never the test data).
@@ -239,52 +239,48 @@ pub struct CanaryArgs {
     /// Folder image paths are relative to (default: the data file's folder).
     #[arg(long)]
     pub image_root: Option<PathBuf>,
-    /// Harmful items and benign items to keep (the ones judged most surely).
-    #[arg(long, default_value_t = 2)]
-    pub per_class: usize,
     /// Requests per model pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+}
+
+impl ValidationArgs {
+    /// The loaded pipeline and the split's items.
+    fn load(&self) -> Result<(GuardedPipeline, Vec<psa_vlm::train::eval::EvalItem>)> {
+        let p = self.model.load()?;
+        let opts = ReadOptions { image_root: self.image_root.clone(), skip_missing_images: false };
+        Ok((p, read_benchmark(Format::Jsonl, &self.data, &opts)?.items))
+    }
+}
+
+/// `psa canary` options.
+#[derive(Args, Debug)]
+pub struct CanaryArgs {
+    #[command(flatten)]
+    pub split: ValidationArgs,
+    /// Harmful items and benign items to keep (the ones judged most surely).
+    #[arg(long, default_value_t = 2)]
+    pub per_class: usize,
 }
 
 /// Runs `psa canary`: chooses held-out items the guard judges rightly and most surely, and stores them with their
 /// verdicts as the model directory's canary (rewriting its manifest).
 pub fn canary(a: &CanaryArgs) -> Result<()> {
-    let p = a.model.load()?;
-    let opts = ReadOptions { image_root: a.image_root.clone(), skip_missing_images: false };
-    let set = read_benchmark(Format::Jsonl, &a.data, &opts)?;
-    let inputs = psa_vlm::train::eval::choose_canary(&p, &set.items, a.per_class, a.batch_size)?;
+    let (p, items) = a.split.load()?;
+    let inputs = psa_vlm::train::eval::choose_canary(&p, &items, a.per_class, a.split.batch_size)?;
     if !inputs.iter().any(|i| i.risky) || inputs.iter().all(|i| i.risky) {
-        bail!("{}: the guard judges no harmful or no benign item rightly; a canary needs both", a.data.display());
+        bail!("{}: the guard judges no harmful or no benign item rightly; a canary needs both", a.split.data.display());
     }
-    let written =
-        psa_vlm::pipeline::add_canary(&a.model.model_dir, &inputs, p.template.clone(), &p.model.llava.device())?;
+    let dir = &a.split.model.model_dir;
+    let written = psa_vlm::pipeline::add_canary(dir, &inputs, p.template.clone(), &p.model.llava.device())?;
     println!("{}", serde_json::to_string_pretty(&written)?);
     Ok(())
 }
 
-/// `psa calibrate` options.
-#[derive(Args, Debug)]
-pub struct CalibrateArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Labelled validation split (the project's JSONL; never the test data).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Folder image paths are relative to (default: the data file's folder).
-    #[arg(long)]
-    pub image_root: Option<PathBuf>,
-    /// Requests per model pass.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-}
-
 /// Runs `psa calibrate`: fits the temperatures and writes `calibration.json` into the model directory.
-pub fn calibrate(a: &CalibrateArgs) -> Result<()> {
-    let p = a.model.load()?;
-    let opts = ReadOptions { image_root: a.image_root.clone(), skip_missing_images: false };
-    let set = read_benchmark(Format::Jsonl, &a.data, &opts)?;
-    let fit = fit_calibration(&p, &set.items, a.batch_size)?;
+pub fn calibrate(a: &ValidationArgs) -> Result<()> {
+    let (p, items) = a.load()?;
+    let fit = fit_calibration(&p, &items, a.batch_size)?;
     let path: &Path = &a.model.model_dir.join("calibration.json");
     fit.calibration.save(path)?;
     // The directory changed on purpose: its canary's verdicts are taken anew under the new temperatures (the

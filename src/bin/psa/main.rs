@@ -96,7 +96,7 @@ enum Command {
     /// policies, written as report.json, report.md and PNG plots.
     Eval(Box<eval::EvalArgs>),
     /// Fit the safety heads' temperatures on a labelled validation split; writes MODEL_DIR/calibration.json.
-    Calibrate(eval::CalibrateArgs),
+    Calibrate(eval::ValidationArgs),
     /// Store a start-up canary in MODEL_DIR: held-out items of a labelled validation split with the verdicts the
     /// directory gives them now, which psa serve and psa batch check before taking work.
     Canary(eval::CanaryArgs),
