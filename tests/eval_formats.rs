@@ -143,3 +143,24 @@ fn missing_images_fail_or_are_counted() {
     std::fs::write(&csv, format!("\u{feff}{text}")).unwrap();
     assert_eq!(read(Format::Figstep, &csv).items.len(), 2);
 }
+
+#[test]
+fn figstep_and_harmbench_images_are_found_in_their_repositories_published_layout() {
+    // FigStep: data/question/safebench.csv and data/images/SafeBench/; HarmBench:
+    // data/behavior_datasets/<csv> and data/multimodal_behavior_images/.
+    let dir = scratch("eval-published-layout");
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("question")).unwrap();
+    std::fs::copy(eval_dir().join("figstep/safebench.csv"), data.join("question/safebench.csv")).unwrap();
+    copy_dir(&eval_dir().join("figstep/images"), &data.join("images"));
+    let set = read(Format::Figstep, &data.join("question/safebench.csv"));
+    assert_eq!(set.items.len(), 2);
+    assert!(set.items[0].image.paths()[0].starts_with(data.join("images/SafeBench")));
+    let csv = "harmbench_behaviors_multimodal_all.csv";
+    std::fs::create_dir_all(data.join("behavior_datasets")).unwrap();
+    std::fs::copy(eval_dir().join("harmbench").join(csv), data.join("behavior_datasets").join(csv)).unwrap();
+    copy_dir(&eval_dir().join("harmbench/multimodal_behavior_images"), &data.join("multimodal_behavior_images"));
+    let set = read(Format::Harmbench, &data.join("behavior_datasets").join(csv));
+    assert_eq!(set.items.len(), 2);
+    assert!(set.items[0].image.paths()[0].starts_with(data.join("multimodal_behavior_images")));
+}

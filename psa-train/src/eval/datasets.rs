@@ -6,8 +6,8 @@
 //! |---|---|---|
 //! | `vlguard` | `test.json`: `id`, `image`, `safe`, `harmful_category`, `instr-resp` | unsafe image, or safe image + `unsafe_instruction` → harmful; subsets `safe_safes`, `safe_unsafes`, `unsafes` |
 //! | `mm-safetybench` | `processed_questions/<scenario>.json` + `imgs/<scenario>/{SD,SD_TYPO,TYPO}/<n>.jpg` | harmful, but scenarios 08 and 10–13 (lobbying, legal, financial, health, government advice) are reported on their own; subset = image kind, category = scenario |
-//! | `figstep` | `safebench.csv` + `images/SafeBench/query_<dataset>_<category_id>_<task_id>_6.png` | harmful; FigStep's fixed instruction |
-//! | `harmbench` | multimodal behaviours CSV (`Behavior`, `BehaviorID`, `ImageFileName`) + `multimodal_behavior_images/` | harmful |
+//! | `figstep` | `safebench.csv` + `query_<dataset>_<category_id>_<task_id>_6.png` in `../images/SafeBench/` (the repository's `data/question/` + `data/images/SafeBench/`), else `images/SafeBench/` beside the CSV | harmful; FigStep's fixed instruction |
+//! | `harmbench` | multimodal behaviours CSV (`Behavior`, `BehaviorID`, `ImageFileName`) + `../multimodal_behavior_images/` (the repository's `data/behavior_datasets/` + `data/multimodal_behavior_images/`), else beside the CSV | harmful |
 //! | `jailbreakv` | `JailBreakV_28K.csv` (`jailbreak_query`, `image_path`, `format`, `policy`) | harmful; subset = attack format |
 //! | `reference-jsonl` | the reference code's test files: `image_path` (`a<split>b` for pairs), `question`, `refused_to_answer`, `type` | harmful unless "Safe to Answer"; subset = the image's folder; `type` picks the 1–10 judge's rubric |
 //! | `jsonl` | the training label schema (`safe_level`, `safe_type`, conversation; optional `subset`) | harmful unless the safe level or type; concept labels kept |
@@ -129,7 +129,8 @@ pub struct EvalSet {
 /// How to read a benchmark.
 #[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
-    /// Folder image paths are relative to (default: the format's usual place beside the data file).
+    /// Folder image paths are relative to (default: where the benchmark's published layout puts them relative to
+    /// the data file, else the format's place beside it).
     pub image_root: Option<PathBuf>,
     /// Skip (and list) entries whose image file is missing instead of failing.
     pub skip_missing_images: bool,
@@ -143,13 +144,26 @@ pub fn read_benchmark(format: Format, path: &Path, opts: &ReadOptions) -> Result
     match format {
         Format::Vlguard => read_vlguard(path, &root(parent()), &mut set)?,
         Format::MmSafetybench => read_mm_safetybench(path, &root(path.join("imgs")), &mut set)?,
-        Format::Figstep => read_figstep(path, &root(parent().join("images").join("SafeBench")), &mut set)?,
-        Format::Harmbench => read_harmbench(path, &root(parent().join("multimodal_behavior_images")), &mut set)?,
+        Format::Figstep => {
+            let beside = parent().join("images").join("SafeBench");
+            let published = parent().parent().map(|data| data.join("images").join("SafeBench"));
+            read_figstep(path, &root(first_folder(published, beside)), &mut set)?
+        }
+        Format::Harmbench => {
+            let beside = parent().join("multimodal_behavior_images");
+            let published = parent().parent().map(|data| data.join("multimodal_behavior_images"));
+            read_harmbench(path, &root(first_folder(published, beside)), &mut set)?
+        }
         Format::Jailbreakv => read_jailbreakv(path, &root(parent()), &mut set)?,
         Format::Jsonl => read_own_jsonl(path, &root(parent()), &mut set)?,
         Format::ReferenceJsonl => super::paper::read_reference_tests(path, &root(parent()), &mut set)?,
     }
     check_images(set, opts.skip_missing_images)
+}
+
+/// `published` when it is a folder, else `fallback` (which the missing-image errors then name).
+fn first_folder(published: Option<PathBuf>, fallback: PathBuf) -> PathBuf {
+    published.filter(|p| p.is_dir()).unwrap_or(fallback)
 }
 
 /// Fails on (or, when asked, skips and lists) items whose image files do not exist.
