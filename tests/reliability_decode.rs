@@ -95,3 +95,23 @@ fn only_regular_files_within_the_size_limit_are_read() {
     assert!(e.contains("4096 bytes; the limit is 1024"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn webp_and_gif_decode_by_their_content_whatever_their_file_name() {
+    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]));
+    let dir = common::scratch("decode-webp-gif");
+    for (format, exact) in [(image::ImageFormat::WebP, true), (image::ImageFormat::Gif, false)] {
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgb8(img.clone()).write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
+        // Shipped under a `.png` name, as real datasets do.
+        let path = dir.join(format!("{format:?}.png"));
+        std::fs::write(&path, &bytes).unwrap();
+        let decoded = load_image(&path).unwrap().to_rgb8();
+        assert_eq!(decoded.dimensions(), (40, 30), "{format:?}");
+        if exact {
+            assert_eq!(decoded, img, "lossless WebP keeps every pixel");
+        }
+        let cut = &bytes[..bytes.len() - 2];
+        assert!(decode_image(cut, &ImageLimits::default()).is_err(), "{format:?} cut by two bytes decoded");
+    }
+}

@@ -62,7 +62,7 @@ fn memory(pixels: u64, decoded: u64) -> u64 {
 /// What an image's header declares, read within [`HEADER_BYTES`] and checked against the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageHeader {
-    /// PNG or JPEG.
+    /// PNG, JPEG, WebP or GIF.
     pub format: ImageFormat,
     /// Width, pixels.
     pub width: u32,
@@ -121,8 +121,8 @@ fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageError> {
     Ok(bytes)
 }
 
-/// Reads and checks an image's header within [`HEADER_BYTES`]: PNG or JPEG, a declared size within the limits,
-/// and a decoded size within [`ImageLimits::max_decoded_bytes`]. Nothing is decoded.
+/// Reads and checks an image's header within [`HEADER_BYTES`]: PNG, JPEG, WebP or GIF, a declared size within the
+/// limits, and a decoded size within [`ImageLimits::max_decoded_bytes`]. Nothing is decoded.
 pub fn probe_image(bytes: &[u8], limits: &ImageLimits) -> Result<ImageHeader, ImageError> {
     let (header, _) = header_decoder(bytes, limits)?;
     Ok(header)
@@ -135,11 +135,15 @@ fn header_decoder<'a>(
 ) -> Result<(ImageHeader, impl ImageDecoder + 'a), ImageError> {
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(ImageError::from_io)?;
     let format = match reader.format() {
-        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => f,
+        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif)) => f,
         Some(other) => {
-            return Err(ImageError::Invalid(format!("{other:?} images are not supported (PNG or JPEG expected)")));
+            return Err(ImageError::Invalid(format!(
+                "{other:?} images are not supported (PNG, JPEG, WebP or GIF expected)"
+            )));
         }
-        None => return Err(ImageError::Invalid("image format not recognised (PNG or JPEG expected)".into())),
+        None => {
+            return Err(ImageError::Invalid("image format not recognised (PNG, JPEG, WebP or GIF expected)".into()));
+        }
     };
     let mut l = Limits::default();
     l.max_alloc = Some(HEADER_BYTES);
@@ -174,7 +178,8 @@ fn header_decoder<'a>(
     Ok((ImageHeader { format, width, height, decoded_bytes }, decoder))
 }
 
-/// Strictly decodes PNG or JPEG bytes within `limits`, holding at most [`ImageHeader::memory`] besides `bytes`.
+/// Strictly decodes PNG, JPEG, WebP or GIF bytes (the first frame of an animation) within `limits`, holding at most
+/// [`ImageHeader::memory`] besides `bytes`.
 pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, ImageError> {
     let (header, mut decoder) = header_decoder(bytes, limits)?;
     match header.format {
@@ -187,6 +192,11 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, 
         }
         ImageFormat::Png if !bytes.windows(IEND.len()).any(|w| w == IEND) => {
             return Err(ImageError::Invalid("the PNG is truncated (no IEND chunk)".into()));
+        }
+        // The GIF decoder returns a frame whose data ended early without a word; a complete file ends with its
+        // trailer byte after the last block's terminator.
+        ImageFormat::Gif if !bytes.ends_with(&[0x00, 0x3B]) => {
+            return Err(ImageError::Invalid("the GIF is truncated (no trailer after its last block)".into()));
         }
         _ => {}
     }
@@ -369,7 +379,7 @@ mod tests {
     #[test]
     fn whole_images_decode_and_truncated_or_oversized_ones_are_errors() {
         let limits = ImageLimits::default();
-        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP, ImageFormat::Gif] {
             let bytes = encoded(format, 64, 48);
             let img = decode_image(&bytes, &limits).map_err(|e| e.to_string()).unwrap();
             assert_eq!((img.width(), img.height()), (64, 48));
@@ -384,7 +394,7 @@ mod tests {
             let few = ImageLimits { max_pixels: 64 * 48 - 1, ..limits };
             assert!(error(&bytes, &few).contains("declares 64×48"));
         }
-        assert!(error(b"GIF89a not really", &limits).contains("PNG or JPEG expected"));
+        assert!(error(b"BM\x00\x00\x00 not really", &limits).contains("PNG, JPEG, WebP or GIF expected"));
         assert!(error(b"plain text", &limits).contains("not recognised"));
     }
 

@@ -143,7 +143,7 @@ impl ModelArgs {
 /// One image and question.
 #[derive(Args, Debug)]
 pub struct Ask {
-    /// The image (PNG or JPEG).
+    /// The image (PNG, JPEG, WebP or GIF).
     #[arg(long)]
     pub image: PathBuf,
     /// The question.
