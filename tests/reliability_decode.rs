@@ -10,6 +10,9 @@ use psa_vlm::pipeline::processor::{
     HEADER_BYTES, ImageLimits, decode_image, load_image, load_image_within, probe_image,
 };
 
+/// Held by the tests that allocate tens of MB, so the peak-memory measurement never sees another test's buffers.
+static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Peak resident memory of this process so far, bytes (Linux `VmHWM`).
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -30,6 +33,7 @@ fn error(bytes: &[u8], limits: &ImageLimits) -> String {
 
 #[test]
 fn a_colour_profile_that_inflates_to_256_mib_is_refused_within_the_header_budget() {
+    let _alone = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     let bomb = std::fs::read(fixtures().join("hostile/iccp-bomb.png")).unwrap();
     let before = peak_rss();
     let limits = ImageLimits::new(4096, 4096 * 3072);
@@ -43,6 +47,7 @@ fn a_colour_profile_that_inflates_to_256_mib_is_refused_within_the_header_budget
 
 #[test]
 fn a_16_bit_image_is_held_to_four_bytes_a_pixel_at_the_pixel_limit() {
+    let _alone = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     let wide = std::fs::read(fixtures().join("hostile/rgb16-3000x2000.png")).unwrap();
     // 6 Mpx under an 8 Mpx limit: as RGB16 it decodes to 36 MB, over the 32 MiB that 8 Mpx of RGBA8 take.
     let limits = ImageLimits::new(4096, 8 << 20);
