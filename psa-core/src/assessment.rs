@@ -120,7 +120,8 @@ impl SafetyAssessment {
                 return Some(format!("{head} {arg} is not the most likely class"));
             }
             let top = p[arg];
-            let second = p.iter().enumerate().filter(|&(i, _)| i != arg).map(|(_, &y)| y).fold(0.0, f32::max);
+            let second =
+                p.iter().enumerate().filter(|&(i, _)| i != arg).map(|(_, &y)| y).max_by(f32::total_cmp).unwrap_or(0.0);
             if classes > 1 && top - second < MIN_MARGIN {
                 return Some(format!(
                     "the {head} head is undecided: its two most likely classes are tied ({top} vs {second})"

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ::image::DynamicImage;
 use burn::tensor::Device;
 use psa_core::SafetyAssessment;
+use psa_core::compare::max_abs_diff;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
@@ -66,6 +67,13 @@ pub struct CanaryInput {
     pub risky: bool,
 }
 
+impl CanaryInput {
+    /// The sample as a request under the pipeline's own policy.
+    fn request(&self) -> GuardRequest {
+        GuardRequest { id: None, image: self.image.clone(), question: self.question.clone(), policy: None }
+    }
+}
+
 fn bad(path: &Path, reason: impl Into<String>) -> PipelineError {
     PipelineError::Load(LoadError::BadFile { path: path.into(), reason: reason.into() })
 }
@@ -106,18 +114,7 @@ impl Canary {
     /// stored ones: same level and type, every probability within the tolerance, and no risky sample whose new
     /// verdict the pipeline's policy allows. Returns one line per failure (empty: the canary passed).
     pub fn failures(&self, pipeline: &GuardedPipeline) -> Result<Vec<String>, PipelineError> {
-        let requests: Vec<GuardRequest> = self
-            .file
-            .samples
-            .iter()
-            .zip(&self.images)
-            .map(|(s, image)| GuardRequest {
-                id: None,
-                image: image.clone(),
-                question: s.question.clone(),
-                policy: None,
-            })
-            .collect();
+        let requests: Vec<GuardRequest> = self.inputs().iter().map(CanaryInput::request).collect();
         let verdicts = pipeline.classify(&requests)?;
         let mut failures = Vec::new();
         for (s, v) in self.file.samples.iter().zip(&verdicts) {
@@ -140,20 +137,31 @@ impl Canary {
                 ));
                 continue;
             }
-            let moved = got
-                .level_probs
-                .iter()
-                .zip(&e.level_probs)
-                .chain(got.type_probs.iter().zip(&e.type_probs))
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
-            if moved > self.file.tolerance || got.level_probs.len() != e.level_probs.len() {
-                failures
-                    .push(format!("{}: probabilities moved by {moved} (tolerance {})", s.image, self.file.tolerance));
+            // NaN, infinities and a changed class count fail the comparison itself.
+            let moved = max_abs_diff(&got.level_probs, &e.level_probs)
+                .and_then(|l| Ok(l.max(max_abs_diff(&got.type_probs, &e.type_probs)?)));
+            match moved {
+                Ok(m) if m <= f64::from(self.file.tolerance) => {}
+                Ok(m) => failures
+                    .push(format!("{}: probabilities moved by {m} (tolerance {})", s.image, self.file.tolerance)),
+                Err(err) => failures.push(format!("{}: probabilities cannot be compared ({err})", s.image)),
             }
         }
         Ok(failures)
     }
+}
+
+/// Removes a directory's canary (`canary.json` and the `canary/` folder), if it has one.
+pub fn remove_canary(dir: &Path) -> Result<(), LoadError> {
+    let io = |path: &Path, e: std::io::Error| LoadError::BadFile { path: path.into(), reason: e.to_string() };
+    let (file, folder) = (dir.join(CANARY), dir.join("canary"));
+    if file.is_file() {
+        std::fs::remove_file(&file).map_err(|e| io(&file, e))?;
+    }
+    if folder.is_dir() {
+        std::fs::remove_dir_all(&folder).map_err(|e| io(&folder, e))?;
+    }
+    Ok(())
 }
 
 /// Adds a canary to a complete model directory: loads the directory as it is on disk (so the stored verdicts are
@@ -170,11 +178,10 @@ pub fn add_canary(
     }
     let opts = psa_import::LoadOptions::default();
     let pipeline = GuardedPipeline::load_with_options(dir, None, template, device, &opts)?;
-    let requests: Vec<GuardRequest> = inputs
-        .iter()
-        .map(|i| GuardRequest { id: None, image: i.image.clone(), question: i.question.clone(), policy: None })
-        .collect();
+    let requests: Vec<GuardRequest> = inputs.iter().map(CanaryInput::request).collect();
     let verdicts = pipeline.classify(&requests)?;
+    // Samples of an earlier canary would otherwise stay in the folder, and in the manifest.
+    remove_canary(dir)?;
     let folder = dir.join("canary");
     std::fs::create_dir_all(&folder).map_err(|e| bad(&folder, e.to_string()))?;
     let mut samples = Vec::with_capacity(inputs.len());

@@ -70,13 +70,7 @@ pub fn save_model_dir(
         }
         None => {}
     }
-    let (canary, folder) = (dir.join(crate::canary::CANARY), dir.join("canary"));
-    if canary.is_file() {
-        std::fs::remove_file(&canary).map_err(|e| io(&canary, e.to_string()))?;
-    }
-    if folder.is_dir() {
-        std::fs::remove_dir_all(&folder).map_err(|e| io(&folder, e.to_string()))?;
-    }
+    crate::canary::remove_canary(dir)?;
     written.push(psa_import::manifest::write_manifest(dir)?);
     Ok(written)
 }

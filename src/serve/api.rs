@@ -197,9 +197,15 @@ pub fn base64_bytes(source: &str) -> Result<Vec<u8>, ApiError> {
 pub fn check_question(question: &str, p: &GuardedPipeline, limits: &InputLimits) -> Result<(), ApiError> {
     let bounds = QuestionLimits { max_bytes: limits.max_question_bytes, max_tokens: limits.max_question_tokens };
     p.check_question_within(question, &bounds).map_err(|e| match e {
-        PipelineError::Text(TextError::QuestionTooLong(_)) => ApiError::bad("question_too_long", e.to_string()),
+        PipelineError::Text(t) => question_error(&t),
         other => ApiError::bad("invalid_question", other.to_string()),
     })
+}
+
+/// The 400 of a question the pipeline refuses: `question_too_long`, else `invalid_question`.
+pub fn question_error(e: &TextError) -> ApiError {
+    let code = if matches!(e, TextError::QuestionTooLong(_)) { "question_too_long" } else { "invalid_question" };
+    ApiError::bad(code, e.to_string())
 }
 
 /// One part of an OpenAI message's content.

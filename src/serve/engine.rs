@@ -14,7 +14,7 @@ use psa_pipeline::{GuardRequest, GuardedPipeline, GuardedResponse, Verdict};
 use psa_pipeline::{PipelineError, TextError};
 use tokio::sync::oneshot;
 
-use super::api::ApiError;
+use super::api::{ApiError, question_error};
 
 /// Where the model stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +168,7 @@ fn serve_lane<W, T>(rx: &Receiver<Job<W, T>>, batching: Batching, mut run: impl 
         }
         // Jobs whose client left or whose deadline passed are not computed.
         let now = Instant::now();
-        batch.retain(|j| !j.reply.is_closed() && j.deadline > now);
+        batch.retain(|j| !gone(&j.reply, j.deadline, now));
         if !batch.is_empty() {
             run(batch);
         }
@@ -177,14 +177,19 @@ fn serve_lane<W, T>(rx: &Receiver<Job<W, T>>, batching: Batching, mut run: impl 
 
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
+/// Whether a request is no longer worth computing at `now`: its client left or its deadline passed.
+fn gone<T>(reply: &Reply<T>, deadline: Instant, now: Instant) -> bool {
+    reply.is_closed() || now >= deadline
+}
+
 /// The model call of a lane: the works of a batch, and whether work `i` may stop (its client left or its deadline
 /// passed).
 type Run<'a, W, T> = dyn Fn(&[W], &dyn Fn(usize) -> bool) -> Result<Vec<T>, PipelineError> + 'a;
 
 /// Runs `f` over the batch; on failure (error or panic) of a batch of several, runs each request alone.
 fn run_batch<W, T>(works: &[W], replies: Vec<Reply<T>>, deadlines: &[Instant], f: &Run<'_, W, T>) {
-    let gone = |i: usize| replies[i].is_closed() || Instant::now() >= deadlines[i];
-    let outcome = catch_unwind(AssertUnwindSafe(|| f(works, &gone)));
+    let is_gone = |i: usize| gone(&replies[i], deadlines[i], Instant::now());
+    let outcome = catch_unwind(AssertUnwindSafe(|| f(works, &is_gone)));
     match outcome {
         Ok(Ok(outs)) if outs.len() == replies.len() => {
             for (reply, out) in replies.into_iter().zip(outs) {
@@ -193,7 +198,7 @@ fn run_batch<W, T>(works: &[W], replies: Vec<Reply<T>>, deadlines: &[Instant], f
         }
         _ if replies.len() > 1 => {
             for (i, reply) in replies.into_iter().enumerate() {
-                if reply.is_closed() || Instant::now() >= deadlines[i] {
+                if gone(&reply, deadlines[i], Instant::now()) {
                     continue;
                 }
                 run_batch(&works[i..=i], vec![reply], &deadlines[i..=i], f);
@@ -216,8 +221,7 @@ fn send_all<T>(replies: Vec<Reply<T>>, e: ApiError) {
 fn model_error(e: PipelineError) -> ApiError {
     match e {
         PipelineError::Model(m @ ModelError::TooLong { .. }) => ApiError::bad("context_length_exceeded", m.to_string()),
-        PipelineError::Text(t @ TextError::UserText(_)) => ApiError::bad("invalid_question", t.to_string()),
-        PipelineError::Text(t @ TextError::QuestionTooLong(_)) => ApiError::bad("question_too_long", t.to_string()),
+        PipelineError::Text(t @ (TextError::UserText(_) | TextError::QuestionTooLong(_))) => question_error(&t),
         other => {
             eprintln!("psa serve: model error: {other}");
             ApiError::internal()

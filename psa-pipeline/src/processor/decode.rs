@@ -185,9 +185,9 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, 
     match header.format {
         ImageFormat::Jpeg => {
             drop(decoder);
-            check_jpeg_complete(bytes)?;
+            let end = check_jpeg_complete(bytes)?;
             let image = decode_jpeg_strict(bytes, limits)?;
-            check_jpeg_not_padded(bytes, &image, limits)?;
+            check_jpeg_not_padded(bytes, end, &image, limits)?;
             return Ok(image);
         }
         ImageFormat::Png if !bytes.windows(IEND.len()).any(|w| w == IEND) => {
@@ -212,8 +212,13 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, 
 /// meets the end marker early with zero bits and reports success. Bytes inserted before the end marker change
 /// nothing in a complete scan (its data ended before them) but enter a cut one, so the image is decoded again with
 /// them and must come out the same. When that second decode fails, nothing can be told and the image stands.
-fn check_jpeg_not_padded(bytes: &[u8], image: &DynamicImage, limits: &ImageLimits) -> Result<(), ImageError> {
-    let Some(end) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return Ok(()) };
+/// `end` is the offset of the end-of-image marker [`check_jpeg_complete`] found.
+fn check_jpeg_not_padded(
+    bytes: &[u8],
+    end: usize,
+    image: &DynamicImage,
+    limits: &ImageLimits,
+) -> Result<(), ImageError> {
     let mut padded = Vec::with_capacity(bytes.len() + PAD.len());
     padded.extend_from_slice(&bytes[..end]);
     padded.extend_from_slice(&PAD);
@@ -290,7 +295,9 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits, strict: bool) -> Result<Dynam
 ///   `FF D9` after the last start-of-scan `FF DA` is the real end; a thumbnail's end marker comes earlier);
 /// - its scans must be long enough for the frame it declares: every 8×8 block costs at least one bit (its DC
 ///   code), so a header that claims 4000×4000 pixels over a few hundred bytes of data is refused.
-fn check_jpeg_complete(bytes: &[u8]) -> Result<(), ImageError> {
+///
+/// Returns the offset of that end-of-image marker.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<usize, ImageError> {
     let invalid = |reason: &str| Err(ImageError::Invalid(format!("the JPEG {reason}")));
     let (blocks, first_scan) = jpeg_frame(bytes).ok_or_else(|| {
         ImageError::Invalid("the JPEG has no frame header or no image data (no start-of-scan marker)".into())
@@ -304,7 +311,7 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<(), ImageError> {
                     end - first_scan
                 ));
             }
-            Ok(())
+            Ok(end)
         }
         _ => invalid("is truncated (no end-of-image marker after its last scan)"),
     }
